@@ -100,8 +100,7 @@ class AudioCLIP(nn.Module):
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text embeddings ``[N, D]`` of CLIP tokens ``[N, context]`` (not normalised)."""
-        if not self.has_text:
-            raise ValueError("this model has no text tower (a fine-tuned audio head): embed labels with a release checkpoint")
+        self._require_text()
         tokens = tokens.to(self.device)
         x = self.token_embedding(tokens) + self.positional_embedding
         x = self.transformer(x.permute(1, 0, 2), self.attn_mask.to(x.dtype)).permute(1, 0, 2)
@@ -112,7 +111,13 @@ class AudioCLIP(nn.Module):
         """Text embeddings ``[N, D]`` of ``template.format(text)`` for each text (not normalised)."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ValueError(f"texts must be a list of strings, got {texts!r}")
+        self._require_text()
         return self.encode_tokens(tokenize([template.format(t) for t in texts], self.config.text.context_length))
+
+    def _require_text(self) -> None:
+        if not self.has_text:
+            raise ValueError("this model has no text tower (a fine-tuned audio head): embed new labels with the "
+                             "release checkpoint it was trained from")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings ``[N, D]`` of preprocessed images ``[N, 3, 224, 224]`` (not normalised)."""

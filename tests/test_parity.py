@@ -1,0 +1,108 @@
+"""Parity with the reference implementation on ../shared/golden (tolerances from its README).
+
+Embeddings and logits: within 1e-4 of the reference's largest absolute value. dB spectrograms:
+within 1e-2 dB wherever the reference is above -100 dB. Tokens: exactly. On the machine that
+produced the data the port is bit-exact; on another CPU/BLAS the summation order may differ,
+which is what the tolerances leave room for.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from audioclip.model import AudioCLIP, tokenize
+from audioclip.training.losses import contrastive_loss, fbsp_norm_loss
+
+AUDIO_NAMES = ["clip_alarm_clock_3-120526-B-37", "clip_car_horn_1-24074-A-43", "clip_cat_3-95694-A-5",
+               "clip_coughing_1-58792-A-24", "clip_thunder_3-144891-B-19", "noise_5s", "noise_1s", "batch2", "stereo"]
+
+
+def assert_close_to_reference(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
+    bound = 1e-4 * np.abs(ref).max()
+    diff = np.abs(ours - ref).max()
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != reference {ref.shape}"
+    assert diff <= bound, f"{what}: max |diff| {diff:.3g} > {bound:.3g}"
+
+
+def test_default_layout_matches_official_checkpoints(golden_dir):
+    layout = json.loads((golden_dir / "official_state_dict_layout.json").read_text())
+    ours = {k: list(v.shape) for k, v in AudioCLIP().state_dict().items()}
+    assert sorted(ours) == sorted(layout), (set(ours) ^ set(layout))
+    mismatched = {k: (ours[k], layout[k]["shape"]) for k in layout if ours[k] != layout[k]["shape"]}
+    assert not mismatched
+
+
+def test_fp16_checkpoint_loads_as_fp32(golden_model):
+    dtypes = {p.dtype for p in golden_model.parameters()}
+    assert dtypes == {torch.float32}
+    assert golden_model.config.text.width == 128 and golden_model.config.vision.layers == (1, 2, 1, 1)
+
+
+@pytest.mark.parametrize("name", AUDIO_NAMES)
+def test_audio_embeddings(golden_model, golden_outputs, name):
+    waveform = golden_outputs[f"audio_in/{name}"] / 32768.0
+    with torch.inference_mode():
+        ours = golden_model.encode_audio(waveform).numpy()
+    assert_close_to_reference(ours, golden_outputs[f"audio_emb/{name}"], name)
+
+
+@pytest.mark.parametrize("name", [n for n in AUDIO_NAMES if n.startswith("clip_")] + ["noise_1s"])
+def test_db_spectrogram(golden_model, golden_outputs, name):
+    waveform = torch.from_numpy(golden_outputs[f"audio_in/{name}"] / 32768.0).float()
+    with torch.inference_mode():
+        ours = golden_model.audio.spectrogram_db(waveform).numpy()
+    ref = golden_outputs[f"audio_db/{name}"]
+    ref = ref.reshape(-1, *ref.shape[2:])
+    assert ours.shape == ref.shape
+    audible = ref > -100.0
+    assert audible.mean() > 0.5
+    assert np.abs(ours - ref)[audible].max() <= 1e-2
+
+
+def test_int16_input_equals_scaled_float(golden_model, golden_outputs):
+    x = golden_outputs["audio_in/noise_1s"].astype(np.int16)
+    with torch.inference_mode():
+        a = golden_model.encode_audio(x)
+        b = golden_model.encode_audio(x.astype(np.float32) / 32768.0)
+    assert torch.equal(a, b)
+
+
+def test_text_tokens_and_embeddings(golden_model, golden_outputs, golden_dir):
+    texts = json.loads((golden_dir / "reference_outputs.json").read_text())["texts"]
+    assert np.array_equal(tokenize(texts).numpy(), golden_outputs["text_tokens"])
+    with torch.inference_mode():
+        ours = golden_model.encode_text(texts).numpy()
+    assert_close_to_reference(ours, golden_outputs["text_emb"], "text embeddings")
+
+
+def test_tokenizer_cases(golden_dir):
+    cases = json.loads((golden_dir / "tokenizer_cases.json").read_text())
+    for case in cases:
+        tokens = tokenize([case["text"]])[0].tolist()
+        n = len(case["ids"])
+        assert tokens[0] == 49406 and tokens[n + 1] == 49407, case["text"]
+        assert tokens[1:n + 1] == case["ids"], case["text"]
+        assert not any(tokens[n + 2:]), case["text"]
+
+
+def test_image_embeddings(golden_model, golden_outputs):
+    with torch.inference_mode():
+        ours = golden_model.encode_image(torch.from_numpy(golden_outputs["image_in"])).numpy()
+    assert_close_to_reference(ours, golden_outputs["image_emb"], "image embeddings")
+
+
+def test_forward_logits_and_loss(golden_model, golden_outputs, golden_dir):
+    fwd_text = json.loads((golden_dir / "reference_outputs.json").read_text())["fwd_text"]
+    tokens = tokenize([", ".join(entities) for entities in fwd_text])
+    with torch.inference_mode():
+        out = golden_model(audio=golden_outputs["fwd_audio_in"] / 32768.0,
+                           image=torch.from_numpy(golden_outputs["image_in"]), tokens=tokens)
+        loss = contrastive_loss(out) + fbsp_norm_loss(golden_model.audio)
+    for pair in ("audio_image", "audio_text", "image_text"):
+        assert_close_to_reference(getattr(out, f"logits_{pair}").numpy(), golden_outputs[f"fwd_logits_{pair}"], pair)
+    ref_loss = float(golden_outputs["fwd_loss"])
+    assert abs(float(loss) - ref_loss) <= 1e-4 * abs(ref_loss)
