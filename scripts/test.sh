@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run the test suite. Starts a PulseAudio null sink so that the microphone tests have a real
+# input device; in CI (CI=true) those tests are required, elsewhere they skip without a device.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -f .ci/pulseaudio.sh ]; then
+    # shellcheck disable=SC1091
+    source .ci/pulseaudio.sh || echo "PulseAudio could not be started: device tests will skip (or fail in CI)" >&2
+fi
+if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then
+    export AUDIOCLIP_REQUIRE_DEVICE=1
+fi
+exec .venv/bin/python -m pytest -q "$@"
