@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation of the audio head (used by the ``audioclip-train`` CLI only)."""

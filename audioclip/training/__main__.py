@@ -1,0 +1,5 @@
+"""``python -m audioclip.training`` (what ``torchrun -m audioclip.training finetune ...`` runs)."""
+
+from .cli import main
+
+main()

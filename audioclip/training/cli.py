@@ -1,0 +1,226 @@
+"""``audioclip-train``: fine-tune the audio head and evaluate checkpoints on the official folds."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from audioclip.model import load_model
+from audioclip.model.checkpoint import cache_dir
+
+from .audio_io import DecodeCache
+from .datasets import load_dataset
+from .evaluate import EvalReport, evaluate, plot_confusion, require_matplotlib, write_json
+from .trainer import Recipe, Runtime, cross_validate, finetune, shutdown_distributed
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune AudioCLIP's audio head on UrbanSound8K, ESC-50 or labelled folders, and evaluate.")
+console = Console()
+errors = Console(stderr=True)
+
+
+class DatasetKind(str, Enum):
+    us8k = "us8k"
+    esc50 = "esc50"
+    folder = "folder"
+
+
+class Mode(str, Enum):
+    cooperative = "cooperative"
+    standalone = "standalone"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet or _rank() != 0 else logging.INFO
+    handler = RichHandler(console=errors, show_path=False, show_time=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    logging.captureWarnings(True)
+
+
+def _one_line_errors(command):
+    """Run ``command``; a user mistake (ValueError, OSError) becomes one line on stderr and exit status 2."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, OSError) as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            errors.print("interrupted")
+            raise typer.Exit(130) from None
+        finally:
+            shutdown_distributed()
+    return wrapper
+
+
+def _cache(cache_path: Path | None, no_cache: bool) -> DecodeCache:
+    return DecodeCache(None if no_cache else cache_path or cache_dir() / "decoded")
+
+
+def _folds(fold: int | None, all_folds: bool) -> None:
+    if fold is not None and all_folds:
+        raise typer.BadParameter("give --fold or --all-folds, not both")
+
+
+DATA_ROOT = typer.Option(..., "--data-root", help="Top folder of the data set (its published layout).")
+CLIP_SECONDS = typer.Option(None, "--clip-seconds", help="Clip length; default the data set's (US8K 4 s, ESC-50 5 s).")
+CACHE_DIR = typer.Option(None, "--cache-dir", help="Decoded-audio cache (default ~/.cache/audioclip/decoded).")
+NO_CACHE = typer.Option(False, "--no-cache", help="Decode every clip every time.")
+MAX_BAD = typer.Option(0.05, "--max-bad", help="Share of undecodable clips skipped with a warning before failing.")
+
+
+@app.command("finetune")
+@_one_line_errors
+def finetune_command(
+    dataset: DatasetKind = typer.Option(..., "--dataset", help="us8k, esc50 or folder (DIR/<label>/*.wav)."),
+    data_root: Path = DATA_ROOT,
+    fold: int | None = typer.Option(None, "--fold", help="Held-out fold (train on the others); default 1."),
+    all_folds: bool = typer.Option(False, "--all-folds", help="Run the whole cross-validation."),
+    checkpoint: str = typer.Option("full", "--checkpoint", help="Release name (full, partial) or checkpoint file."),
+    mode: Mode = typer.Option(Mode.cooperative, "--mode", help="cooperative: score against label texts; "
+                                                                 "standalone: new linear classifier."),
+    epochs: int = typer.Option(50, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(5e-5, "--lr"),
+    gamma: float = typer.Option(0.98, "--gamma", help="Learning-rate decay per epoch."),
+    seed: int = typer.Option(0, "--seed"),
+    template: str = typer.Option("{}", "--template", help="Text template of the class labels."),
+    device: Device = typer.Option(Device.auto, "--device"),
+    workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<mode>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    clip_seconds: float | None = CLIP_SECONDS,
+    cache_path: Path | None = CACHE_DIR,
+    no_cache: bool = NO_CACHE,
+    max_bad: float = MAX_BAD,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar, warnings only."),
+) -> None:
+    """Fine-tune the audio head; writes metrics.jsonl, last.pt and best.pt under --out."""
+    _folds(fold, all_folds)
+    _setup_logging(quiet)
+    data = load_dataset(dataset.value, data_root, seed=seed, clip_seconds=clip_seconds)
+    out = out or Path("runs") / f"{dataset.value}-{mode.value}"
+    recipe = Recipe(mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, gamma=gamma, seed=seed,
+                    template=template).check()
+    runtime = Runtime(device=device.value, workers=workers, max_bad_share=max_bad, progress=not quiet)
+    cache = _cache(cache_path, no_cache)
+    if all_folds:
+        summary = cross_validate(source=checkpoint, data=data, out=out, cache=cache, recipe=recipe,
+                                 runtime=runtime, resume=resume)
+        if _rank() == 0:
+            table = Table("fold", "final val acc", "best val acc", title=f"{data.name} cross-validation ({mode.value})")
+            for k in summary["val_acc"]:
+                table.add_row(k, f"{summary['val_acc'][k]:.2%}", f"{summary['best_val_acc'][k]:.2%}")
+            table.add_row("mean", f"{summary['mean_val_acc']:.2%}", f"{summary['mean_best_val_acc']:.2%}")
+            console.print(table)
+            console.print(f"summary: {out / 'summary.json'}")
+        return
+    result = finetune(source=checkpoint, data=data, fold=data.check_fold(fold or 1), out=out, cache=cache,
+                      recipe=recipe, runtime=runtime, resume=resume)
+    if _rank() == 0:
+        console.print(f"fold {fold or 1}: final val acc {result['val_acc']:.2%}, best {result['best_val_acc']:.2%} "
+                      f"(epoch {result['best_epoch']}); checkpoint {out / 'best.pt'}")
+
+
+def _render(report: EvalReport) -> None:
+    folds = Table("fold", "clips", "accuracy", title=f"{report.dataset}: {report.mode} accuracy of {report.checkpoint}")
+    for k in report.folds:
+        folds.add_row(str(k), str(report.clips[k]), f"{report.accuracy[k]:.2%}")
+    folds.add_row("mean", str(sum(report.clips.values())), f"{report.mean_accuracy:.2%}", style="bold")
+    console.print(folds)
+    confusion = Table("true \\ predicted", *[str(i) for i in range(len(report.labels))], title="confusion matrix",
+                      pad_edge=False, padding=(0, 1))
+    for i, (label, row) in enumerate(zip(report.labels, report.confusion)):
+        cells = [f"[bold]{v}[/bold]" if j == i else (str(v) if v else "[dim]0[/dim]") for j, v in enumerate(row)]
+        confusion.add_row(f"{i} {label}", *cells)
+    console.print(confusion)
+
+
+@app.command("evaluate")
+@_one_line_errors
+def evaluate_command(
+    dataset: DatasetKind = typer.Option(..., "--dataset"),
+    data_root: Path = DATA_ROOT,
+    checkpoint: str = typer.Option("full", "--checkpoint", help="Release name (zero-shot) or checkpoint file."),
+    fold: int | None = typer.Option(None, "--fold", help="Fold to test; default a fine-tuned checkpoint's own "
+                                                         "held-out fold, else all folds."),
+    all_folds: bool = typer.Option(False, "--all-folds"),
+    template: str | None = typer.Option(None, "--template", help="Label template (default: the checkpoint's, or {})."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: Device = typer.Option(Device.auto, "--device"),
+    workers: int = typer.Option(0, "--workers"),
+    report_path: Path = typer.Option(None, "--report", help="JSON report (default eval-<dataset>.json)."),
+    plot: bool = typer.Option(False, "--plot", help="Also write the confusion matrix as a PNG beside the report."),
+    clip_seconds: float | None = CLIP_SECONDS,
+    cache_path: Path | None = CACHE_DIR,
+    no_cache: bool = NO_CACHE,
+    max_bad: float = MAX_BAD,
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Accuracy per fold and mean, confusion matrix; zero-shot for releases, fine-tuned otherwise."""
+    _folds(fold, all_folds)
+    _setup_logging(quiet)
+    if plot:
+        require_matplotlib()
+    if batch_size < 1:
+        raise typer.BadParameter(f"--batch-size must be at least 1, got {batch_size}")
+    data = load_dataset(dataset.value, data_root, clip_seconds=clip_seconds)
+    model = load_model(checkpoint)
+    if fold is not None:
+        folds = [fold]
+    elif all_folds or model.label_bank is None:
+        folds = list(range(1, data.folds + 1))
+    else:
+        own = model.metadata.get("fold")
+        folds = [own] if isinstance(own, int) and model.metadata.get("dataset") == data.name else [1]
+    trained_on = model.metadata.get("fold") if model.metadata.get("dataset") == data.name else None
+    if trained_on is not None and any(k != trained_on for k in folds):
+        logging.getLogger(__name__).warning("the checkpoint was trained on every fold but %d: other folds' accuracy "
+                                            "is not held-out accuracy", trained_on)
+    dev = "cuda" if device.value == "auto" and _cuda() else ("cpu" if device.value == "auto" else device.value)
+    report = evaluate(model=model, data=data, folds=folds, cache=_cache(cache_path, no_cache), template=template,
+                      batch_size=batch_size, workers=workers, device=dev, max_bad_share=max_bad,
+                      progress=not quiet, name=checkpoint)
+    _render(report)
+    report_path = report_path or Path(f"eval-{data.name}.json")
+    write_json(report.to_json(), report_path)
+    console.print(f"report: {report_path}")
+    if plot:
+        png = report_path.with_suffix(".png")
+        plot_confusion(report, png)
+        console.print(f"confusion matrix: {png}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

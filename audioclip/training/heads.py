@@ -1,0 +1,110 @@
+"""The trained module: the audio head scored against label embeddings (cooperative) or a linear classifier (standalone)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from audioclip.model import AudioCLIP, AudioCLIPConfig, clamp_logit_scale, finetuned_checkpoint, normalize
+
+MODES = ("cooperative", "standalone")
+
+
+def audio_only(model: AudioCLIP) -> AudioCLIP:
+    """A copy of ``model``'s audio head and logit scales without the image and text towers."""
+    head = AudioCLIP(AudioCLIPConfig(embed_dim=model.config.embed_dim, audio=model.config.audio, vision=None, text=None))
+    state = {k: v for k, v in model.state_dict().items()
+             if k.startswith("audio.") or k in ("logit_scale_ai", "logit_scale_at")}
+    head.load_state_dict(state, strict=True)
+    head.label_bank, head.metadata = model.label_bank, dict(model.metadata)
+    return head.to(model.device)
+
+
+def _positions(wanted: list[str], available: list[str], what: str) -> list[int]:
+    missing = [label for label in wanted if label not in available]
+    if missing:
+        raise ValueError(f"{what} lacks label(s) {', '.join(map(repr, missing[:3]))}"
+                         f"{' and more' if len(missing) > 3 else ''}; it knows {', '.join(map(repr, available[:5]))}...")
+    return [available.index(label) for label in wanted]
+
+
+def label_embeddings(model: AudioCLIP, labels: list[str], template: str = "{}") -> torch.Tensor:
+    """Normalised text embeddings ``[L, D]`` of ``labels``: from the text tower, else from the model's label bank."""
+    if "{}" not in template:
+        raise ValueError(f"template {template!r} has no '{{}}' where the label goes")
+    if model.has_text:
+        with torch.no_grad():
+            return normalize(model.encode_text(labels, template).float())
+    if model.label_bank is None:
+        raise ValueError("the checkpoint has neither a text tower nor labels: start from a release checkpoint")
+    bank = model.label_bank
+    rows = _positions(labels, bank.labels, "the checkpoint (no text tower to embed new labels)")
+    return normalize(bank.embeddings[rows].float()).to(model.device)
+
+
+class AudioClassifier(nn.Module):
+    """Waveforms ``[B, T]`` (float, 44.1 kHz, already validated) -> class logits ``[B, L]``.
+
+    Cooperative: ``clamp(exp(logit_scale_at)) * cos(audio embedding, label embedding)``, with the
+    label embeddings fixed. Standalone: a linear classifier on the head's pooled features (the
+    projection ``fc`` and the logit scales are then unused and frozen). The front end runs in
+    float32 even under autocast: its dB floor (1e-18) is below half precision's range.
+    """
+
+    def __init__(self, model: AudioCLIP, embeddings: torch.Tensor, mode: str = "cooperative",
+                 classifier: nn.Linear | None = None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.model = model
+        self.mode = mode
+        self.register_buffer("label_embeddings", embeddings.detach().float().to(model.device).clone())
+        model.logit_scale_ai.requires_grad_(False)
+        if mode == "standalone":
+            self.classifier = classifier or nn.Linear(model.audio.feature_dim, embeddings.shape[0])
+            self.classifier.to(model.device)
+            model.logit_scale_at.requires_grad_(False)
+            model.audio.fc.requires_grad_(False)
+        else:
+            self.classifier = None
+
+    @classmethod
+    def for_labels(cls, model: AudioCLIP, labels: list[str], template: str = "{}") -> "AudioClassifier":
+        """Score ``labels`` with any checkpoint: zero-shot (release), its label bank, or its standalone classifier."""
+        head = audio_only(model)
+        if model.metadata.get("mode") == "standalone":
+            stored = model.metadata.get("classifier")
+            if not isinstance(stored, dict) or "weight" not in stored or "bias" not in stored:
+                raise ValueError("standalone checkpoint lacks its classifier weights")
+            rows = _positions(labels, model.label_bank.labels, "the standalone checkpoint")
+            linear = nn.Linear(head.audio.feature_dim, len(labels))
+            with torch.no_grad():
+                linear.weight.copy_(stored["weight"][rows])
+                linear.bias.copy_(stored["bias"][rows])
+            return cls(head, model.label_bank.embeddings[rows], "standalone", linear).eval()
+        return cls(head, label_embeddings(model, labels, template), "cooperative").eval()
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        audio = self.model.audio
+        with torch.autocast(waveform.device.type, enabled=False):
+            db = audio.spectrogram_db(waveform.float())
+        pooled = audio.pool(audio.features(db))
+        if self.classifier is not None:
+            return self.classifier(pooled).float()
+        embeddings = normalize(audio.fc(pooled).float())
+        return clamp_logit_scale(self.model.logit_scale_at) * embeddings @ self.label_embeddings.T
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """The FBSP transform's parameters and the logit scale without weight decay, the rest with it."""
+        fbsp = self.model.audio.fbsp
+        exempt = {id(p) for p in (fbsp.m, fbsp.fb, fbsp.fc, self.model.logit_scale_at)}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": [p for p in trainable if id(p) not in exempt], "weight_decay": weight_decay},
+                {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0}]
+
+    def checkpoint(self, labels: list[str], **metadata) -> dict:
+        """The self-describing fine-tuned checkpoint (``audioclip.load_model`` reads it back)."""
+        if self.classifier is not None:
+            metadata["classifier"] = {"weight": self.classifier.weight.detach().cpu().clone(),
+                                      "bias": self.classifier.bias.detach().cpu().clone()}
+        return finetuned_checkpoint(self.model, labels, self.label_embeddings, mode=self.mode, **metadata)
