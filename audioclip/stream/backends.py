@@ -1,0 +1,75 @@
+"""Build the classifier a stream runs: PyTorch (a release name or checkpoint path) or ONNX Runtime."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .engine import Classifier
+
+log = logging.getLogger(__name__)
+
+
+def default_threads() -> int:
+    """Intra-op threads for inference: half the cores, so the stream leaves room for its user."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def read_labels_file(path: str | Path) -> list[str]:
+    """One label per line; blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read labels file ({e})") from e
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def load_classifier(*, checkpoint: str | os.PathLike = "full", onnx: str | os.PathLike | None = None,
+                    labels: Sequence[str] | None = None, template: str | None = None,
+                    threads: int | None = None) -> Classifier:
+    """A ZeroShotClassifier over ``checkpoint``, or the exported classifier in ``onnx``.
+
+    ``labels=None`` uses the labels a fine-tuned checkpoint (or an ONNX export) carries.
+    Raises ``ValueError`` (``CheckpointError`` included) with a one-line message.
+    """
+    threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if onnx is not None:
+        return _load_onnx(Path(onnx), labels, template, threads)
+    import torch
+
+    from ..model import ZeroShotClassifier, check_labels, load_model
+
+    torch.set_num_threads(threads)
+    if labels is not None:
+        labels = check_labels(labels)
+    model = load_model(checkpoint)
+    if labels is None and model.label_bank is None:
+        raise ValueError(f"{checkpoint} carries no labels: pass --labels or --labels-file")
+    if labels is None and template is not None:
+        raise ValueError("--template applies to --labels; this checkpoint's labels were embedded with "
+                         f"{model.label_bank.template!r}")
+    classifier = ZeroShotClassifier(model, labels, template)
+    log.info("PyTorch backend, %d thread(s), %d labels", threads, len(classifier.labels))
+    return classifier
+
+
+def _load_onnx(directory: Path, labels, template, threads: int) -> Classifier:
+    try:
+        from ..export.runtime import OnnxClassifier
+    except ImportError as e:
+        raise ValueError(f"the ONNX backend is not available in this installation ({e})") from e
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: no such export directory (write one with audioclip-export)")
+    kwargs = {"threads": threads}
+    if labels is not None:
+        kwargs["labels"] = list(labels)
+    if template is not None:
+        kwargs["template"] = template
+    classifier = OnnxClassifier(directory, **kwargs)
+    log.info("ONNX Runtime backend, %d thread(s), %d labels", threads, len(classifier.labels))
+    return classifier

@@ -1,0 +1,157 @@
+"""The inference thread: newest-window-wins hand-off, classification, smoothing, events, counters."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..model.constants import SAMPLE_RATE
+from .buffer import Window
+from .postprocess import Event, EventDetector, Smoother, WindowResult
+
+log = logging.getLogger(__name__)
+
+
+class Classifier(Protocol):
+    """What the stream needs of a backend: ``ZeroShotClassifier`` (torch) or ``OnnxClassifier``."""
+
+    labels: Sequence[str]
+
+    def scores(self, waveform):  # -> (probs [B, L], similarities [B, L]), array-like
+        ...
+
+
+def level_db(samples: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (-inf for silence)."""
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+    return 20.0 * np.log10(rms) if rms > 0 else -np.inf
+
+
+@dataclass
+class StreamStats:
+    """Counters of one stream. ``rtf``: inference time per second of audio streamed."""
+
+    windows: int = 0
+    dropped: int = 0
+    overflows: int = 0
+    audio_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
+    events: EventDetector | None = None
+
+    @property
+    def mean_latency_ms(self) -> float:
+        return float(np.mean(self.latencies_ms)) if self.latencies_ms else float("nan")
+
+    @property
+    def p95_latency_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else float("nan")
+
+    @property
+    def rtf(self) -> float:
+        return self.busy_seconds / self.audio_seconds if self.audio_seconds > 0 else float("nan")
+
+
+class InferenceWorker:
+    """Classifies windows on its own thread and hands each result to ``emit``.
+
+    :meth:`submit` holds at most one pending window: with ``wait=False`` a newer window replaces
+    a pending one, which is counted in ``stats.dropped``; with ``wait=True`` it blocks until the
+    thread has taken the previous one (files read as fast as the engine goes drop nothing).
+    """
+
+    def __init__(self, classifier: Classifier, emit: Callable[[WindowResult], None], *, smooth: int = 1,
+                 events: EventDetector | None = None, stats: StreamStats | None = None):
+        self.classifier = classifier
+        self.labels = list(classifier.labels)
+        self.emit = emit
+        self.smoother = Smoother(smooth)
+        self.stats = stats or StreamStats()
+        self.stats.events = events
+        self.events = events
+        self.error: BaseException | None = None
+        self._pending: Window | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="audioclip-inference", daemon=True)
+        self.last_t = 0.0
+
+    def start(self) -> "InferenceWorker":
+        self._thread.start()
+        return self
+
+    def submit(self, window: Window, *, wait: bool) -> None:
+        with self._cond:
+            if wait:
+                while self._pending is not None and not self._closed:
+                    self._cond.wait()
+            if self._pending is not None:
+                self.stats.dropped += 1
+            self._pending = window
+            self._cond.notify_all()
+
+    def drop(self) -> None:
+        """Count a window that was never submitted (a newer one was ready at the same time)."""
+        with self._cond:
+            self.stats.dropped += 1
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while self._pending is None and not self._closed:
+                        self._cond.wait()
+                    if self._pending is None:
+                        return
+                    window, self._pending = self._pending, None
+                    self._cond.notify_all()
+                self._process(window)
+        except BaseException as e:  # re-raised on the main thread by finish()
+            self.error = e
+            with self._cond:
+                self._closed = True
+                self._pending = None
+                self._cond.notify_all()
+
+    def _process(self, window: Window) -> None:
+        t0 = time.perf_counter()
+        probs, sims = self.classifier.scores(window.samples[None])
+        probs, sims = np.asarray(probs, np.float64)[0], np.asarray(sims, np.float64)[0]
+        busy = time.perf_counter() - t0
+        if not (np.isfinite(probs).all() and np.isfinite(sims).all()):
+            raise FloatingPointError(f"the classifier returned non-finite scores for window {window.index}")
+        probs = self.smoother(probs)
+        t_start = window.start / SAMPLE_RATE
+        t_end = (window.start + len(window.samples)) / SAMPLE_RATE
+        tail = window.samples[-min(len(window.samples), SAMPLE_RATE // 10):]
+        result = WindowResult(window.index, t_start, t_end, self.labels, probs, sims,
+                              inference_ms=busy * 1e3, level_db=level_db(tail))
+        if self.events is not None:
+            result.events = self.events.update(t_end, probs)
+        self.last_t = t_end
+        self.stats.windows += 1
+        self.stats.busy_seconds += busy
+        result.latency_ms = (time.monotonic() - window.arrival) * 1e3
+        self.stats.latencies_ms.append(result.latency_ms)
+        self.emit(result)
+
+    def close_events(self) -> list[Event]:
+        return self.events.close(self.last_t) if self.events is not None else []
+
+    def finish(self, *, cancel: bool = False, timeout: float | None = None) -> None:
+        """Stop after the pending window (``cancel``: without it); re-raise an error of the thread."""
+        with self._cond:
+            if cancel:
+                self._pending = None
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error

@@ -1,0 +1,142 @@
+"""Renderers of stream results: JSON lines, CSV, a rich live display, and the summary at exit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .engine import StreamStats
+from .postprocess import Event, WindowResult
+
+
+class JsonlWriter:
+    """One JSON object per window (and per event) on ``out``, flushed line by line."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+
+    def __call__(self, result: WindowResult) -> None:
+        lines = [json.dumps(result.to_json())] + [json.dumps(e.to_json()) for e in result.events]
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+
+    def events(self, events: list[Event]) -> None:
+        for event in events:
+            self.out.write(json.dumps(event.to_json()) + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class CsvWriter:
+    """The JSONL fields as columns: ``t_start, t_end, top, probs.<label>..., similarity.<label>..., latency_ms``.
+
+    Events do not fit the rows: they go to ``event_out`` (stderr from the CLI).
+    """
+
+    def __init__(self, out: TextIO, labels: list[str], event_out: TextIO | None = None):
+        self.out, self.event_out = out, event_out
+        self._writer = csv.writer(out, lineterminator="\n")
+        self._writer.writerow(["t_start", "t_end", "top", *(f"probs.{label}" for label in labels),
+                               *(f"similarity.{label}" for label in labels), "latency_ms"])
+        out.flush()
+
+    def __call__(self, result: WindowResult) -> None:
+        row = result.to_json()
+        self._writer.writerow([row["t_start"], row["t_end"], row["top"], *row["probs"].values(),
+                               *row["similarity"].values(), row["latency_ms"]])
+        self.out.flush()
+        self.events(result.events)
+
+    def events(self, events: list[Event]) -> None:
+        if self.event_out is not None:
+            for event in events:
+                self.event_out.write(json.dumps(event.to_json()) + "\n")
+            self.event_out.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(fraction: float, width: int = 30) -> str:
+    filled = max(0.0, min(1.0, fraction)) * width
+    full = int(filled)
+    return "█" * full + ("▌" if filled - full >= 0.5 else "") + " " * (width - full - (filled - full >= 0.5))
+
+
+class LiveDisplay:
+    """A rich display refreshed per window: top-k bars, stream time, latency, RTF, drops, input level."""
+
+    def __init__(self, console: Console, stats: StreamStats, *, top_k: int = 5, source: str = ""):
+        self.console, self.stats, self.top_k, self.source = console, stats, top_k, source
+        self._lock = threading.Lock()
+        self._recent_events: list[Event] = []
+        self._live = Live(self._render(None), console=console, auto_refresh=False, transient=False)
+        self._live.start()
+
+    def _render(self, result: WindowResult | None):
+        head = Text(f"audioclip-stream  {self.source}", style="bold")
+        if result is None:
+            return Group(head, Text("waiting for the first window...", style="dim"))
+        table = Table.grid(padding=(0, 1))
+        table.add_column(justify="right")
+        table.add_column()
+        table.add_column(justify="right")
+        order = sorted(range(len(result.labels)), key=lambda i: -result.probs[i])[:self.top_k]
+        for rank, i in enumerate(order):
+            style = "bold green" if rank == 0 else ""
+            table.add_row(Text(result.labels[i], style=style), Text(_bar(result.probs[i]), style=style or "cyan"),
+                          Text(f"{result.probs[i]:6.1%}", style=style))
+        level = result.level_db
+        meter = _bar((level + 60.0) / 60.0 if math.isfinite(level) else 0.0, 20)
+        s = self.stats
+        status = Text(
+            f"t {result.t_end:8.2f} s   latency {result.latency_ms:6.0f} ms   RTF {s.rtf:5.3f}   "
+            f"windows {s.windows}   dropped {s.dropped}   overflows {s.overflows}")
+        level_text = Text(f"input {meter} {level:6.1f} dBFS" if math.isfinite(level) else f"input {meter}   silent")
+        parts = [head, table, status, level_text]
+        if self._recent_events:
+            parts.append(Text("  ".join(f"{e.kind} {e.label} @ {e.t:.2f} s" for e in self._recent_events[-4:]),
+                              style="yellow"))
+        return Group(*parts)
+
+    def __call__(self, result: WindowResult) -> None:
+        with self._lock:
+            self._recent_events.extend(result.events)
+            self._live.update(self._render(result), refresh=True)
+
+    def events(self, events: list[Event]) -> None:
+        with self._lock:
+            self._recent_events.extend(events)
+
+    def close(self) -> None:
+        self._live.stop()
+
+
+def summary_lines(stats: StreamStats) -> list[str]:
+    """The summary printed when a stream stops."""
+    lines = [
+        f"windows {stats.windows}, dropped {stats.dropped}, input overflows {stats.overflows}, "
+        f"audio {stats.audio_seconds:.2f} s",
+        f"latency mean {stats.mean_latency_ms:.1f} ms, p95 {stats.p95_latency_ms:.1f} ms; "
+        f"real-time factor {stats.rtf:.3f} (inference time per second of audio)",
+    ]
+    detector = stats.events
+    if detector is not None:
+        happened = [label for label in detector.labels if detector.counts[label]]
+        if happened:
+            lines.append("events: " + "; ".join(
+                f"{label} x{detector.counts[label]} ({detector.durations[label]:.1f} s, peak {detector.peaks[label]:.2f})"
+                for label in happened))
+        else:
+            lines.append(f"events: none above {detector.threshold:g}")
+    return lines

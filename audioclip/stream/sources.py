@@ -1,0 +1,229 @@
+"""Audio sources: a sounddevice microphone (callback mode), an audio file, raw s16le from stdin.
+
+Every source yields ``(block, arrival)`` pairs: float32 ``(frames, channels)`` at the source's own
+rate and channel count, and the ``time.monotonic()`` at which the block's last frame was
+available. Live sources (a microphone, a file paced with ``realtime=True``) run at the speed of
+the clock; the others as fast as the consumer reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from ..model.constants import INT16_SCALE, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+BLOCK_SECONDS = 0.05
+"""Block length read from files and stdin: the pacing and reaction granularity."""
+
+RING_SECONDS = 10.0
+"""Capacity of the microphone ring buffer; a consumer that stalls longer loses input (counted)."""
+
+PORTAUDIO_HINT = ("PortAudio library not found: install it (Debian/Ubuntu: apt-get install libportaudio2; "
+                  "Fedora: dnf install portaudio; macOS: brew install portaudio), or stream a file with --input")
+
+
+class AudioFileError(ValueError):
+    """An input file is missing, unreadable or in a format libsndfile cannot decode."""
+
+
+class AudioDeviceError(RuntimeError):
+    """PortAudio is missing, or an input device cannot be found or opened."""
+
+
+def import_sounddevice():
+    """The ``sounddevice`` module, or :class:`AudioDeviceError` telling how to install PortAudio."""
+    try:
+        import sounddevice
+    except OSError as e:  # sounddevice raises OSError('PortAudio library not found') at import
+        raise AudioDeviceError(PORTAUDIO_HINT) from e
+    return sounddevice
+
+
+@dataclass(frozen=True)
+class InputDevice:
+    index: int
+    name: str
+    hostapi: str
+    channels: int
+    samplerate: float
+    is_default: bool
+
+    def describe(self) -> str:
+        mark = " (default)" if self.is_default else ""
+        return f"{self.index}: {self.name!r} [{self.hostapi}] {self.channels} ch, {self.samplerate:g} Hz{mark}"
+
+
+def list_input_devices() -> list[InputDevice]:
+    """Every device PortAudio can record from."""
+    sd = import_sounddevice()
+    try:
+        default = sd.default.device[0]
+        if default is None or default < 0:
+            default = sd.query_devices(kind="input")["index"]
+    except (sd.PortAudioError, ValueError):
+        default = -1
+    apis = [api["name"] for api in sd.query_hostapis()]
+    return [InputDevice(d["index"], d["name"], apis[d["hostapi"]], d["max_input_channels"],
+                        d["default_samplerate"], d["index"] == default)
+            for d in sd.query_devices() if d["max_input_channels"] > 0]
+
+
+def resolve_device(device: str | int | None) -> InputDevice:
+    """An input device by index, exact name or unique name substring; ``None`` is the default."""
+    devices = list_input_devices()
+    listing = "; ".join(d.describe() for d in devices) or "none"
+    if not devices:
+        raise AudioDeviceError("no audio input devices found (PortAudio lists none)")
+    if device is None:
+        for d in devices:
+            if d.is_default:
+                return d
+        raise AudioDeviceError(f"no default input device; choose one with --device: {listing}")
+    key = str(device).strip()
+    if key.lstrip("-").isdigit():
+        found = [d for d in devices if d.index == int(key)]
+    else:
+        found = [d for d in devices if d.name == key] or [d for d in devices if key.lower() in d.name.lower()]
+    if len(found) != 1:
+        what = "unknown" if not found else "ambiguous"
+        raise AudioDeviceError(f"{what} input device {key!r}; input devices: {listing}")
+    return found[0]
+
+
+class FileSource:
+    """Blocks of an audio file that libsndfile reads; ``realtime=True`` paces them like a live source."""
+
+    def __init__(self, path: str | Path, *, realtime: bool = False, block_seconds: float = BLOCK_SECONDS):
+        import soundfile
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AudioFileError(f"{self.path}: no such file")
+        try:
+            self._file = soundfile.SoundFile(str(self.path))
+        except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
+            raise AudioFileError(f"{self.path}: not an audio file libsndfile can read ({e})") from e
+        self.rate = float(self._file.samplerate)
+        self.channels = self._file.channels
+        self.live = realtime
+        self.block = max(1, int(round(block_seconds * self.rate)))
+        self.overflows = 0
+        self.name = str(self.path)
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, float]]:
+        t0, frames = time.monotonic(), 0
+        try:
+            while True:
+                try:
+                    block = self._file.read(self.block, dtype="float32", always_2d=True)
+                except RuntimeError as e:
+                    raise AudioFileError(f"{self.path}: cannot decode frame {frames} ({e})") from e
+                if not len(block):
+                    return
+                frames += len(block)
+                due = t0 + frames / self.rate
+                if self.live:
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                yield block, (due if self.live else time.monotonic())
+        finally:
+            self._file.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class StdinSource:
+    """Raw signed 16-bit little-endian mono PCM at 44.1 kHz from a byte stream (``--input -``)."""
+
+    def __init__(self, stream: BinaryIO, *, block_seconds: float = BLOCK_SECONDS):
+        self._stream = stream
+        self.rate = float(SAMPLE_RATE)
+        self.channels = 1
+        self.live = False
+        self.block_bytes = 2 * max(1, int(round(block_seconds * SAMPLE_RATE)))
+        self.overflows = 0
+        self.name = "stdin (s16le, 44100 Hz, mono)"
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, float]]:
+        carry = b""
+        while True:
+            data = self._stream.read(self.block_bytes)
+            if not data:
+                break
+            data = carry + data
+            usable = len(data) - len(data) % 2
+            carry = data[usable:]
+            if usable:
+                samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / INT16_SCALE
+                yield samples[:, None], time.monotonic()
+        if carry:
+            log.warning("stdin ended with an odd byte; s16le needs two bytes per sample, the last byte is ignored")
+
+    def close(self) -> None:
+        pass
+
+
+class MicrophoneSource:
+    """An input device through ``sounddevice.InputStream`` in callback mode, at its own rate.
+
+    The callback only copies into a :class:`BlockRing` and counts PortAudio's overflow flags.
+    Virtual ALSA devices (``default``, ``pulse``) claim 32 channels; at most two are opened.
+    """
+
+    def __init__(self, device: str | int | None = None, *, ring_seconds: float = RING_SECONDS):
+        from .buffer import BlockRing
+
+        self._sd = import_sounddevice()
+        self.device = resolve_device(device)
+        self.rate = float(self.device.samplerate)
+        self.channels = max(1, min(self.device.channels, 2))
+        self.live = True
+        self.name = f"{self.device.name} ({self.rate:g} Hz, {self.channels} ch)"
+        self.ring = BlockRing(int(ring_seconds * self.rate), self.channels)
+        self.input_overflows = 0  # PortAudio's input_overflow flags
+        self._stream = None
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        if status.input_overflow:
+            self.input_overflows += 1
+        self.ring.write(indata)
+
+    @property
+    def overflows(self) -> int:
+        """Input overflows: flagged by PortAudio, or blocks the ring had no room for."""
+        return self.input_overflows + self.ring.overflows
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, float]]:
+        sd = self._sd
+        try:
+            self._stream = sd.InputStream(device=self.device.index, samplerate=self.rate, channels=self.channels,
+                                          dtype="float32", callback=self._callback)
+            self._stream.start()
+        except (sd.PortAudioError, ValueError) as e:
+            raise AudioDeviceError(f"cannot open input device {self.device.describe()}: {e}") from e
+        log.info("listening on %s", self.name)
+        try:
+            while True:
+                block, stamp = self.ring.read(timeout=0.02)
+                if len(block):
+                    yield block, stamp
+                elif not self._stream.active:
+                    raise AudioDeviceError(f"input device {self.device.name!r} stopped delivering audio")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
