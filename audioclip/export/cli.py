@@ -1,0 +1,90 @@
+"""``audioclip-export``: command-line front end of :func:`audioclip.export.exporter.export_onnx`."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Export AudioCLIP to ONNX graphs that run without PyTorch (ONNX Runtime, TensorRT).")
+console = Console(stderr=True)
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+def _read_labels(labels: Optional[str], labels_file: Optional[Path]) -> Optional[list[str]]:
+    if labels is not None and labels_file is not None:
+        raise typer.BadParameter("give --labels or --labels-file, not both", param_hint="--labels")
+    if labels_file is not None:
+        try:
+            text = labels_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise typer.BadParameter(f"{labels_file}: {e}", param_hint="--labels-file") from e
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if labels is not None:
+        return [label.strip() for label in labels.split(",")]
+    return None
+
+
+def _print_checks(checks) -> None:
+    from .trt import format_checks
+
+    typer.echo("verification against PyTorch (ONNX Runtime, CPU):", err=True)
+    for line in format_checks(checks):
+        typer.echo("  " + line, err=True)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def onnx(
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="release name (full, partial) or checkpoint file"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write (built aside, renamed when verified)"),
+    labels: Optional[str] = typer.Option(None, help='comma-separated labels, e.g. "siren,dog bark"'),
+    labels_file: Optional[Path] = typer.Option(None, help="file with one label per line"),
+    template: Optional[str] = typer.Option(None, help='prompt template with "{}" for the label (default "{}")'),
+    window: float = typer.Option(5.0, help="seconds of audio the graphs take (fixed unless --dynamic-length)"),
+    dynamic_length: bool = typer.Option(False, "--dynamic-length", help="any number of samples >= one frame"),
+    precision: Precision = typer.Option(Precision.fp32, help="fp32, fp16 (trunk) or int8 (static, calibrated)"),
+    opset: int = typer.Option(18, help="ONNX opset (17 or later)"),
+    clips: Optional[List[Path]] = typer.Option(None, help="audio files or folders to verify with (and calibrate int8)"),
+    threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for the checks"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
+) -> None:
+    """Write audio_encoder.onnx, classifier.onnx, text_encoder.onnx, labels.json, trtexec.txt, README.txt."""
+    label_list = _read_labels(labels, labels_file)
+    from .exporter import ExportError, export_onnx  # torch loads here, not for --help
+
+    try:
+        with console.status("exporting and verifying (a minute or two for the full model)"):
+            result = export_onnx(checkpoint=checkpoint, out=out, labels=label_list, template=template, window=window,
+                                 dynamic_length=dynamic_length, precision=precision.value, opset=opset,
+                                 force=force, clips=clips, threads=threads)
+    except ExportError as e:
+        if e.checks:
+            _print_checks(e.checks)
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1)
+    except (ValueError, OSError) as e:  # CheckpointError, bad labels, unreadable clips, disk full
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1)
+    _print_checks(result.checks)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    typer.echo(f"wrote {result.out}: {', '.join(result.files)}")
+
+
+def main() -> None:
+    app()

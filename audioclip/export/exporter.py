@@ -1,0 +1,260 @@
+"""``export_onnx``: a checkpoint -> a folder of verified ONNX graphs, labels, metadata and trtexec lines.
+
+The folder is built in a temporary sibling and renamed into place only when every graph has been
+checked against PyTorch: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+import torch
+
+from .. import __version__
+from ..model import SAMPLE_RATE, ZeroShotClassifier, check_labels, load_model
+from ..model.checkpoint import RELEASES, resolve_release, sha256_of
+from ..model.constants import CONTEXT_LENGTH, FRAME_LENGTH
+from . import precision as prec
+from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
+from .trt import readme_text, trtexec_lines
+from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+MIN_OPSET = 17
+MAX_OPSET = 23
+MAX_BATCH = 64
+MAX_SECONDS = 600
+DYNAMIC_MIN_SAMPLES = 10070
+"""Shortest input of a ``--dynamic-length`` graph (0.228 s): below it layer4's width is 1, which
+broadcasts differently, and ``torch.export`` refuses to cover both cases with one graph."""
+
+
+class ExportError(ValueError):
+    """An export that cannot be made or that failed its verification; the message is one line."""
+
+    def __init__(self, message: str, checks: Sequence[Check] = ()):
+        super().__init__(message)
+        self.checks = list(checks)
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    files: list[str]
+    checks: list[Check]
+    metadata: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out}: folder exists and is not empty; pass --force to replace it")
+    parent = out.resolve().parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"{out}: cannot write here ({existing} is not writable)")
+
+
+def _source_info(checkpoint: str | os.PathLike) -> tuple[str, str]:
+    path = resolve_release(checkpoint, download=False) if isinstance(checkpoint, str) and checkpoint in RELEASES \
+        else Path(checkpoint)
+    return str(checkpoint), sha256_of(path)
+
+
+def _export(module: torch.nn.Module, example: tuple, path: Path, *, input_name: str, output_names: list[str],
+            dynamic: dict, opset: int) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module.eval(), example, dynamo=True, input_names=[input_name],
+                                    output_names=output_names, dynamic_shapes={input_name: dynamic},
+                                    opset_version=opset, optimize=True, verbose=False)
+    program.save(str(path))
+
+
+def _set_metadata(path: Path, metadata: dict) -> None:
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {k: str(v) for k, v in metadata.items()})
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _check_batches(clips: list[tuple[str, np.ndarray]], window_samples: int, dynamic_length: bool) -> list:
+    """Check inputs: each clip alone, a batch of up to 4, and for a dynamic length 1 s and 7.3 s as well."""
+    lengths = [window_samples] + ([SAMPLE_RATE, int(7.3 * SAMPLE_RATE)] if dynamic_length else [])
+    batches = []
+    for n in lengths:
+        seconds = f"{n / SAMPLE_RATE:g}s"
+        if n == window_samples:
+            batches += [(f"{name} {seconds}", fit(a, n)[None]) for name, a in clips]
+        else:
+            batches.append((f"{clips[0][0]} {seconds}", fit(clips[0][1], n)[None]))
+        group = clips[:4]
+        batches.append((f"batch of {len(group)} {seconds}", np.stack([fit(a, n) for _, a in group])))
+    return batches
+
+
+def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels: Sequence[str] | None = None,
+                template: str | None = None, window: float = 5.0, dynamic_length: bool = False,
+                precision: str = "fp32", opset: int = 18, force: bool = False,
+                clips: Sequence[str | os.PathLike] | None = None, threads: int = 2) -> ExportResult:
+    """Export and verify the audio encoder, the label classifier and (when there is one) the text encoder.
+
+    ``clips``: audio files or folders used to verify (and, for int8, to calibrate); without them
+    the checks use synthetic signals and int8 is refused. Raises :class:`ExportError` (or
+    :class:`~audioclip.model.CheckpointError`) with a one-line message; nothing is written then.
+    """
+    out = Path(out)
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET} (TensorRT needs >= {MIN_OPSET})")
+    window_samples = int(round(window * SAMPLE_RATE))
+    if window_samples < FRAME_LENGTH or (dynamic_length and window_samples < DYNAMIC_MIN_SAMPLES):
+        least = DYNAMIC_MIN_SAMPLES if dynamic_length else FRAME_LENGTH
+        raise ExportError(f"--window {window:g} s is {window_samples} samples, shorter than "
+                          f"{'a dynamic-length graph takes' if dynamic_length else 'one FBSP frame'} "
+                          f"({least} samples = {least / SAMPLE_RATE:.4f} s)")
+    if labels is not None:
+        labels = check_labels(labels)
+    if template is not None and "{}" not in template:
+        raise ExportError(f"template {template!r} has no '{{}}' where the label goes")
+    if precision == "int8" and not clips:
+        raise ExportError("int8 needs real recordings to calibrate on: pass --clips FILE_OR_DIR")
+    _check_out_dir(out, force)
+    check_clips = load_clips(clips) if clips else synthetic_clips(window)
+
+    model = load_model(checkpoint)
+    mode = model.metadata.get("mode")
+    if model.label_bank is not None and mode not in (None, "cooperative"):
+        raise ExportError(f"{checkpoint}: a fine-tuned head in mode {mode!r} is not a cosine classifier over label "
+                          "embeddings; only mode 'cooperative' heads can be exported as a zero-shot classifier")
+    if labels is not None and not model.has_text:
+        raise ExportError(f"{checkpoint}: has no text tower, so it can only classify the labels it carries "
+                          f"({', '.join(model.label_bank.labels) if model.label_bank else 'none'}); drop --labels")
+    if labels is None and model.label_bank is None:
+        raise ExportError(f"{checkpoint}: carries no labels; pass --labels or --labels-file")
+    classifier = ZeroShotClassifier(model, labels, template)
+    source, sha256 = _source_info(checkpoint)
+    notes = []
+    if not model.has_text:
+        notes.append("text_encoder.onnx not written: the checkpoint is an audio-only fine-tuned head (no text tower)")
+        log.warning(notes[-1])
+
+    metadata = {
+        "labels": json.dumps(classifier.labels), "template": classifier.template,
+        "logit_scale": repr(classifier.logit_scale), "sample_rate": SAMPLE_RATE,
+        "window_samples": "dynamic" if dynamic_length else window_samples,
+        "min_samples": DYNAMIC_MIN_SAMPLES if dynamic_length else window_samples,
+        "embedding_size": model.config.embed_dim, "precision": precision, "source": source,
+        "source_sha256": sha256, "version": __version__, "opset": opset,
+    }
+    if model.metadata.get("source"):
+        metadata["base_checkpoint"] = json.dumps(model.metadata["source"], default=str)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        files = _write_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
+                              dynamic_length=dynamic_length, precision=precision, opset=opset,
+                              calibration=check_clips, metadata=metadata)
+        checks = check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
+                             batches=_check_batches(check_clips, window_samples, dynamic_length))
+        if model.has_text:
+            checks.append(check_text(graph_dir=tmp, model=model, labels=classifier.labels,
+                                     template=classifier.template, threads=threads))
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            c = failed[0]
+            raise ExportError(f"verification failed: {c.graph} {c.precision} on {c.inputs}: max|diff| "
+                              f"{c.max_abs_diff:.3g}, cosine {c.min_cosine:.6f}, top-1 {c.top1_agree} "
+                              f"(bound {c.bound}); {len(failed)} of {len(checks)} checks failed", checks)
+        (tmp / "labels.json").write_text(json.dumps(
+            {"labels": classifier.labels, "template": classifier.template, "logit_scale": classifier.logit_scale,
+             "embedding_size": model.config.embed_dim, "sample_rate": SAMPLE_RATE,
+             "window_samples": metadata["window_samples"]}, indent=2) + "\n")
+        lines = trtexec_lines(files=files, precision=precision, window_samples=window_samples,
+                              dynamic_length=dynamic_length, max_batch=16, max_samples=60 * SAMPLE_RATE,
+                              min_samples=metadata["min_samples"])
+        (tmp / "trtexec.txt").write_text("\n".join(lines) + "\n")
+        (tmp / "README.txt").write_text(readme_text(metadata=metadata, files=files, checks=checks, notes=notes,
+                                                    trtexec=lines, labels=classifier.labels))
+        files += ["labels.json", "trtexec.txt", "README.txt"]
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s: %s", out, ", ".join(files))
+    return ExportResult(out, files, checks, metadata, notes)
+
+
+def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
+                  opset: int, calibration, metadata: dict) -> list[str]:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    dims = {0: batch}
+    if dynamic_length:
+        dims[1] = torch.export.Dim("samples", min=DYNAMIC_MIN_SAMPLES, max=MAX_SECONDS * SAMPLE_RATE)
+    # An example of another length than the window guards against a length baked in by tracing.
+    example = (torch.zeros(2, window_samples + (HOP_EXAMPLE_SHIFT if dynamic_length else 0)),)
+    graphs = {
+        "audio_encoder.onnx": (AudioEncoderGraph(model), ["embedding"]),
+        "classifier.onnx": (ClassifierGraph(model, classifier.label_embeddings, classifier.logit_scale),
+                            ["logits", "probs"]),
+    }
+    files = []
+    for name, (module, outputs) in graphs.items():
+        fp32 = tmp / (name if precision == "fp32" else f"{name}.fp32")
+        log.info("exporting %s", name)
+        _export(module, example, fp32, input_name="waveform", output_names=outputs, dynamic=dims, opset=opset)
+        if precision == "fp16":
+            onnx.save(prec.to_fp16(onnx.load(str(fp32))), str(tmp / name))
+        elif precision == "int8":
+            calib = np.stack([fit(a, window_samples) for _, a in calibration])
+            prec.quantize_int8(fp32, tmp / name, calibration=calib)
+        if precision != "fp32":
+            fp32.unlink()
+        _set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
+        files.append(name)
+    if model.has_text:
+        log.info("exporting text_encoder.onnx (fp32 at every precision)")
+        tokens = torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int64)
+        _export(TextEncoderGraph(model), (tokens,), tmp / "text_encoder.onnx", input_name="tokens",
+                output_names=["embedding"], dynamic={0: torch.export.Dim("n", min=1, max=4096)}, opset=opset)
+        _set_metadata(tmp / "text_encoder.onnx", {**metadata, "graph": "text_encoder", "precision": "fp32"})
+        files.append("text_encoder.onnx")
+    return files
+
+
+HOP_EXAMPLE_SHIFT = 1234
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``; an existing ``out`` (already checked) is replaced."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

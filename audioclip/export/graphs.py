@@ -1,0 +1,174 @@
+"""PyTorch modules written for export: the graphs that ``torch.onnx.export`` turns into ONNX.
+
+They reuse the trained submodules of an :class:`~audioclip.model.AudioCLIP` and differ from the
+eager model only where an accelerator needs another form of the same computation:
+
+- the FBSP front end frames with an index grid (unfold) and applies the learned transform as one
+  ``MatMul`` with constant weights (no STFT/DFT/atan2: the weights are materialised at export);
+- the zero padding that centres the frames is computed from the input length, so the frame
+  count follows the length when it is dynamic;
+- the attention gates pool with :func:`max_pool_half_width`, an exact form of
+  ``adaptive_max_pool2d`` that works for a width whose parity is unknown at export;
+- input is mono ``[batch, samples]``: no per-channel loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.audioclip import AudioCLIP, clamp_logit_scale
+from ..model.constants import FRAME_LENGTH, HOP_LENGTH, LOG10_FLOOR, N_BANDS, N_FFT
+from ..model.esresnext import ESResNeXtFBSP, to_reference_scale
+
+
+def centred_padding(num_samples: torch.SymInt | int) -> tuple:
+    """Zeros before and after a signal of ``num_samples >= FRAME_LENGTH`` samples, as the reference frames it.
+
+    Written without branches so that a symbolic length exports as shape arithmetic.
+    """
+    frames = 1 + (num_samples - FRAME_LENGTH + HOP_LENGTH - 1) // HOP_LENGTH
+    total = (frames - 1) * HOP_LENGTH + FRAME_LENGTH - num_samples
+    return total // 2, total - total // 2
+
+
+def max_pool_half(x: torch.Tensor) -> torch.Tensor:
+    """``adaptive_max_pool2d`` from ``(h, w)`` to ``(ceil(h / 2), ceil(w / 2))``, exactly, for any width parity.
+
+    Adaptive pooling from ``n`` to ``m = ceil(n / 2)`` takes the window
+    ``[floor(i n / m), ceil((i + 1) n / m))``: ``{2i, 2i + 1}`` when ``n`` is even (MaxPool k2 s2),
+    ``{2i - 1, 2i, 2i + 1}`` clipped to the signal when ``n`` is odd (MaxPool k3 s2 p1, the padding
+    being -inf). The even form runs on the input padded by one -inf column, so both forms give
+    ``floor((n - 1) / 2) + 1`` columns (the stride-2 convolutions' count) whatever the parity: the
+    graph computes both and selects by the width's parity with ``Where``. Exact, no ``If`` node, and
+    no shape guard for the exporter. The height is static (341 bins become 171, 86, 43, 22, 11
+    rows) and takes the one form its parity calls for.
+    """
+    kh, ph = (2, 0) if x.shape[-2] % 2 == 0 else (3, 1)
+    even = F.max_pool2d(F.pad(x, (0, 1), value=float("-inf")), (kh, 2), (2, 2), (ph, 0))
+    odd = F.max_pool2d(x, (kh, 3), (2, 2), (ph, 1))
+    width = torch.ones_like(x[:1, :1, :1, :], dtype=torch.int64).sum()
+    return torch.where(width % 2 == 0, even, odd)
+
+
+class Gate(nn.Module):
+    """An attention gate of the audio head: max-pool to the stage's output size, convolutions, sigmoid."""
+
+    def __init__(self, att: nn.Module, halve: bool):
+        super().__init__()
+        self.att = att
+        self.halve = halve
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.halve:
+            x = max_pool_half(x)
+        return torch.sigmoid(self.att.bn(self.att.conv_point(self.att.conv_depth(x))))
+
+
+class FrontEnd(nn.Module):
+    """``[B, T]`` waveforms in [-1, 1] -> dB bands ``[B, 3, 341, frames]`` as the eager head computes them.
+
+    Frames are gathered with an index grid built from the length (``Range``, no length baked in),
+    windowed and zero padded to ``N_FFT`` exactly as in :func:`~audioclip.model.fbsp.power_spectrogram`,
+    then the learned transform is one ``MatMul`` with a constant ``[N_FFT, 2046]`` weight. Keeping
+    the window product and the padding, rather than folding them into a conv kernel, keeps the
+    rounding of quiet bins (below -100 dB) closest to PyTorch's.
+    """
+
+    def __init__(self, audio: ESResNeXtFBSP):
+        super().__init__()
+        with torch.no_grad():
+            self.register_buffer("transform", audio.fbsp_kernel().detach().T.contiguous())
+        self.register_buffer("window", audio.window.detach().clone())
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        num_samples = waveform.shape[-1]
+        left, right = centred_padding(num_samples)
+        x = F.pad(to_reference_scale(waveform), (left, right))
+        frames = 1 + (num_samples - FRAME_LENGTH + HOP_LENGTH - 1) // HOP_LENGTH
+        starts = torch.arange(frames, device=x.device) * HOP_LENGTH
+        index = starts[:, None] + torch.arange(FRAME_LENGTH, device=x.device)[None, :]
+        pad = (N_FFT - FRAME_LENGTH) // 2
+        framed = F.pad(x[:, index] * self.window, (pad, N_FFT - FRAME_LENGTH - pad))  # [B, frames, N_FFT]
+        spec = (framed @ self.transform).transpose(1, 2)  # [B, 2 * 1023, frames]
+        re, im = spec.chunk(2, dim=1)
+        power = re * re + im * im
+        power = torch.where(power > 0.0, power, torch.full_like(power, LOG10_FLOOR))
+        db = torch.log10(power) * 10.0
+        return db.reshape(db.shape[0], N_BANDS, db.shape[1] // N_BANDS, db.shape[-1])
+
+
+class Trunk(nn.Module):
+    """dB bands -> pooled features ``[B, F]``: the audio head's ResNeXt with its gates, then the projection."""
+
+    def __init__(self, audio: ESResNeXtFBSP):
+        super().__init__()
+        self.audio = audio
+        # layer1 keeps the size (its gate pools nothing); the stride-2 stages halve both axes.
+        self.gates = nn.ModuleList([Gate(audio.att1, False), Gate(audio.att2, True),
+                                    Gate(audio.att3, True), Gate(audio.att4, True)])
+
+    def forward(self, db: torch.Tensor) -> torch.Tensor:
+        a = self.audio
+        x = a.maxpool(a.relu(a.bn1(a.conv1(db))))
+        for layer, gate in zip((a.layer1, a.layer2, a.layer3, a.layer4), self.gates):
+            x = layer(x) * gate(x)
+        pooled = x.mean(dim=(-2, -1), keepdim=True)
+        gate = torch.sigmoid(a.att5.bn(a.att5.conv_point(a.att5.conv_depth(x.amax(dim=(-2, -1), keepdim=True)))))
+        return a.fc(torch.flatten(pooled * gate, 1))
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+class AudioEncoderGraph(nn.Module):
+    """``waveform`` ``[batch, samples]`` -> ``embedding`` ``[batch, D]``, L2-normalised."""
+
+    def __init__(self, model: AudioCLIP):
+        super().__init__()
+        self.front = FrontEnd(model.audio)
+        self.trunk = Trunk(model.audio)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.trunk(self.front(waveform)))
+
+
+class ClassifierGraph(nn.Module):
+    """``waveform`` -> ``(logits, probs)`` ``[batch, L]``; label embeddings and logit scale are constants."""
+
+    def __init__(self, model: AudioCLIP, label_embeddings: torch.Tensor, logit_scale: float):
+        super().__init__()
+        self.encoder = AudioEncoderGraph(model)
+        self.register_buffer("label_embeddings_t", l2_normalize(label_embeddings.detach().float()).T.contiguous())
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logit_scale * (self.encoder(waveform) @ self.label_embeddings_t)
+        return logits, torch.softmax(logits, dim=-1)
+
+
+class TextEncoderGraph(nn.Module):
+    """``tokens`` int64 ``[n, 77]`` -> ``embedding`` ``[n, D]``, L2-normalised (CLIP's text tower)."""
+
+    def __init__(self, model: AudioCLIP):
+        super().__init__()
+        if not model.has_text:
+            raise ValueError("this model has no text tower: there is no text encoder to export")
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        # Indexing the table (not ``nn.Embedding``'s op) keeps the name ``embedding`` free for the output.
+        x = m.token_embedding.weight[tokens] + m.positional_embedding
+        x = m.transformer(x.permute(1, 0, 2), m.attn_mask.to(x.dtype)).permute(1, 0, 2)
+        x = m.ln_final(x)
+        # The end token has the largest id: select its row without advanced indexing.
+        eot = tokens.argmax(dim=-1, keepdim=True).unsqueeze(-1).expand(-1, 1, x.shape[-1])
+        return l2_normalize(torch.gather(x, 1, eot).squeeze(1) @ m.text_projection)
+
+
+def logit_scale_of(model: AudioCLIP) -> float:
+    with torch.no_grad():
+        return float(clamp_logit_scale(model.logit_scale_at.detach()))

@@ -1,0 +1,133 @@
+"""Zero-shot labelling with an exported ``classifier.onnx`` on ONNX Runtime: numpy only, no torch.
+
+``OnnxClassifier`` has the interface of :class:`audioclip.model.ZeroShotClassifier` (``labels``,
+``template``, ``logit_scale``, ``scores``, ``probs``, ``similarities``) and returns numpy arrays.
+Import it as ``from audioclip.export.runtime import OnnxClassifier`` (or from ``audioclip.export``):
+neither imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_FILE = "classifier.onnx"
+INT16_SCALE = 32768.0  # as audioclip.model.constants; repeated here so that this module needs no torch
+
+
+def _providers(requested: Sequence[str] | None) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested is not None:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(f"ONNX Runtime providers {', '.join(missing)} are not available here "
+                             f"(available: {', '.join(available)})")
+        return list(requested)
+    return ["CPUExecutionProvider"]
+
+
+def session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    """An ONNX Runtime session on ``path`` with ``threads`` intra-op threads (None: ONNX Runtime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=_providers(providers))
+
+
+def as_mono_batch(waveform, *, min_samples: int, window_samples: int | None) -> np.ndarray:
+    """Validate a waveform and return it as C-contiguous float32 ``[B, T]`` in [-1, 1].
+
+    Accepts numpy arrays (or anything ``np.asarray`` takes) shaped ``(T,)``, ``(B, T)`` or
+    ``(B, 1, T)``, float in [-1, 1] or int16 (scaled by 1/32768). Several channels are refused:
+    the exported graphs take mono input (average the channels first, or score each one).
+    """
+    waveform = np.asarray(waveform)
+    if waveform.dtype == np.int16:
+        waveform = waveform.astype(np.float32) / INT16_SCALE
+    elif not np.issubdtype(waveform.dtype, np.floating):
+        raise ValueError(f"waveform must be float in [-1, 1] or int16, got numpy dtype {waveform.dtype}")
+    if waveform.ndim == 1:
+        waveform = waveform[None]
+    elif waveform.ndim == 3:
+        if waveform.shape[1] != 1:
+            raise ValueError(f"waveform has {waveform.shape[1]} channels, shape {waveform.shape}; the ONNX graphs "
+                             "take mono (B, T): average the channels or score each one")
+        waveform = waveform[:, 0]
+    elif waveform.ndim != 2:
+        raise ValueError(f"waveform must be shaped (T,), (B, T) or (B, 1, T), got {waveform.shape}")
+    if waveform.shape[0] == 0:
+        raise ValueError(f"waveform has an empty batch axis: {waveform.shape}")
+    if waveform.shape[-1] < min_samples:
+        raise ValueError(f"waveform has {waveform.shape[-1]} samples, fewer than this graph takes ({min_samples} "
+                         f"samples = {min_samples / 44100:.3f} s at 44.1 kHz); pad or pass longer audio")
+    if window_samples is not None and waveform.shape[-1] != window_samples:
+        raise ValueError(f"waveform has {waveform.shape[-1]} samples but this graph takes exactly {window_samples} "
+                         "(exported with a fixed window); cut or pad it, or export with --dynamic-length")
+    waveform = np.ascontiguousarray(waveform, dtype=np.float32)
+    if not np.isfinite(waveform).all():
+        raise ValueError("waveform contains NaN or infinite samples; clean the input before encoding")
+    return waveform
+
+
+class OnnxClassifier:
+    """Scores audio against the labels baked into ``DIR/classifier.onnx``.
+
+    ``probs = softmax(logit_scale * cosine)``, as :class:`audioclip.model.ZeroShotClassifier`
+    computes it; the labels, template and logit scale are read from the graph's metadata.
+    ``threads``: intra-op threads (None: ONNX Runtime's default of one per core).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None):
+        path = Path(path)
+        file = path / CLASSIFIER_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no such file; pass a folder written by `audioclip-export onnx`")
+        self.session = session(file, threads=threads, providers=providers)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.labels: list[str] = json.loads(meta["labels"])
+            self.template: str = meta["template"]
+            self.logit_scale = float(meta["logit_scale"])
+            self.sample_rate = int(meta["sample_rate"])
+            self.min_samples = int(meta["min_samples"])
+            window = meta["window_samples"]
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{file}: not a classifier written by audioclip-export (metadata {e} missing or bad)") from e
+        self.window_samples = None if window == "dynamic" else int(window)
+        self.precision = meta.get("precision", "fp32")
+        self.input_name = self.session.get_inputs()[0].name
+        log.info("loaded %s: %d labels, %s, window %s", file, len(self.labels), self.precision, window)
+
+    def logits(self, waveform) -> np.ndarray:
+        """Scaled cosine similarities ``[B, L]``."""
+        x = as_mono_batch(waveform, min_samples=self.min_samples, window_samples=self.window_samples)
+        return self.session.run(["logits"], {self.input_name: x})[0]
+
+    def scores(self, waveform) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, similarities)``, both float32 ``[B, L]``, from one run of the graph."""
+        x = as_mono_batch(waveform, min_samples=self.min_samples, window_samples=self.window_samples)
+        logits, probs = self.session.run(["logits", "probs"], {self.input_name: x})
+        return probs, logits / np.float32(self.logit_scale)
+
+    def probs(self, waveform) -> np.ndarray:
+        """Label probabilities ``[B, L]``."""
+        return self.scores(waveform)[0]
+
+    def similarities(self, waveform) -> np.ndarray:
+        """Cosine similarities ``[B, L]`` between the audio and each label."""
+        return self.scores(waveform)[1]

@@ -1,0 +1,81 @@
+"""The text files of an export folder: trtexec command lines and README.txt."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from ..model.constants import CONTEXT_LENGTH
+from .verify import Check
+
+
+def trtexec_lines(*, files: Sequence[str], precision: str, window_samples: int, dynamic_length: bool,
+                  max_batch: int, max_samples: int, min_samples: int) -> list[str]:
+    """``trtexec`` commands that build one TensorRT engine per graph.
+
+    fp16 and int8 graphs carry their precision in their types (fp32 front end, Cast and QDQ
+    nodes), so they are built ``--stronglyTyped``: TensorRT must not lower the front end to fp16,
+    where the power spectrum overflows. fp32 graphs are built in fp32 for the same reason.
+    """
+    lines = ["# TensorRT engines for these graphs (TensorRT >= 10). Shapes: min / opt / max.",
+             f"# waveform: [batch, samples] float32 at 44.1 kHz; "
+             f"{'samples dynamic, at least ' + str(min_samples) if dynamic_length else f'samples fixed to {window_samples}'}."]
+    flags = " --stronglyTyped" if precision in ("fp16", "int8") else ""
+    lo, hi = (min_samples, max_samples) if dynamic_length else (window_samples, window_samples)
+    for name in files:
+        stem = name.removesuffix(".onnx")
+        if name == "text_encoder.onnx":
+            shapes = (f"--minShapes=tokens:1x{CONTEXT_LENGTH} --optShapes=tokens:16x{CONTEXT_LENGTH} "
+                      f"--maxShapes=tokens:256x{CONTEXT_LENGTH}")
+            engine_flags = ""
+        else:
+            shapes = (f"--minShapes=waveform:1x{lo} --optShapes=waveform:1x{window_samples} "
+                      f"--maxShapes=waveform:{max_batch}x{hi}")
+            engine_flags = flags
+        lines.append(f"trtexec --onnx={name} --saveEngine={stem}.{precision if stem != 'text_encoder' else 'fp32'}.plan "
+                     f"{shapes}{engine_flags}")
+    return lines
+
+
+def format_checks(checks: Sequence[Check]) -> list[str]:
+    """The verification table as fixed-width text."""
+    header = ("graph", "precision", "input", "shape", "max|diff|", "min cos", "top-1", "bound", "ok", "ms")
+    rows = [header] + [(c.graph, c.precision, c.inputs, "x".join(map(str, c.shape)), f"{c.max_abs_diff:.2e}",
+                        f"{c.min_cosine:.6f}", c.top1_agree, c.bound, "yes" if c.passed else "NO", f"{c.ms:.0f}")
+                       for c in checks]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check], notes: Sequence[str],
+                trtexec: Sequence[str], labels: Sequence[str]) -> str:
+    window = metadata["window_samples"]
+    shape = f"[batch, samples] (any length >= {metadata['min_samples']})" if window == "dynamic" else f"[batch, {window}]"
+    lines = [
+        "AudioCLIP ONNX export (audioclip-export onnx)",
+        "",
+        f"source:     {metadata['source']} (sha256 {metadata['source_sha256']})",
+        f"package:    audioclip-stream {metadata['version']}, opset {metadata['opset']}",
+        f"precision:  {metadata['precision']} (front end always fp32; text encoder fp32)",
+        f"labels:     {len(labels)}: {', '.join(labels)}",
+        f"template:   {metadata['template']!r}",
+        f"logit scale {float(metadata['logit_scale']):g}",
+        "",
+        "Graphs (input waveform: float32 in [-1, 1] at 44.1 kHz, mono):",
+    ]
+    described = {
+        "audio_encoder.onnx": f"waveform {shape} -> embedding [batch, {metadata['embedding_size']}], L2-normalised",
+        "classifier.onnx": f"waveform {shape} -> logits, probs [batch, {len(labels)}] (labels as constants)",
+        "text_encoder.onnx": f"tokens int64 [n, {CONTEXT_LENGTH}] (audioclip.tokenize) -> embedding "
+                             f"[n, {metadata['embedding_size']}], L2-normalised",
+    }
+    lines += [f"  {f}: {described[f]}" for f in files if f in described]
+    lines += [f"  note: {n}" for n in notes]
+    lines += ["", "Metadata on every graph (onnx metadata_props): " + json.dumps(sorted(metadata)), "",
+              "Python, no torch needed:",
+              "  from audioclip.export.runtime import OnnxClassifier",
+              "  probs, similarities = OnnxClassifier('THIS_FOLDER', threads=2).scores(waveform)",
+              "", "Verification against PyTorch at export (ONNX Runtime, CPUExecutionProvider):"]
+    lines += ["  " + row for row in format_checks(checks)]
+    lines += ["", "TensorRT (also in trtexec.txt):"] + ["  " + t for t in trtexec if not t.startswith("#")]
+    return "\n".join(lines) + "\n"

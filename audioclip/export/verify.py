@@ -1,0 +1,165 @@
+"""Check exported graphs on ONNX Runtime against the PyTorch model, with the bounds an export must meet.
+
+Bounds (on L2-normalised embeddings, per check input):
+
+- fp32: max |ONNX - PyTorch| <= 1e-4, or, where PyTorch's own float32 front end is farther than
+  that from exact arithmetic, <= 2x that distance ("noise"). Quiet FBSP bins (below -100 dB)
+  come out of a float32 matrix product with rounding noise whose size depends on the summation
+  order; on real clips this moves PyTorch's embeddings by up to 1.4e-4 from the exact result, so
+  no other summation order can promise 1e-4 to PyTorch there. The noise is measured per input by
+  running the same front end in float64.
+- fp16: cosine >= 0.999.
+- int8: cosine >= 0.99 and the same top-1 label as PyTorch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..model import SAMPLE_RATE, ZeroShotClassifier
+from ..model.esresnext import to_reference_scale
+from ..model.fbsp import power_spectrogram, power_to_db
+from .runtime import session
+
+log = logging.getLogger(__name__)
+
+FP32_MAX_DIFF = 1e-4
+FP16_MIN_COSINE = 0.999
+INT8_MIN_COSINE = 0.99
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+
+@dataclass
+class Check:
+    """One row of the verification table."""
+
+    graph: str
+    precision: str
+    inputs: str
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    min_cosine: float
+    top1_agree: str
+    bound: str
+    passed: bool
+    ms: float
+
+
+def load_clips(paths: Sequence[str | Path]) -> list[tuple[str, np.ndarray]]:
+    """Mono float32 waveforms at 44.1 kHz from audio files or folders of them (sorted by name)."""
+    import soundfile as sf
+    import soxr
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"{p}: no such audio file or folder")
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    clips = []
+    for f in files:
+        try:
+            audio, rate = sf.read(f, dtype="float32", always_2d=True)
+        except (RuntimeError, sf.LibsndfileError) as e:
+            raise ValueError(f"{f}: cannot read audio: {e}") from e
+        audio = audio.mean(axis=1)
+        if rate != SAMPLE_RATE:
+            audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+        clips.append((f.stem, audio))
+    return clips
+
+
+def synthetic_clips(seconds: float = 5.0, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Deterministic check signals when no recordings are given: noise, a chirp, a tone burst."""
+    n = int(round(seconds * SAMPLE_RATE))
+    t = np.arange(n) / SAMPLE_RATE
+    rng = np.random.default_rng(seed)
+    brown = np.cumsum(rng.standard_normal(n))
+    brown = 0.5 * (brown - brown.mean()) / np.abs(brown - brown.mean()).max()
+    chirp = 0.4 * np.sin(2 * np.pi * (100 * t + (8000 - 100) / (2 * seconds) * t ** 2))
+    burst = 0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0) + 0.01 * rng.standard_normal(n)
+    return [(name, x.astype(np.float32)) for name, x in
+            (("noise", 0.3 * rng.standard_normal(n).clip(-3, 3)), ("brown", brown), ("chirp", chirp), ("burst", burst))]
+
+
+def fit(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``audio`` repeated or cut to ``samples`` samples."""
+    return np.resize(audio, samples).astype(np.float32)
+
+
+def exact_front_end_embeddings(model, waveforms: np.ndarray) -> np.ndarray:
+    """Normalised embeddings with the front end run in float64 (the same float32 weights), trunk float32."""
+    audio = model.audio
+    with torch.no_grad():
+        x = to_reference_scale(torch.from_numpy(waveforms)).double()
+        kernel = audio.fbsp_kernel().double()
+        db = power_to_db(power_spectrogram(x, kernel, audio.window.double())).float()
+        emb = audio.fc(audio.pool(audio.features(db)))
+        return torch.nn.functional.normalize(emb, dim=-1).numpy()
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def _timed_run(sess, feeds: dict) -> tuple[list[np.ndarray], float]:
+    start = time.perf_counter()
+    out = sess.run(None, feeds)
+    return out, (time.perf_counter() - start) * 1000
+
+
+def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifier,
+                batches: Sequence[tuple[str, np.ndarray]], threads: int = 2) -> list[Check]:
+    """Run ``audio_encoder.onnx`` and ``classifier.onnx`` on each batch and compare with PyTorch."""
+    encoder = session(graph_dir / "audio_encoder.onnx", threads=threads)
+    clf = session(graph_dir / "classifier.onnx", threads=threads)
+    checks = []
+    for name, x in batches:
+        with torch.inference_mode():
+            ref = classifier.embed(x).numpy()
+            ref_probs = classifier.probs(x).numpy()
+        (emb,), ms = _timed_run(encoder, {"waveform": x})
+        logits, probs = clf.run(None, {"waveform": x})
+        diff = float(np.abs(emb - ref).max())
+        cos = float(_cosine(emb, ref).min())
+        agree = int((probs.argmax(-1) == ref_probs.argmax(-1)).sum())
+        if precision == "fp32":
+            noise = float(np.abs(exact_front_end_embeddings(classifier.model, x) - ref).max())
+            limit = max(FP32_MAX_DIFF, 2 * noise)
+            bound = f"diff <= {limit:.2g}" + (f" (2 x noise {noise:.2g})" if limit > FP32_MAX_DIFF else "")
+            # the classifier graph shares the encoder: its probabilities must agree as closely
+            passed = diff <= limit and float(np.abs(probs - ref_probs).max()) <= 1e-3
+        elif precision == "fp16":
+            bound, passed = f"cos >= {FP16_MIN_COSINE}", cos >= FP16_MIN_COSINE
+        else:
+            bound = f"cos >= {INT8_MIN_COSINE}, same top-1"
+            passed = cos >= INT8_MIN_COSINE and agree == len(x)
+        checks.append(Check("audio_encoder+classifier", precision, name, tuple(x.shape), diff, cos,
+                            f"{agree}/{len(x)}", bound, passed, ms))
+        log.info("check %s %s %s: max|diff| %.3g, cos %.6f, top-1 %d/%d, %s", precision, name, x.shape, diff, cos,
+                 agree, len(x), "ok" if passed else "FAILED")
+    return checks
+
+
+def check_text(*, graph_dir: Path, model, labels: Sequence[str], template: str, threads: int = 2) -> Check:
+    """Run ``text_encoder.onnx`` on the labels' tokens and compare with PyTorch (fp32 bound)."""
+    from ..model import tokenize
+
+    tokens = tokenize([template.format(label) for label in labels])
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(model.encode_tokens(tokens), dim=-1).numpy()
+    (emb,), ms = _timed_run(session(graph_dir / "text_encoder.onnx", threads=threads), {"tokens": tokens.numpy()})
+    diff = float(np.abs(emb - ref).max())
+    return Check("text_encoder", "fp32", "labels", tuple(tokens.shape), diff, float(_cosine(emb, ref).min()), "-",
+                 f"diff <= {FP32_MAX_DIFF:g}", diff <= FP32_MAX_DIFF, ms)
