@@ -3,9 +3,10 @@
 # input device; in CI (CI=true) those tests are required, elsewhere they skip without a device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -f .ci/pulseaudio.sh ]; then
-    # shellcheck disable=SC1091
-    source .ci/pulseaudio.sh || echo "PulseAudio could not be started: device tests will skip (or fail in CI)" >&2
+if pulse_env=$(bash .ci/pulseaudio.sh start); then
+    eval "$pulse_env"
+else
+    echo "PulseAudio could not be started: device tests will skip (and fail in CI)" >&2
 fi
 if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then
     export AUDIOCLIP_REQUIRE_DEVICE=1
