@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from ..model.constants import SAMPLE_RATE
 from .backends import default_threads, load_classifier, read_labels_file
 from .engine import StreamStats
 from .outputs import CsvWriter, JsonlWriter, LiveDisplay, summary_lines
@@ -98,7 +99,7 @@ def stream(
         for d in list_input_devices():
             typer.echo(d.describe())
         return
-    window_samples(window, hop)
+    win_samples, _ = window_samples(window, hop)
     if smooth < 1:
         raise ValueError(f"--smooth must be at least 1, got {smooth}")
     if top_k < 1:
@@ -124,6 +125,10 @@ def stream(
         source = MicrophoneSource(device)
     classifier = load_classifier(checkpoint=checkpoint, onnx=onnx, labels=label_list, template=template,
                                  threads=threads)
+    fixed = getattr(classifier, "window_samples", None)  # an ONNX export for one window length
+    if fixed is not None and fixed != win_samples:
+        raise ValueError(f"{onnx} takes windows of exactly {fixed / SAMPLE_RATE:g} s: pass --window {fixed / SAMPLE_RATE:g}, "
+                         "or export with --dynamic-length")
     detector = EventDetector(list(classifier.labels), *detector_args) if events else None
 
     stats = StreamStats()

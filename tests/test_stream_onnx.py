@@ -1,0 +1,57 @@
+"""``--onnx DIR``: the exported classifier streams the same results as the PyTorch backend."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from audioclip.model.constants import SAMPLE_RATE
+from audioclip.stream.cli import app
+from tests.conftest import make_tiny_model
+
+runtime = pytest.importorskip("audioclip.export.runtime", reason="the ONNX backend (audioclip.export) is not built")
+exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")
+
+LABELS = ["cat", "dog", "siren"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("onnx")
+    checkpoint = tmp / "tiny.pt"
+    torch.save(make_tiny_model().state_dict(), checkpoint)
+    exporter.export_onnx(checkpoint=checkpoint, out=tmp / "export", labels=LABELS, window=2.0, threads=1)
+    return checkpoint, tmp / "export"
+
+
+def test_onnx_backend_streams_like_the_torch_backend(exported, clips_dir):
+    checkpoint, export_dir = exported
+    clip = clips_dir / "thunder_3-144891-B-19.wav"
+    runner = CliRunner()
+    common = ["--input", str(clip), "--format", "jsonl", "--window", "2", "--hop", "0.75", "-q"]
+    by_torch = runner.invoke(app, ["--checkpoint", str(checkpoint), "--labels", ",".join(LABELS), *common])
+    by_onnx = runner.invoke(app, ["--onnx", str(export_dir), *common])
+    assert by_torch.exit_code == 0 and by_onnx.exit_code == 0, by_onnx.stderr
+    rows_t = [json.loads(line) for line in by_torch.stdout.splitlines() if "t_start" in line]
+    rows_o = [json.loads(line) for line in by_onnx.stdout.splitlines() if "t_start" in line]
+    assert len(rows_o) == len(rows_t) == int((5.0 - 2.0) / 0.75) + 1
+    for a, b in zip(rows_t, rows_o):
+        assert (a["t_start"], a["t_end"], a["top"]) == (b["t_start"], b["t_end"], b["top"])
+        assert list(b["probs"]) == LABELS
+        assert np.abs(np.array(list(a["probs"].values())) - np.array(list(b["probs"].values()))).max() <= 1e-4
+        assert np.abs(np.array(list(a["similarity"].values())) - np.array(list(b["similarity"].values()))).max() <= 1e-4
+
+
+def test_onnx_export_mismatches_are_one_line_errors(exported, clips_dir):
+    _, export_dir = exported
+    clip = str(clips_dir / "cat_3-95694-A-5.wav")
+    for extra, needle in ((["--labels", "rain"], "exported with the labels cat, dog, siren"),
+                          (["--window", "5"], "exactly 2 s"),
+                          (["--checkpoint", "partial"], "not both")):
+        result = CliRunner().invoke(app, ["--onnx", str(export_dir), "--input", clip, "-q", *extra])
+        assert result.exit_code == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], result.stderr
