@@ -12,7 +12,7 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export AudioCLIP to ONNX graphs that run without PyTorch (ONNX Runtime, TensorRT).")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 class Precision(str, Enum):

@@ -9,7 +9,8 @@ Bounds (on L2-normalised embeddings, per check input):
   no other summation order can promise 1e-4 to PyTorch there. The noise is measured per input by
   running the same front end in float64.
 - fp16: cosine >= 0.999.
-- int8: cosine >= 0.99 and the same top-1 label as PyTorch.
+- int8: cosine >= 0.99 and the same top-1 label as PyTorch, unless PyTorch's two labels are tied
+  (within ``TOP1_TIE_LOGITS``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 FP32_MAX_DIFF = 1e-4
 FP16_MIN_COSINE = 0.999
 INT8_MIN_COSINE = 0.99
+TOP1_TIE_LOGITS = 0.05
+"""A top-1 disagreement is a tie when PyTorch ranks the two labels within this many logits (0.05 of
+a scale up to 100: cosines 5e-4 apart), as on a random checkpoint where all labels score alike."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
@@ -133,7 +137,11 @@ def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifi
         logits, probs = clf.run(None, {"waveform": x})
         diff = float(np.abs(emb - ref).max())
         cos = float(_cosine(emb, ref).min())
-        agree = int((probs.argmax(-1) == ref_probs.argmax(-1)).sum())
+        ref_logits = np.log(np.maximum(ref_probs, 1e-30))
+        pick = probs.argmax(-1)
+        gap = ref_logits.max(-1) - ref_logits[np.arange(len(x)), pick]  # PyTorch's margin over the ONNX pick
+        agree = int((gap == 0).sum())
+        ties = int(((gap > 0) & (gap < TOP1_TIE_LOGITS)).sum())
         if precision == "fp32":
             noise = float(np.abs(exact_front_end_embeddings(classifier.model, x) - ref).max())
             limit = max(FP32_MAX_DIFF, 2 * noise)
@@ -144,9 +152,10 @@ def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifi
             bound, passed = f"cos >= {FP16_MIN_COSINE}", cos >= FP16_MIN_COSINE
         else:
             bound = f"cos >= {INT8_MIN_COSINE}, same top-1"
-            passed = cos >= INT8_MIN_COSINE and agree == len(x)
-        checks.append(Check("audio_encoder+classifier", precision, name, tuple(x.shape), diff, cos,
-                            f"{agree}/{len(x)}", bound, passed, ms))
+            passed = cos >= INT8_MIN_COSINE and agree + ties == len(x)
+        top1 = f"{agree}/{len(x)}" + (f" +{ties} tie" if ties else "")
+        checks.append(Check("audio_encoder+classifier", precision, name, tuple(x.shape), diff, cos, top1, bound,
+                            passed, ms))
         log.info("check %s %s %s: max|diff| %.3g, cos %.6f, top-1 %d/%d, %s", precision, name, x.shape, diff, cos,
                  agree, len(x), "ok" if passed else "FAILED")
     return checks

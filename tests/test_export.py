@@ -1,0 +1,224 @@
+"""ONNX export on the tiny model: graph structure, equivalence with PyTorch, the runtime wrapper, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from audioclip.export.cli import app
+from audioclip.export.exporter import DYNAMIC_MIN_SAMPLES, ExportError, export_onnx
+from audioclip.export.graphs import FrontEnd, max_pool_half
+from audioclip.export.runtime import OnnxClassifier
+from audioclip.model import SAMPLE_RATE, ZeroShotClassifier, atomic_save, finetuned_checkpoint, tokenize
+from audioclip.model.esresnext import adaptive_max_pool2d_exact
+from conftest import make_tiny_model
+
+LABELS = ["siren", "dog bark", "rain"]
+FORBIDDEN_OPS = {"STFT", "DFT", "Atan", "Loop", "If", "Scan", "NonZero", "Unique", "SequenceConstruct"}
+
+
+@pytest.mark.parametrize("height", [86, 43, 22, 11])
+def test_max_pool_half_equals_adaptive_pool_on_odd_and_even_widths(height):
+    torch.manual_seed(height)
+    for width in range(1, 42):
+        x = torch.randn(2, 3, height, width)
+        expected = F.adaptive_max_pool2d(x, ((height + 1) // 2, (width + 1) // 2))
+        assert torch.equal(max_pool_half(x), expected), (height, width)
+        assert torch.equal(adaptive_max_pool2d_exact(x, expected.shape[-2:]), expected)
+
+
+def test_front_end_graph_equals_eager_spectrogram(tiny_model):
+    front = FrontEnd(tiny_model.audio)
+    for n in (1654, 1655, 10070, 44100, 220500):
+        x = torch.rand(2, n) * 2 - 1
+        with torch.no_grad():
+            got, expected = front(x), tiny_model.audio.spectrogram_db(x)
+        assert got.shape == expected.shape, n
+        # same operations; BLAS may pick another kernel for a one-frame product (``@`` vs ``F.linear``)
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=0, msg=f"{n} samples")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(make_tiny_model().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dynamic_export(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports") / "dyn"
+    return export_onnx(checkpoint=tiny_checkpoint, out=out, labels=LABELS, template="the sound of {}",
+                       dynamic_length=True, window=2.0)
+
+
+def test_export_writes_every_file_atomically(dynamic_export):
+    out = dynamic_export.out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx", "labels.json", "trtexec.txt", "README.txt"])
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["labels"] == LABELS and labels["template"] == "the sound of {}"
+    assert all(c.passed for c in dynamic_export.checks)
+    assert {c.inputs.split()[-1] for c in dynamic_export.checks if c.graph != "text_encoder"} == {"2s", "1s", "7.3s"}
+    assert {c.shape[0] for c in dynamic_export.checks} >= {1, 4}
+
+
+@pytest.mark.parametrize("name", ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx"])
+def test_graphs_are_tensorrt_ready(dynamic_export, name):
+    model = onnx.load(str(dynamic_export.out / name))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & FORBIDDEN_OPS
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param, "batch axis must be dynamic"
+    if name != "text_encoder.onnx":
+        assert dims[1].dim_param, "samples must be dynamic with --dynamic-length"
+        assert "MatMul" in ops  # the learned transform, as constant weights
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["labels"]) == LABELS
+    assert meta["sample_rate"] == str(SAMPLE_RATE) and meta["window_samples"] == "dynamic"
+    assert meta["embedding_size"] == "32" and meta["precision"] == "fp32"
+    assert len(meta["source_sha256"]) == 64 and meta["version"]
+
+
+def test_fixed_window_graph_has_static_length(tiny_checkpoint, tmp_path):
+    result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "fixed", labels=LABELS, window=0.5)
+    model = onnx.load(str(result.out / "audio_encoder.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == round(0.5 * SAMPLE_RATE)
+    clf = OnnxClassifier(result.out)
+    with pytest.raises(ValueError, match="exactly 22050"):
+        clf.scores(np.zeros(30000, np.float32))
+    assert "--minShapes=waveform:1x22050" in (result.out / "trtexec.txt").read_text()
+
+
+@pytest.mark.parametrize("seconds,batch", [(0.25, 1), (1.0, 4), (7.3, 1)])
+def test_onnx_classifier_matches_zero_shot_classifier(dynamic_export, seconds, batch):
+    reference = ZeroShotClassifier(make_tiny_model(), LABELS, "the sound of {}")
+    clf = OnnxClassifier(dynamic_export.out, threads=1)
+    assert clf.labels == reference.labels and clf.template == reference.template
+    assert clf.logit_scale == pytest.approx(reference.logit_scale)
+    x = (np.random.default_rng(1).random((batch, int(seconds * SAMPLE_RATE)), dtype=np.float32) * 2 - 1) * 0.5
+    probs, sims = clf.scores(x)
+    ref_probs, ref_sims = (t.numpy() for t in reference.scores(x))
+    assert probs.shape == sims.shape == (batch, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    np.testing.assert_allclose(probs, ref_probs, atol=1e-5)
+    np.testing.assert_allclose(clf.probs(x[0]), ref_probs[:1], atol=1e-5)
+
+
+def test_text_encoder_matches_pytorch(dynamic_export):
+    from audioclip.export.runtime import session
+
+    model = make_tiny_model()
+    tokens = tokenize(["a dog barks", "rain on a roof", "siren"])
+    (emb,) = session(dynamic_export.out / "text_encoder.onnx", threads=1).run(None, {"tokens": tokens.numpy()})
+    with torch.no_grad():
+        ref = F.normalize(model.encode_tokens(tokens), dim=-1).numpy()
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.full(20000, np.nan, np.float32), "NaN"),
+    (np.zeros((1, 2, 20000), np.float32), "2 channels"),
+    (np.zeros(5000, np.float32), f"fewer than this graph takes \\({DYNAMIC_MIN_SAMPLES}"),
+    (np.zeros((1, 1, 1, 20000), np.float32), "shaped"),
+    (np.zeros(20000, np.int32), "dtype int32"),
+])
+def test_onnx_classifier_rejects_bad_waveforms(dynamic_export, bad, match):
+    with pytest.raises(ValueError, match=match):
+        OnnxClassifier(dynamic_export.out).scores(bad)
+
+
+def test_runtime_imports_without_torch():
+    code = ("import sys\nfrom audioclip.export.runtime import OnnxClassifier\nimport audioclip.export\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\nprint('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_finetuned_head_exports_its_own_labels_without_text_encoder(tmp_path):
+    model = make_tiny_model(seed=3)
+    embeddings = torch.randn(4, 32)
+    path = tmp_path / "head.pt"
+    atomic_save(finetuned_checkpoint(model, ["cat", "dog", "bird", "car"], embeddings, mode="cooperative",
+                                     template="a {}", source={"name": "tiny", "sha256": "0" * 64}), path)
+    result = export_onnx(checkpoint=path, out=tmp_path / "out", window=0.5, precision="fp16")
+    assert not (result.out / "text_encoder.onnx").exists() and "no text tower" in result.notes[0]
+    assert "no text tower" in (result.out / "README.txt").read_text()
+    clf = OnnxClassifier(result.out)
+    assert clf.labels == ["cat", "dog", "bird", "car"] and clf.template == "a {}" and clf.precision == "fp16"
+    assert all(c.passed and c.min_cosine >= 0.999 for c in result.checks)
+    model16 = onnx.load(str(result.out / "audio_encoder.onnx"))
+    assert onnx.TensorProto.FLOAT16 in {t.data_type for t in model16.graph.initializer}
+    # the front end stays fp32: its transform weight is not converted
+    assert [t.data_type for t in model16.graph.initializer if t.name.endswith("transform")] == [onnx.TensorProto.FLOAT]
+    atomic_save(finetuned_checkpoint(model, ["cat"], embeddings[:1], mode="linear"), tmp_path / "linear.pt")
+    with pytest.raises(ExportError, match="mode 'linear'"):
+        export_onnx(checkpoint=tmp_path / "linear.pt", out=tmp_path / "out2")
+    with pytest.raises(ExportError, match="no text tower"):
+        export_onnx(checkpoint=path, out=tmp_path / "out3", labels=["x"])
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+def test_failed_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    from audioclip.export import exporter
+
+    def broken(tmp, **kwargs):
+        (tmp / "audio_encoder.onnx").write_bytes(b"half")
+        raise ExportError("simulated failure")
+
+    monkeypatch.setattr(exporter, "_write_graphs", broken)
+    with pytest.raises(ExportError, match="simulated"):
+        export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "out", labels=LABELS)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--checkpoint", "nosuchrelease"], "unknown checkpoint 'nosuchrelease'"),
+    (["--labels", "siren,dog,siren"], "duplicate labels: 'siren'"),
+    (["--labels", "siren,,dog"], "is empty"),
+    (["--window", "0.01"], "shorter than one FBSP frame"),
+    (["--labels", "a", "--precision", "int8"], "int8 needs real recordings"),
+    (["--opset", "13"], "opset 13 is not supported"),
+])
+def test_cli_bad_input_is_one_line_error(tiny_checkpoint, tmp_path, args, message):
+    base = {"--checkpoint": str(tiny_checkpoint), "--labels": "siren,dog", "--out": str(tmp_path / "out")}
+    for key in args[::2]:
+        base.pop(key, None)
+    argv = ["onnx", *[x for kv in base.items() for x in kv], *args]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_non_empty_out_without_force(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    result = CliRunner().invoke(app, ["onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--labels", "a"])
+    assert result.exit_code == 1 and "pass --force" in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        result = CliRunner().invoke(app, ["onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(ro / "x"),
+                                          "--labels", "a"])
+        if result.exit_code == 1:  # root ignores directory permissions
+            assert "cannot write here" in result.output and not (ro / "x").exists()
+    finally:
+        ro.chmod(0o700)
