@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from audioclip.model import load_model
+from audioclip.model import SAMPLE_RATE, load_model
 from audioclip.model.checkpoint import cache_dir
 
 from .audio_io import DecodeCache
@@ -84,7 +84,8 @@ def _folds(fold: int | None, all_folds: bool) -> None:
 
 
 DATA_ROOT = typer.Option(..., "--data-root", help="Top folder of the data set (its published layout).")
-CLIP_SECONDS = typer.Option(None, "--clip-seconds", help="Clip length; default the data set's (US8K 4 s, ESC-50 5 s).")
+CLIP_SECONDS = typer.Option(None, "--clip-seconds", help="Clip length; default a fine-tuned checkpoint's, else the "
+                                                          "data set's (US8K 4 s, ESC-50 5 s, folder 5 s).")
 CACHE_DIR = typer.Option(None, "--cache-dir", help="Decoded-audio cache (default ~/.cache/audioclip/decoded).")
 NO_CACHE = typer.Option(False, "--no-cache", help="Decode every clip every time.")
 MAX_BAD = typer.Option(0.05, "--max-bad", help="Share of undecodable clips skipped with a warning before failing.")
@@ -185,8 +186,11 @@ def evaluate_command(
         require_matplotlib()
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be at least 1, got {batch_size}")
-    data = load_dataset(dataset.value, data_root, clip_seconds=clip_seconds)
     model = load_model(checkpoint)
+    if clip_seconds is None and model.metadata.get("clip_samples"):
+        clip_seconds = model.metadata["clip_samples"] / SAMPLE_RATE  # the length it was fine-tuned on
+    split_seed = model.metadata.get("recipe", {}).get("seed", 0)  # a folder's split is the one it was trained on
+    data = load_dataset(dataset.value, data_root, seed=split_seed, clip_seconds=clip_seconds)
     if fold is not None:
         folds = [fold]
     elif all_folds or model.label_bank is None:

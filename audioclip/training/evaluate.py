@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
@@ -28,7 +29,7 @@ def progress_bar(enabled: bool = True, *fields: str) -> Progress:
     """A rich progress bar with ``fields`` (e.g. ``loss``) shown after the count; silent when not ``enabled``."""
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn()]
     columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
-    return Progress(*columns, TimeElapsedColumn(), disable=not enabled, transient=True)
+    return Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled, transient=True)
 
 
 @torch.no_grad()

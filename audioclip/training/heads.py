@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from audioclip.model import AudioCLIP, AudioCLIPConfig, clamp_logit_scale, finetuned_checkpoint, normalize
+from audioclip.model.esresnext import to_reference_scale
+from audioclip.model.fbsp import fbsp_kernel, power_spectrogram, power_to_db
 
 MODES = ("cooperative", "standalone")
 
@@ -84,10 +86,16 @@ class AudioClassifier(nn.Module):
             return cls(head, model.label_bank.embeddings[rows], "standalone", linear).eval()
         return cls(head, label_embeddings(model, labels, template), "cooperative").eval()
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, fbsp_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, L]``; ``fbsp_weights`` (``audio.fbsp.weights()``) lets a training step build them once
+        for both the spectrogram and the FBSP norm loss (the weights' backward is the costliest part of a step)."""
         audio = self.model.audio
         with torch.autocast(waveform.device.type, enabled=False):
-            db = audio.spectrogram_db(waveform.float())
+            if fbsp_weights is None:
+                db = audio.spectrogram_db(waveform.float())
+            else:
+                x = to_reference_scale(waveform.float())
+                db = power_to_db(power_spectrogram(x, fbsp_kernel(fbsp_weights), audio.window))
         pooled = audio.pool(audio.features(db))
         if self.classifier is not None:
             return self.classifier(pooled).float()

@@ -74,7 +74,6 @@ def prepare_clips(clips: list[Clip], cache: DecodeCache, *, max_bad_share: float
         for i, error in zip(todo, loader):
             if error:
                 bad[i] = error
-                log.warning("skipping %s", error)
             if on_progress is not None:
                 on_progress(1)
     if on_progress is not None and len(todo) < len(clips):
@@ -84,6 +83,8 @@ def prepare_clips(clips: list[Clip], cache: DecodeCache, *, max_bad_share: float
         if share > max_bad_share:
             raise DatasetError(f"{len(bad)} of {len(clips)} clips ({share:.1%}) cannot be decoded, more than the "
                                f"{max_bad_share:.0%} allowed; first: {next(iter(bad.values()))}")
+        for error in bad.values():
+            log.warning("skipping %s", error)
         log.warning("skipped %d of %d clips that cannot be decoded", len(bad), len(clips))
     return [c for i, c in enumerate(clips) if i not in bad]
 

@@ -26,7 +26,12 @@ def contrastive_loss(output: AudioCLIPOutput) -> torch.Tensor:
 
 def fbsp_norm_loss(audio: ESResNeXtFBSP) -> torch.Tensor:
     """Keeps each bin of the learned transform at unit norm (the reference's ``loss_ttf``, normalised case)."""
-    norms = torch.norm(audio.fbsp.weights(), p=2, dim=[-1, -2])
+    return fbsp_weight_norm_loss(audio.fbsp.weights())
+
+
+def fbsp_weight_norm_loss(weights: torch.Tensor) -> torch.Tensor:
+    """:func:`fbsp_norm_loss` of complex weights ``[bins, n_fft, 2]`` already built (a training step builds them once)."""
+    norms = torch.norm(weights, p=2, dim=[-1, -2])
     return F.mse_loss(norms, torch.ones_like(norms))
 
 

@@ -24,7 +24,7 @@ from .datasets import DatasetIndex
 from .evaluate import predict, progress_bar, write_json
 from .heads import MODES, AudioClassifier, audio_only, label_embeddings
 from .loader import ClipDataset, check_classes, make_loader, prepare_clips
-from .losses import fbsp_norm_loss, normalize_fbsp_gradients
+from .losses import fbsp_weight_norm_loss, normalize_fbsp_gradients
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +229,10 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
                                     loss="-", **{"samples/s": "-"})
                 for x, y in train_loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    weights = audio.fbsp.weights()
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        logits = ddp(x)
-                    loss = F.cross_entropy(logits.float(), y) + fbsp_norm_loss(audio)
+                        logits = ddp(x, weights)
+                    loss = F.cross_entropy(logits.float(), y) + fbsp_weight_norm_loss(weights)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
