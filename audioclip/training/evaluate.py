@@ -26,10 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def progress_bar(enabled: bool = True, *fields: str) -> Progress:
-    """A rich progress bar with ``fields`` (e.g. ``loss``) shown after the count; silent when not ``enabled``."""
+    """A rich progress bar on stderr with ``fields`` (e.g. ``loss``) after the count; silent when not ``enabled``
+    or when stderr is not a terminal (logs then carry the per-epoch lines)."""
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn()]
     columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
-    return Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled, transient=True)
+    console = Console(stderr=True)
+    return Progress(*columns, TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal),
+                    transient=True)
 
 
 @torch.no_grad()

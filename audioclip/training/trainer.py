@@ -181,7 +181,8 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
 
     torch.manual_seed(recipe.seed)
     embeddings = label_embeddings(model, data.labels, recipe.template)
-    net = AudioClassifier(audio_only(model), embeddings, recipe.mode).to(device)
+    # The trunk runs channels-last: weights in that layout too, so that their gradients match DDP's buckets.
+    net = AudioClassifier(audio_only(model), embeddings, recipe.mode).to(device, memory_format=torch.channels_last)
     del model
     audio = net.model.audio
     hooks = normalize_fbsp_gradients(audio)
