@@ -201,3 +201,30 @@ def test_one_step_from_the_golden_checkpoint_saves_a_checkpoint_that_loads_and_s
     probs, sims = classifier.scores(clip[: 5 * 44100])
     assert classifier.labels == ["my chirp", "my clicks", "my noise", "my tone"] and probs.shape == (1, 4)
     assert torch.isfinite(sims).all() and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_all_folds_cross_validation_reports_each_fold_and_the_mean(tiny_checkpoint, tmp_path):
+    data = make_folder(tmp_path / "data", per_class=5, seconds=0.3)
+    out = tmp_path / "cv"
+    code, text = cli("finetune", "--dataset", "folder", "--data-root", data, "--checkpoint", tiny_checkpoint,
+                     "--all-folds", "--epochs", 1, "--batch-size", 16, "--clip-seconds", 0.25, "--mode", "standalone",
+                     "--cache-dir", tmp_path / "cache", "--out", out, "--quiet")
+    assert code == 0, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folds"] == 5 and sorted(summary["val_acc"]) == ["1", "2", "3", "4", "5"]
+    assert summary["mean_val_acc"] == pytest.approx(np.mean(list(summary["val_acc"].values())))
+    for k in range(1, 6):
+        assert summary["val_acc"][str(k)] == metrics(out / f"fold{k}")[-1]["val_acc"]
+        assert load_model(out / f"fold{k}" / "best.pt").metadata["fold"] == k
+    assert "mean" in text and "cross-validation" in text
+
+
+def test_shared_fbsp_weights_give_the_logits_of_the_cached_kernel(tiny_model):
+    from audioclip.training.heads import AudioClassifier
+
+    net = AudioClassifier.for_labels(tiny_model, ["a dog", "a siren", "rain"])
+    x = 0.1 * torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x, net.model.audio.fbsp.weights()))
+    expected = ZeroShotClassifier(tiny_model, ["a dog", "a siren", "rain"]).logits(x)
+    torch.testing.assert_close(net(x).detach(), expected, rtol=1e-5, atol=1e-5)
