@@ -77,7 +77,7 @@ def test_an_engine_error_stops_the_stream_and_reaches_the_caller(noise_file):
 
 
 class InterruptedSource:
-    """Delivers ``seconds`` of audio in 0.1-s blocks, then acts as if Ctrl-C was pressed."""
+    """Delivers ``seconds`` of audio in 0.1-s blocks at 5x real time, then acts as if Ctrl-C was pressed."""
 
     rate, channels, live, name, overflows = 48000.0, 2, True, "interrupted", 0
 
@@ -88,6 +88,7 @@ class InterruptedSource:
         try:
             block = np.full((4800, 2), 0.25, np.float32)
             for _ in range(int(self.seconds * 10)):
+                time.sleep(0.02)
                 yield block, time.monotonic()
             raise KeyboardInterrupt
         finally:

@@ -26,8 +26,19 @@ JSONL_KEYS = ["t_start", "t_end", "top", "probs", "similarity", "latency_ms"]
 
 
 def run_cli(*args: str):
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    args = [str(a) for a in args]
+    if "--threads" not in args:
+        args += ["--threads", "1"]  # a tiny model on a shared machine: one thread is fastest
+    result = CliRunner().invoke(app, args)
     return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The CLI sets torch's thread count for the process; give other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def windows_of(stdout: str) -> list[dict]:
@@ -61,7 +72,7 @@ def offline(classifier, x: np.ndarray, window: float, hop: float):
 
 def test_file_jsonl_equals_offline_classification_window_by_window(long_clip, tiny_checkpoint):
     code, out, err = run_cli("--checkpoint", tiny_checkpoint, "--labels", ",".join(LABELS), "--input", long_clip,
-                             "--format", "jsonl", "--threads", "1")
+                             "--format", "jsonl")
     assert code == 0, err
     rows = windows_of(out)
     assert all(list(row) == JSONL_KEYS for row in rows)
@@ -240,7 +251,7 @@ def test_missing_portaudio_is_one_line_and_file_mode_still_works(tmp_path, tiny_
     listing = subprocess.run(cmd[:3] + ["--list-devices"], env=env, capture_output=True, text=True, timeout=120)
     one_line_error(listing.returncode, listing.stderr, "libportaudio2")
     clip = clips_dir / "cat_3-95694-A-5.wav"
-    ok = subprocess.run(cmd + ["--input", str(clip), "--format", "jsonl", "-q"], env=env, capture_output=True,
+    ok = subprocess.run(cmd + ["--input", str(clip), "--format", "jsonl", "-q", "--threads", "1"], env=env, capture_output=True,
                         text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert len(windows_of(ok.stdout)) == 1

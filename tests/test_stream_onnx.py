@@ -18,6 +18,13 @@ exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exp
 LABELS = ["cat", "dog", "siren"]
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("onnx")
@@ -31,7 +38,7 @@ def test_onnx_backend_streams_like_the_torch_backend(exported, clips_dir):
     checkpoint, export_dir = exported
     clip = clips_dir / "thunder_3-144891-B-19.wav"
     runner = CliRunner()
-    common = ["--input", str(clip), "--format", "jsonl", "--window", "2", "--hop", "0.75", "-q"]
+    common = ["--input", str(clip), "--format", "jsonl", "--window", "2", "--hop", "0.75", "-q", "--threads", "1"]
     by_torch = runner.invoke(app, ["--checkpoint", str(checkpoint), "--labels", ",".join(LABELS), *common])
     by_onnx = runner.invoke(app, ["--onnx", str(export_dir), *common])
     assert by_torch.exit_code == 0 and by_onnx.exit_code == 0, by_onnx.stderr

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from ..model.constants import SAMPLE_RATE
-from .backends import default_threads, load_classifier, read_labels_file
+from .backends import load_classifier, read_labels_file
 from .engine import StreamStats
 from .outputs import CsvWriter, JsonlWriter, LiveDisplay, summary_lines
 from .postprocess import EventDetector
@@ -83,14 +83,14 @@ def stream(
     window: float = typer.Option(5.0, "--window", help="Window length in seconds."),
     hop: float = typer.Option(0.5, "--hop", help="Seconds between window starts."),
     smooth: int = typer.Option(1, "--smooth", help="Average probabilities over the last N windows (1: off)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Event threshold on a label's prob [default: 0.5]."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Event threshold on a label's prob (default 0.5)."),
     hysteresis: float = typer.Option(0.05, "--hysteresis", help="An event ends below threshold minus this."),
     top_k: int = typer.Option(5, "--top-k", help="Labels shown in the live display."),
     format: Format = typer.Option(Format.live, "--format", help="live display, or JSON lines / CSV on stdout."),
     events: bool = typer.Option(False, "--events", help="Report label events (start/end) against --threshold."),
     realtime: bool = typer.Option(False, "--realtime", help="Pace a file like a live source."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds of audio."),
-    threads: int = typer.Option(default_threads(), "--threads", help="Inference threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads (default 2 for PyTorch, 1 for ONNX Runtime)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
 ) -> None:
     """Classify overlapping windows of live or recorded audio against text labels."""
@@ -145,9 +145,9 @@ def stream(
     try:
         stats, closing = run_stream(source=source, classifier=classifier, on_result=writer, window=window, hop=hop,
                                     smooth=smooth, events=detector, duration=duration, stats=stats)
+        writer.events(closing)
     finally:
         writer.close()
-    writer.events(closing)
     for line in summary_lines(stats):
         out.print(line, highlight=False, soft_wrap=True)
 

@@ -80,6 +80,7 @@ class LiveDisplay:
         self.console, self.stats, self.top_k, self.source = console, stats, top_k, source
         self._lock = threading.Lock()
         self._recent_events: list[Event] = []
+        self._last: WindowResult | None = None
         self._live = Live(self._render(None), console=console, auto_refresh=False, transient=False)
         self._live.start()
 
@@ -99,9 +100,8 @@ class LiveDisplay:
         level = result.level_db
         meter = _bar((level + 60.0) / 60.0 if math.isfinite(level) else 0.0, 20)
         s = self.stats
-        status = Text(
-            f"t {result.t_end:8.2f} s   latency {result.latency_ms:6.0f} ms   RTF {s.rtf:5.3f}   "
-            f"windows {s.windows}   dropped {s.dropped}   overflows {s.overflows}")
+        status = Text(f"t {result.t_end:.2f} s  latency {result.latency_ms:.0f} ms  RTF {s.rtf:.3f}  "
+                      f"windows {s.windows}  dropped {s.dropped}  overflows {s.overflows}")
         level_text = Text(f"input {meter} {level:6.1f} dBFS" if math.isfinite(level) else f"input {meter}   silent")
         parts = [head, table, status, level_text]
         if self._recent_events:
@@ -111,15 +111,18 @@ class LiveDisplay:
 
     def __call__(self, result: WindowResult) -> None:
         with self._lock:
+            self._last = result
             self._recent_events.extend(result.events)
             self._live.update(self._render(result), refresh=True)
 
     def events(self, events: list[Event]) -> None:
         with self._lock:
             self._recent_events.extend(events)
+            self._live.update(self._render(self._last), refresh=True)
 
     def close(self) -> None:
         self._live.stop()
+        self.console.line()
 
 
 def summary_lines(stats: StreamStats) -> list[str]:
