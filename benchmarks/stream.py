@@ -86,7 +86,8 @@ def main() -> None:
                 for load in args.load:
                     busy = None
                     if load == "busy":
-                        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                               "MKL_NUM_THREADS": "1"}
                         busy = subprocess.Popen([sys.executable, "-c", BUSY], env=env)
                         time.sleep(1.0)
                     try:
@@ -101,7 +102,8 @@ def main() -> None:
                             busy.wait()
     table = Table(title=f"{args.seconds:g} s file paced in real time, window {args.window:g} s "
                         f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end)")
-    for column in ("backend", "threads", "load", "hop s", "windows", "dropped", "mean ms", "p95 ms", "RTF", "CPU cores"):
+    columns = ("backend", "threads", "load", "hop s", "windows", "dropped", "mean ms", "p95 ms", "RTF", "CPU cores")
+    for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(r["backend"], str(r["threads"]), r["load"], f"{r['hop']:g}", str(r["windows"]), str(r["dropped"]),

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +250,7 @@ def test_missing_portaudio_is_one_line_and_file_mode_still_works(tmp_path, tiny_
     listing = subprocess.run(cmd[:3] + ["--list-devices"], env=env, capture_output=True, text=True, timeout=120)
     one_line_error(listing.returncode, listing.stderr, "libportaudio2")
     clip = clips_dir / "cat_3-95694-A-5.wav"
-    ok = subprocess.run(cmd + ["--input", str(clip), "--format", "jsonl", "-q", "--threads", "1"], env=env, capture_output=True,
-                        text=True, timeout=120)
+    ok = subprocess.run(cmd + ["--input", str(clip), "--format", "jsonl", "-q", "--threads", "1"], env=env,
+                        capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert len(windows_of(ok.stdout)) == 1

@@ -4,11 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from audioclip.model.constants import SAMPLE_RATE
 from audioclip.stream.cli import app
 from tests.conftest import make_tiny_model
 

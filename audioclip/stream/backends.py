@@ -74,6 +74,7 @@ def _load_onnx(directory: Path, labels, template, threads: int) -> Classifier:
         raise ValueError(f"{directory} was exported with the labels {', '.join(classifier.labels)}; export again "
                          "with the labels you want (audioclip-export), or leave out --labels")
     if template is not None and template != classifier.template:
-        raise ValueError(f"{directory} was exported with the template {classifier.template!r}; export again to change it")
+        raise ValueError(f"{directory} was exported with the template {classifier.template!r}; "
+                         "export again to change it")
     log.info("ONNX Runtime backend, %d thread(s), %d labels", threads, len(classifier.labels))
     return classifier

@@ -54,7 +54,10 @@ class BlockRing:
         n = end - self._read
         i = self._read % self.capacity
         first = min(n, self.capacity - i)
-        out = np.concatenate([self._data[i:i + first], self._data[:n - first]]) if first < n else self._data[i:i + n].copy()
+        if first < n:
+            out = np.concatenate([self._data[i:i + first], self._data[:n - first]])
+        else:
+            out = self._data[i:i + n].copy()
         self._read = end
         return out, stamp
 

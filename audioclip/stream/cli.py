@@ -83,14 +83,16 @@ def stream(
     window: float = typer.Option(5.0, "--window", help="Window length in seconds."),
     hop: float = typer.Option(0.5, "--hop", help="Seconds between window starts."),
     smooth: int = typer.Option(1, "--smooth", help="Average probabilities over the last N windows (1: off)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Event threshold on a label's prob (default 0.5)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold",
+                                              help="Event threshold on a label's prob (default 0.5)."),
     hysteresis: float = typer.Option(0.05, "--hysteresis", help="An event ends below threshold minus this."),
     top_k: int = typer.Option(5, "--top-k", help="Labels shown in the live display."),
     format: Format = typer.Option(Format.live, "--format", help="live display, or JSON lines / CSV on stdout."),
     events: bool = typer.Option(False, "--events", help="Report label events (start/end) against --threshold."),
     realtime: bool = typer.Option(False, "--realtime", help="Pace a file like a live source."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds of audio."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads (default 2 for PyTorch, 1 for ONNX Runtime)."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="Inference threads (default 2 for PyTorch, 1 for ONNX Runtime)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
 ) -> None:
     """Classify overlapping windows of live or recorded audio against text labels."""
@@ -127,7 +129,8 @@ def stream(
                                  threads=threads)
     fixed = getattr(classifier, "window_samples", None)  # an ONNX export for one window length
     if fixed is not None and fixed != win_samples:
-        raise ValueError(f"{onnx} takes windows of exactly {fixed / SAMPLE_RATE:g} s: pass --window {fixed / SAMPLE_RATE:g}, "
+        seconds = f"{fixed / SAMPLE_RATE:g}"
+        raise ValueError(f"{onnx} takes windows of exactly {seconds} s: pass --window {seconds}, "
                          "or export with --dynamic-length")
     detector = EventDetector(list(classifier.labels), *detector_args) if events else None
 

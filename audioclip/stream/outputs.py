@@ -138,8 +138,8 @@ def summary_lines(stats: StreamStats) -> list[str]:
         happened = [label for label in detector.labels if detector.counts[label]]
         if happened:
             lines.append("events: " + "; ".join(
-                f"{label} x{detector.counts[label]} ({detector.durations[label]:.1f} s, peak {detector.peaks[label]:.2f})"
-                for label in happened))
+                f"{label} x{detector.counts[label]} ({detector.durations[label]:.1f} s, "
+                f"peak {detector.peaks[label]:.2f})" for label in happened))
         else:
             lines.append(f"events: none above {detector.threshold:g}")
     return lines
