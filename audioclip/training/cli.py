@@ -24,7 +24,7 @@ from .trainer import Recipe, Runtime, cross_validate, finetune, shutdown_distrib
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune AudioCLIP's audio head on UrbanSound8K, ESC-50 or labelled folders, and evaluate.")
-console = Console()
+console = Console(soft_wrap=True)
 errors = Console(stderr=True)
 
 
@@ -151,7 +151,7 @@ def _render(report: EvalReport) -> None:
     folds.add_row("mean", str(sum(report.clips.values())), f"{report.mean_accuracy:.2%}", style="bold")
     console.print(folds)
     confusion = Table("true \\ predicted", *[str(i) for i in range(len(report.labels))], title="confusion matrix",
-                      pad_edge=False, padding=(0, 1))
+                      padding=(0, 1))
     for i, (label, row) in enumerate(zip(report.labels, report.confusion)):
         cells = [f"[bold]{v}[/bold]" if j == i else (str(v) if v else "[dim]0[/dim]") for j, v in enumerate(row)]
         confusion.add_row(f"{i} {label}", *cells)
