@@ -147,6 +147,21 @@ def _check_resumable(state: dict, recipe: Recipe, data: DatasetIndex, fold: int,
             raise TrainingError(f"{path}: run was started with another {key}; resume with the same one")
 
 
+def _decode(clips: list, what: str, data: DatasetIndex, fold: int, cache: DecodeCache, runtime: Runtime,
+            rank: int) -> list:
+    """The clips that decode, decoded into ``cache`` by rank 0 before the other ranks read it."""
+    with progress_bar(runtime.progress and rank == 0) as bar:
+        task = bar.add_task(f"decoding {what} clips", total=len(clips))
+        if rank != 0:
+            _barrier()
+        kept = prepare_clips(clips, cache, max_bad_share=runtime.max_bad_share, workers=runtime.workers,
+                             on_progress=lambda k: bar.advance(task, k))
+        if rank == 0:
+            _barrier()
+    check_classes(kept, data.labels, f"{data.name} fold {fold} {what} set")
+    return kept
+
+
 def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLike, cache: DecodeCache,
              recipe: Recipe = Recipe(), runtime: Runtime = Runtime(), resume: bool = False) -> dict:
     """Fine-tune ``source`` on every fold of ``data`` but ``fold`` and test on ``fold`` after each epoch.
@@ -166,18 +181,8 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
     if state is not None:
         _check_resumable(state, recipe, data, fold, source_meta, out / "last.pt")
 
-    train_clips, test_clips = data.split(fold)
-    with progress_bar(runtime.progress and rank == 0) as bar:
-        for what, clips in (("train", train_clips), ("test", test_clips)):
-            task = bar.add_task(f"decoding {what} clips", total=len(clips))
-            if rank != 0:
-                _barrier()  # rank 0 decodes into the shared cache first
-            kept = prepare_clips(clips, cache, max_bad_share=runtime.max_bad_share, workers=runtime.workers,
-                                 on_progress=lambda k: bar.advance(task, k))
-            if rank == 0:
-                _barrier()
-            check_classes(kept, data.labels, f"{data.name} fold {fold} {what} set")
-            train_clips, test_clips = (kept, test_clips) if what == "train" else (train_clips, kept)
+    train_clips, test_clips = (_decode(clips, what, data, fold, cache, runtime, rank)
+                               for what, clips in zip(("train", "test"), data.split(fold)))
 
     torch.manual_seed(recipe.seed)
     embeddings = label_embeddings(model, data.labels, recipe.template)
@@ -195,7 +200,7 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda"):
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         start, best_acc, best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
         log.info("resuming %s from epoch %d of %d", out, start, recipe.epochs)
