@@ -161,8 +161,9 @@ def test_resume_after_kill_is_bit_identical_to_an_uninterrupted_run(tiny_checkpo
     process.wait()
     interrupted_at = torch.load(broken / "last.pt", weights_only=True)["epoch"]
     assert 1 <= interrupted_at < 4
-    subprocess.run(_train_command(data, tiny_checkpoint, broken, tmp_path / "cache", "--resume"), env=env,
-                   check=True, capture_output=True, timeout=300)
+    # Resumed with data-loader workers: a sample's augmentation depends on (seed, epoch, index) only.
+    subprocess.run(_train_command(data, tiny_checkpoint, broken, tmp_path / "cache", "--resume", "--workers", "2"),
+                   env=env, check=True, capture_output=True, timeout=300)
 
     a, b = (torch.load(run / "last.pt", weights_only=True) for run in (whole, broken))
     assert a["epoch"] == b["epoch"] == 4
