@@ -54,7 +54,8 @@ def test_recipe_draws_each_augmentation_with_its_probability_and_range():
     lengths = []
     for i in range(400):
         rng = sample_generator(0, 0, i)
-        flip, factor, add_noise, snr = rng.random() < 0.5, 1.5 ** rng.uniform(-1, 1), rng.random() < 0.25, rng.uniform(10, 120)
+        flip, factor = rng.random() < 0.5, 1.5 ** rng.uniform(-1, 1)
+        add_noise = rng.random() < 0.25
         lengths.append(len(time_scale(x, factor)))
         flips += flip
         noisy += add_noise

@@ -78,7 +78,8 @@ def make_us8k(root: Path, per_class_per_fold: int = 1, seconds: float = 1.0, see
             for _ in range(per_class_per_fold):
                 rate, subtype, channels = FORMATS[n % len(FORMATS)]
                 fname = f"{100 + n}-{class_id}-0-{n}.wav"
-                write_clip(root / "audio" / f"fold{fold}" / fname, synth(kind, rng, seconds, rate), rate, subtype, channels)
+                path = root / "audio" / f"fold{fold}" / fname
+                write_clip(path, synth(kind, rng, seconds, rate), rate, subtype, channels)
                 rows.append({"slice_file_name": fname, "fsID": 100 + n, "start": 0.0, "end": seconds, "salience": 1,
                              "fold": fold, "classID": class_id, "class": name})
                 n += 1

@@ -32,7 +32,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert result.stdout.count("fold 1: final val acc") == 1  # rank 0 alone reports
     assert result.stderr.count("epoch 2/2:") == 1
     state = torch.load(out / "last.pt", weights_only=True)
-    assert state["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["module"].values() if v.is_floating_point())
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["module"].values() if v.is_floating_point())
     assert not any(k.startswith("module.") for k in state["module"])  # saved without the DDP wrapper's prefix
     model = load_model(out / "best.pt")
     assert model.label_bank.labels[0] == "synthetic tone"

@@ -98,7 +98,8 @@ def test_standalone_mode_trains_a_linear_classifier_that_evaluate_uses(tiny_chec
     data = load_dataset("esc50", esc50, clip_seconds=0.5)
     cache = DecodeCache(tmp_path / "cache")
     result = finetune(source=str(tiny_checkpoint), data=data, fold=2, out=run, cache=cache,
-                      recipe=Recipe(mode="standalone", epochs=2, batch_size=32, lr=0.02), runtime=Runtime(progress=False))
+                      recipe=Recipe(mode="standalone", epochs=2, batch_size=32, lr=0.02),
+                      runtime=Runtime(progress=False))
     model = load_model(run / "best.pt")
     classifier = model.metadata["classifier"]
     assert model.metadata["mode"] == "standalone" and model.metadata["fold"] == 2

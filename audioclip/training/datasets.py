@@ -143,7 +143,8 @@ def _audio_files(directory: Path) -> list[Path]:
 
 
 def _class_dirs(directory: Path) -> dict[str, list[Path]]:
-    classes = {d.name: _audio_files(d) for d in sorted(directory.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    dirs = [d for d in sorted(directory.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    classes = {d.name: _audio_files(d) for d in dirs}
     if not classes:
         raise DatasetError(f"{directory}: no class folders (expected DIR/<label>/*.wav)")
     for name, files in classes.items():
@@ -153,7 +154,7 @@ def _class_dirs(directory: Path) -> dict[str, list[Path]]:
 
 
 def load_folder(root: Path, seed: int = 0, folds: int = FOLDER_FOLDS, seconds: float = 5.0) -> DatasetIndex:
-    """``DIR/<label>/*``: a seeded stratified split into ``folds`` folds, or ``DIR/train`` and ``DIR/test`` (one fold)."""
+    """``DIR/<label>/*``: a seeded, stratified ``folds``-fold split; or ``DIR/train`` and ``DIR/test`` (one fold)."""
     _require_dir(root)
     if (root / "train").is_dir() and (root / "test").is_dir():
         parts = {0: _class_dirs(root / "train"), 1: _class_dirs(root / "test")}
@@ -170,11 +171,13 @@ def load_folder(root: Path, seed: int = 0, folds: int = FOLDER_FOLDS, seconds: f
             files = classes[name]
             order = rng.permutation(len(files))
             clips += [Clip(files[j], label, 1 + k % folds) for k, j in enumerate(order)]
-    return DatasetIndex("folder", root, [n.replace("_", " ") for n in names], clips, folds, round(seconds * SAMPLE_RATE))
+    labels = [n.replace("_", " ") for n in names]
+    return DatasetIndex("folder", root, labels, clips, folds, round(seconds * SAMPLE_RATE))
 
 
-def load_dataset(kind: str, root: str | os.PathLike, *, seed: int = 0, clip_seconds: float | None = None) -> DatasetIndex:
-    """Index of ``kind`` (``us8k``, ``esc50`` or ``folder``) under ``root``; ``clip_seconds`` overrides the clip length."""
+def load_dataset(kind: str, root: str | os.PathLike, *, seed: int = 0,
+                 clip_seconds: float | None = None) -> DatasetIndex:
+    """Index of ``kind`` (us8k, esc50, folder) under ``root``; ``clip_seconds`` overrides the clip length."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root}: data root not found")

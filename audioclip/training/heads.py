@@ -1,4 +1,4 @@
-"""The trained module: the audio head scored against label embeddings (cooperative) or a linear classifier (standalone)."""
+"""The trained module: the audio head scored against label embeddings (cooperative) or by a new linear classifier."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ MODES = ("cooperative", "standalone")
 
 def audio_only(model: AudioCLIP) -> AudioCLIP:
     """A copy of ``model``'s audio head and logit scales without the image and text towers."""
-    head = AudioCLIP(AudioCLIPConfig(embed_dim=model.config.embed_dim, audio=model.config.audio, vision=None, text=None))
+    config = AudioCLIPConfig(embed_dim=model.config.embed_dim, audio=model.config.audio, vision=None, text=None)
+    head = AudioCLIP(config)
     state = {k: v for k, v in model.state_dict().items()
              if k.startswith("audio.") or k in ("logit_scale_ai", "logit_scale_at")}
     head.load_state_dict(state, strict=True)
@@ -26,7 +27,8 @@ def _positions(wanted: list[str], available: list[str], what: str) -> list[int]:
     missing = [label for label in wanted if label not in available]
     if missing:
         raise ValueError(f"{what} lacks label(s) {', '.join(map(repr, missing[:3]))}"
-                         f"{' and more' if len(missing) > 3 else ''}; it knows {', '.join(map(repr, available[:5]))}...")
+                         f"{' and more' if len(missing) > 3 else ''}; "
+                         f"it knows {', '.join(map(repr, available[:5]))}...")
     return [available.index(label) for label in wanted]
 
 

@@ -30,7 +30,7 @@ def fbsp_norm_loss(audio: ESResNeXtFBSP) -> torch.Tensor:
 
 
 def fbsp_weight_norm_loss(weights: torch.Tensor) -> torch.Tensor:
-    """:func:`fbsp_norm_loss` of complex weights ``[bins, n_fft, 2]`` already built (a training step builds them once)."""
+    """:func:`fbsp_norm_loss` of complex weights ``[bins, n_fft, 2]`` already built (once per training step)."""
     norms = torch.norm(weights, p=2, dim=[-1, -2])
     return F.mse_loss(norms, torch.ones_like(norms))
 

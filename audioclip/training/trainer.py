@@ -208,7 +208,9 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+    ddp = net
+    if world > 1:
+        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     amp = device.type == "cuda"
     train_set = ClipDataset(train_clips, cache, data.clip_samples, Augmentation(), recipe.seed)
