@@ -145,3 +145,14 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(monkeypatch, tmp_path
         atomic_save({"epoch": 2}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_atomic_save_gives_the_file_the_umask_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_save({"epoch": 1}, tmp_path / "best.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "best.pt").stat().st_mode & 0o777 == 0o644
