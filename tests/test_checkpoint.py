@@ -156,3 +156,13 @@ def test_atomic_save_gives_the_file_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "best.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_standalone_head_is_not_a_zero_shot_classifier(tmp_path, tiny_model):
+    with torch.inference_mode():
+        embeddings = tiny_model.encode_text(["a", "b"])
+    path = tmp_path / "standalone.pt"
+    atomic_save(finetuned_checkpoint(tiny_model, ["a", "b"], embeddings, mode="standalone",
+                                     classifier={"weight": torch.zeros(2, 256), "bias": torch.zeros(2)}), path)
+    with pytest.raises(ValueError, match="mode 'standalone'.*only 'cooperative' heads"):
+        ZeroShotClassifier(load_model(path))

@@ -139,10 +139,6 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     check_clips = load_clips(clips) if clips else synthetic_clips(window)
 
     model = load_model(checkpoint)
-    mode = model.metadata.get("mode")
-    if model.label_bank is not None and mode not in (None, "cooperative"):
-        raise ExportError(f"{checkpoint}: a fine-tuned head in mode {mode!r} is not a cosine classifier over label "
-                          "embeddings; only mode 'cooperative' heads can be exported as a zero-shot classifier")
     if labels is not None and not model.has_text:
         raise ExportError(f"{checkpoint}: has no text tower, so it can only classify the labels it carries "
                           f"({', '.join(model.label_bank.labels) if model.label_bank else 'none'}); drop --labels")

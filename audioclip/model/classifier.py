@@ -41,6 +41,11 @@ class ZeroShotClassifier:
 
     def __init__(self, model: AudioCLIP, labels: Sequence[str] | None = None, template: str | None = None):
         self.model = model.eval()
+        mode = model.metadata.get("mode", "cooperative")
+        if mode != "cooperative":
+            raise ValueError(f"this fine-tuned head was trained in mode {mode!r}: its scores come from a linear "
+                             "classifier, not from cosine similarity to label embeddings; only 'cooperative' heads "
+                             "can be streamed or exported (evaluate it with audioclip-train evaluate)")
         if labels is None:
             if model.label_bank is None:
                 raise ValueError("no labels given and the checkpoint carries none: pass labels")
