@@ -165,7 +165,7 @@ def test_finetuned_head_exports_its_own_labels_without_text_encoder(tmp_path):
     # the front end stays fp32: its transform weight is not converted
     assert [t.data_type for t in model16.graph.initializer if t.name.endswith("transform")] == [onnx.TensorProto.FLOAT]
     atomic_save(finetuned_checkpoint(model, ["cat"], embeddings[:1], mode="linear"), tmp_path / "linear.pt")
-    with pytest.raises(ExportError, match="mode 'linear'"):
+    with pytest.raises(ValueError, match="mode 'linear'"):
         export_onnx(checkpoint=tmp_path / "linear.pt", out=tmp_path / "out2")
     with pytest.raises(ExportError, match="no text tower"):
         export_onnx(checkpoint=path, out=tmp_path / "out3", labels=["x"])
