@@ -254,3 +254,24 @@ def test_missing_portaudio_is_one_line_and_file_mode_still_works(tmp_path, tiny_
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert len(windows_of(ok.stdout)) == 1
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_a_live_stream_with_a_summary(signum, tiny_checkpoint, clips_dir):
+    import signal
+    import time
+
+    clip = clips_dir / "thunder_3-144891-B-19.wav"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "audioclip.stream.cli", "--checkpoint", str(tiny_checkpoint), "--labels", "a,b",
+         "--input", str(clip), "--realtime", "--format", "jsonl", "--window", "1", "--hop", "0.5", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background shell ignores SIGINT
+    first = proc.stdout.readline()  # the first window ends at 1 s of the paced file
+    time.sleep(1.0)
+    proc.send_signal(getattr(signal, signum))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    rows = windows_of(first + out)
+    assert 1 <= len(rows) < 9 and rows[-1]["t_end"] < 5.0  # stopped before the end of the 5-s file
+    assert f"windows {len(rows)}, dropped " in err and "latency mean" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -50,6 +51,10 @@ def _one_line_errors(command):
             errors.print("interrupted")
             raise typer.Exit(130) from None
     return wrapper
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -156,6 +161,7 @@ def stream(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a service manager: stop like Ctrl-C, with a summary
     app(prog_name="audioclip-stream")
 
 
