@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 def default_threads(*, onnx: bool = False) -> int:
     """Intra-op threads: 2 for PyTorch, 1 for ONNX Runtime (never more than the cores).
 
-    Measured with benchmarks/stream.py on a shared 2-core machine at a 0.5 s hop, idle and beside a
-    busy process: PyTorch kept up with 2 threads in both cases (with 1 it dropped 14 of 31 windows
-    when busy); ONNX Runtime kept up with 1 thread in both (with 2 it dropped 3 when busy).
+    benchmarks/stream.py on the shared 2-core machine, golden checkpoint, 0.5 s hop, p95 latency
+    idle / beside a busy process: PyTorch 2 threads 145 / 220 ms, 1 thread 313 / 1105 ms (4 of 31
+    windows dropped); ONNX Runtime 1 thread 159 / 150 ms, 2 threads 284 / 395 ms.
     """
     return max(1, min(1 if onnx else 2, os.cpu_count() or 1))
 
