@@ -275,3 +275,23 @@ def test_ctrl_c_or_sigterm_stops_a_live_stream_with_a_summary(signum, tiny_check
     rows = windows_of(first + out)
     assert 1 <= len(rows) < 9 and rows[-1]["t_end"] < 5.0  # stopped before the end of the 5-s file
     assert f"windows {len(rows)}, dropped " in err and "latency mean" in err and "Traceback" not in err
+
+
+def test_fine_tuned_checkpoint_streams_with_its_own_labels(tmp_path, clips_dir):
+    from audioclip.model import atomic_save, finetuned_checkpoint
+
+    model = make_tiny_model()
+    labels = ["meow", "bark", "rain"]
+    with torch.no_grad():
+        embeddings = model.encode_text(labels, "a {}")
+    path = tmp_path / "finetuned.pt"
+    atomic_save(finetuned_checkpoint(model, labels, embeddings, template="a {}", mode="cooperative"), path)
+    clip = clips_dir / "cat_3-95694-A-5.wav"
+    code, out, err = run_cli("--checkpoint", path, "--input", clip, "--format", "jsonl")
+    assert code == 0, err
+    (row,) = windows_of(out)
+    assert list(row["probs"]) == labels
+    expected = ZeroShotClassifier(make_tiny_model(), labels, "a {}").probs(sf.read(clip, dtype="float32")[0])[0]
+    np.testing.assert_allclose(list(row["probs"].values()), expected.numpy(), atol=1e-4)
+    code, _, err = run_cli("--checkpoint", path, "--input", clip, "--template", "the sound of {}")
+    one_line_error(code, err, "--template")
