@@ -60,3 +60,23 @@ def test_onnx_export_mismatches_are_one_line_errors(exported, clips_dir):
         assert result.exit_code == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_onnx_backend_streams_without_importing_torch(exported, clips_dir):
+    import subprocess
+    import sys
+
+    _, export_dir = exported
+    clip = str(clips_dir / "cat_3-95694-A-5.wav")
+    code = (
+        "import sys\n"
+        "from audioclip.stream.cli import main\n"
+        f"sys.argv = ['audioclip-stream', '--onnx', {str(export_dir)!r}, '--input', {clip!r}, '--format', 'jsonl',"
+        " '--window', '2', '--hop', '1', '-q']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "TORCH False" in done.stderr
+    assert len([line for line in done.stdout.splitlines() if "t_start" in line]) == 4

@@ -1,15 +1,32 @@
-"""AudioCLIP networks, tokenizer, checkpoints and the zero-shot classifier."""
+"""AudioCLIP networks, tokenizer, checkpoints and the zero-shot classifier.
 
-from .audioclip import AudioCLIP, AudioCLIPOutput, LabelBank, clamp_logit_scale, normalize
-from .checkpoint import RELEASES, CheckpointError, atomic_save, finetuned_checkpoint, load_model
-from .classifier import ZeroShotClassifier, check_labels
-from .config import AudioCLIPConfig, AudioConfig, TextConfig, VisionConfig, infer_config
+The audio contract's constants import without torch; the rest loads on first use (module
+``__getattr__``), so that torch-free code (the ONNX backend of streaming) can use the constants.
+"""
+
+import importlib
+
 from .constants import FRAME_LENGTH, HOP_LENGTH, N_FFT, SAMPLE_RATE, WINDOW_SECONDS
-from .tokenizer import tokenize
 
-__all__ = [
-    "AudioCLIP", "AudioCLIPOutput", "AudioCLIPConfig", "AudioConfig", "CheckpointError", "FRAME_LENGTH",
-    "HOP_LENGTH", "LabelBank", "N_FFT", "RELEASES", "SAMPLE_RATE", "TextConfig", "VisionConfig",
-    "WINDOW_SECONDS", "ZeroShotClassifier", "atomic_save", "check_labels", "clamp_logit_scale",
-    "finetuned_checkpoint", "infer_config", "load_model", "normalize", "tokenize",
-]
+_LAZY = {
+    "AudioCLIP": "audioclip", "AudioCLIPOutput": "audioclip", "LabelBank": "audioclip",
+    "clamp_logit_scale": "audioclip", "normalize": "audioclip",
+    "RELEASES": "checkpoint", "CheckpointError": "checkpoint", "atomic_save": "checkpoint",
+    "finetuned_checkpoint": "checkpoint", "load_model": "checkpoint",
+    "ZeroShotClassifier": "classifier", "check_labels": "classifier",
+    "AudioCLIPConfig": "config", "AudioConfig": "config", "TextConfig": "config", "VisionConfig": "config",
+    "infer_config": "config",
+    "tokenize": "tokenizer",
+}
+
+__all__ = ["FRAME_LENGTH", "HOP_LENGTH", "N_FFT", "SAMPLE_RATE", "WINDOW_SECONDS", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
