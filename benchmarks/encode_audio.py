@@ -112,7 +112,7 @@ def main() -> None:
         base = rows["reference", batch]["ms_per_window"]
         table.add_row(impl, str(batch), f"{r['ms_per_window']:.0f}", f"{r['ms_per_window'] / 5000:.4f}",
                       f"{base / r['ms_per_window']:.2f}x", f"{r['peak_mb']:.0f}", f"{r['extra_mb']:.0f}")
-    Console().print(table)
+    Console(width=140).print(table)
     for batch in map(int, args.batches.split(",")):
         a, b = rows["reference", batch]["checksum"], rows["audioclip-stream", batch]["checksum"]
         if abs(a - b) > 1e-3 * abs(a):

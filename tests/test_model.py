@@ -135,3 +135,11 @@ def test_bad_labels(tiny_model, labels, message):
 def test_template_needs_a_placeholder(tiny_model):
     with pytest.raises(ValueError, match="no '\\{\\}'"):
         ZeroShotClassifier(tiny_model, ["dog"], template="a sound")
+
+
+def test_one_at_a_time_trunk_equals_the_batched_trunk(tiny_model):
+    x = torch.rand(3, 1, 12000) * 2 - 1
+    with torch.inference_mode():
+        split = tiny_model.audio(x)  # CPU without autograd: one signal at a time
+    batched = tiny_model.audio(x).detach()  # autograd on: the whole batch at once
+    torch.testing.assert_close(split, batched, rtol=1e-5, atol=1e-6)

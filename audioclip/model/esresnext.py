@@ -167,9 +167,19 @@ class ESResNeXtFBSP(nn.Module):
         return torch.flatten(pooled * self.att5(x, (1, 1)), 1)
 
     def pooled_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """``[B, C, T]`` -> channel-summed pooled features ``[B, F]`` (the input of ``fc``)."""
+        """``[B, C, T]`` -> channel-summed pooled features ``[B, F]`` (the input of ``fc``).
+
+        Without autograd on a CPU the trunk runs one signal at a time: its feature maps then stay
+        in cache, which makes a batch of 8 five-second windows about 30% faster per window than
+        running them together (benchmarks/encode_audio.py). The result is the same: batch norm is
+        in eval mode, so every signal is computed independently either way.
+        """
         b, c, t = waveform.shape
-        pooled = self.pool(self.features(self.spectrogram_db(waveform.reshape(b * c, t))))
+        db = self.spectrogram_db(waveform.reshape(b * c, t))
+        if db.device.type == "cpu" and not torch.is_grad_enabled() and db.shape[0] > 1:
+            pooled = torch.cat([self.pool(self.features(one)) for one in db.split(1)])
+        else:
+            pooled = self.pool(self.features(db))
         return pooled.reshape(b, c, -1).sum(dim=1)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
