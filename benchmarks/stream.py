@@ -81,7 +81,7 @@ def main() -> None:
                 else:
                     classifier = load_classifier(onnx=source, threads=threads)
                 name = f"{kind} {getattr(classifier, 'precision', 'fp32')}"
-                threads = threads or default_threads(onnx=kind == "onnx")
+                threads = threads or default_threads()
                 classifier.scores(np.zeros((1, int(args.window * SAMPLE_RATE)), np.float32))  # warm up
                 for load in args.load:
                     busy = None
@@ -108,7 +108,7 @@ def main() -> None:
     for r in rows:
         table.add_row(r["backend"], str(r["threads"]), r["load"], f"{r['hop']:g}", str(r["windows"]), str(r["dropped"]),
                       f"{r['mean_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['rtf']:.3f}", f"{r['cpu_cores']:.2f}")
-    Console().print(table)
+    Console(width=140).print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

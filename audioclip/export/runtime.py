@@ -46,6 +46,9 @@ def session(path: str | os.PathLike, *, threads: int | None = None, providers: S
             raise ValueError(f"threads must be at least 1, got {threads}")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    # Idle worker threads sleep instead of spinning: on a machine shared with other work (a live
+    # stream beside its user), spinning threads steal the cores the next window needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=_providers(providers))
 
 

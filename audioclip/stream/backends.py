@@ -12,14 +12,16 @@ from .engine import Classifier
 log = logging.getLogger(__name__)
 
 
-def default_threads(*, onnx: bool = False) -> int:
-    """Intra-op threads: 2 for PyTorch, 1 for ONNX Runtime (never more than the cores).
+def default_threads() -> int:
+    """Intra-op threads for either backend: 2, never more than the cores.
 
-    benchmarks/stream.py on the shared 2-core machine, golden checkpoint, 0.5 s hop, p95 latency
-    idle / beside a busy process: PyTorch 2 threads 145 / 220 ms, 1 thread 313 / 1105 ms (4 of 31
-    windows dropped); ONNX Runtime 1 thread 159 / 150 ms, 2 threads 284 / 395 ms.
+    benchmarks/stream.py on the 2-core machine, golden checkpoint, 0.25 s hop, p95 latency idle /
+    beside a process that keeps one core busy: PyTorch 2 threads 132 / 208 ms (1 thread: 313 /
+    1105 ms at a 0.5 s hop, with drops); ONNX Runtime (worker threads sleep, no spinning)
+    2 threads 91 / 171 ms, 1 thread 148 / 149 ms. Under steady contention ``--threads 1`` is the
+    steadier choice for ONNX Runtime.
     """
-    return max(1, min(1 if onnx else 2, os.cpu_count() or 1))
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def read_labels_file(path: str | Path) -> list[str]:
@@ -40,7 +42,7 @@ def load_classifier(*, checkpoint: str | os.PathLike = "full", onnx: str | os.Pa
     ``labels=None`` uses the labels a fine-tuned checkpoint (or an ONNX export) carries.
     Raises ``ValueError`` (``CheckpointError`` included) with a one-line message.
     """
-    threads = default_threads(onnx=onnx is not None) if threads is None else threads
+    threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     if onnx is not None:

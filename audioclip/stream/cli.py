@@ -97,7 +97,7 @@ def stream(
     realtime: bool = typer.Option(False, "--realtime", help="Pace a file like a live source."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds of audio."),
     threads: Optional[int] = typer.Option(None, "--threads",
-                                          help="Inference threads (default 2 for PyTorch, 1 for ONNX Runtime)."),
+                                          help="Inference threads (default 2; 1 is steadier beside other busy work)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
 ) -> None:
     """Classify overlapping windows of live or recorded audio against text labels."""
