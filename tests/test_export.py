@@ -210,7 +210,7 @@ def test_cli_refuses_non_empty_out_without_force(tiny_checkpoint, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     result = CliRunner().invoke(app, ["onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--labels", "a"])
-    assert result.exit_code == 1 and "pass --force" in result.output
+    assert result.exit_code == 2 and "pass --force" in result.output
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -218,7 +218,7 @@ def test_cli_refuses_non_empty_out_without_force(tiny_checkpoint, tmp_path):
     try:
         result = CliRunner().invoke(app, ["onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(ro / "x"),
                                           "--labels", "a"])
-        if result.exit_code == 1:  # root ignores directory permissions
+        if result.exit_code == 2:  # root ignores directory permissions
             assert "cannot write here" in result.output and not (ro / "x").exists()
     finally:
         ro.chmod(0o700)

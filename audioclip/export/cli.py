@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+
+from ..cli_common import one_line_errors, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export AudioCLIP to ONNX graphs that run without PyTorch (ONNX Runtime, TensorRT).")
@@ -45,10 +46,11 @@ def _print_checks(checks) -> None:
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose=verbose)
 
 
 @app.command()
+@one_line_errors()
 def onnx(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="release name (full, partial) or checkpoint file"),
     out: Path = typer.Option(..., "--out", "-o", help="folder to write (built aside, renamed when verified)"),
@@ -72,14 +74,10 @@ def onnx(
             result = export_onnx(checkpoint=checkpoint, out=out, labels=label_list, template=template, window=window,
                                  dynamic_length=dynamic_length, precision=precision.value, opset=opset,
                                  force=force, clips=clips, threads=threads)
-    except ExportError as e:
+    except ExportError as e:  # a failed check: show the table, then the one-line error
         if e.checks:
             _print_checks(e.checks)
-        console.print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(1)
-    except (ValueError, OSError) as e:  # CheckpointError, bad labels, unreadable clips, disk full
-        console.print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(1)
+        raise
     _print_checks(result.checks)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
 import signal
 import sys
 from enum import Enum
@@ -13,8 +10,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
+from ..cli_common import errors, one_line_errors, setup_logging
 from ..model.constants import SAMPLE_RATE
 from .backends import load_classifier, read_labels_file
 from .engine import StreamStats
@@ -25,7 +22,6 @@ from .sources import AudioDeviceError, FileSource, MicrophoneSource, StdinSource
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Label sounds continuously with AudioCLIP: zero-shot text labels or a fine-tuned checkpoint's.")
-errors = Console(stderr=True)
 
 
 class Format(str, Enum):
@@ -34,34 +30,8 @@ class Format(str, Enum):
     csv = "csv"
 
 
-def _one_line_errors(command):
-    """A user mistake (ValueError, OSError, a missing device) becomes one line on stderr and exit status 2."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly
-            sys.stdout = open(os.devnull, "w")
-            raise typer.Exit(0) from None
-        except (ValueError, OSError, AudioDeviceError) as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            errors.print("interrupted")
-            raise typer.Exit(130) from None
-    return wrapper
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _setup_logging(quiet: bool) -> None:
-    handler = RichHandler(console=errors, show_path=False, show_time=False)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
-    logging.getLogger("audioclip").setLevel(logging.WARNING if quiet else logging.INFO)
-    logging.captureWarnings(True)
 
 
 def _labels(labels: Optional[str], labels_file: Optional[Path]) -> Optional[list[str]]:
@@ -75,7 +45,7 @@ def _labels(labels: Optional[str], labels_file: Optional[Path]) -> Optional[list
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors(user_errors=(ValueError, OSError, AudioDeviceError))
 def stream(
     labels: Optional[str] = typer.Option(None, "--labels", help='Comma-separated labels, e.g. "siren,dog bark".'),
     labels_file: Optional[Path] = typer.Option(None, "--labels-file", help="A file with one label per line."),
@@ -101,7 +71,7 @@ def stream(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
 ) -> None:
     """Classify overlapping windows of live or recorded audio against text labels."""
-    _setup_logging(quiet)
+    setup_logging(verbose=not quiet)
     if list_devices:
         for d in list_input_devices():
             typer.echo(d.describe())

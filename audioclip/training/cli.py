@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -11,9 +10,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
+from audioclip.cli_common import one_line_errors, setup_logging
 from audioclip.model import SAMPLE_RATE, load_model
 from audioclip.model.checkpoint import cache_dir
 
@@ -25,7 +24,6 @@ from .trainer import Recipe, Runtime, cross_validate, finetune, shutdown_distrib
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune AudioCLIP's audio head on UrbanSound8K, ESC-50 or labelled folders, and evaluate.")
 console = Console(soft_wrap=True)
-errors = Console(stderr=True)
 
 
 class DatasetKind(str, Enum):
@@ -49,31 +47,6 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _setup_logging(quiet: bool) -> None:
-    level = logging.WARNING if quiet or _rank() != 0 else logging.INFO
-    handler = RichHandler(console=errors, show_path=False, show_time=False)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
-    logging.captureWarnings(True)
-
-
-def _one_line_errors(command):
-    """Run ``command``; a user mistake (ValueError, OSError) becomes one line on stderr and exit status 2."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, OSError) as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            errors.print("interrupted")
-            raise typer.Exit(130) from None
-        finally:
-            shutdown_distributed()
-    return wrapper
-
-
 def _cache(cache_path: Path | None, no_cache: bool) -> DecodeCache:
     return DecodeCache(None if no_cache else cache_path or cache_dir() / "decoded")
 
@@ -92,7 +65,7 @@ MAX_BAD = typer.Option(0.05, "--max-bad", help="Share of undecodable clips skipp
 
 
 @app.command("finetune")
-@_one_line_errors
+@one_line_errors(cleanup=shutdown_distributed)
 def finetune_command(
     dataset: DatasetKind = typer.Option(..., "--dataset", help="us8k, esc50 or folder (DIR/<label>/*.wav)."),
     data_root: Path = DATA_ROOT,
@@ -119,7 +92,7 @@ def finetune_command(
 ) -> None:
     """Fine-tune the audio head; writes metrics.jsonl, last.pt and best.pt under --out."""
     _folds(fold, all_folds)
-    _setup_logging(quiet)
+    setup_logging(verbose=not quiet and _rank() == 0)
     data = load_dataset(dataset.value, data_root, seed=seed, clip_seconds=clip_seconds)
     out = out or Path("runs") / f"{dataset.value}-{mode.value}"
     recipe = Recipe(mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, gamma=gamma, seed=seed,
@@ -159,7 +132,7 @@ def _render(report: EvalReport) -> None:
 
 
 @app.command("evaluate")
-@_one_line_errors
+@one_line_errors(cleanup=shutdown_distributed)
 def evaluate_command(
     dataset: DatasetKind = typer.Option(..., "--dataset"),
     data_root: Path = DATA_ROOT,
@@ -181,7 +154,7 @@ def evaluate_command(
 ) -> None:
     """Accuracy per fold and mean, confusion matrix; zero-shot for releases, fine-tuned otherwise."""
     _folds(fold, all_folds)
-    _setup_logging(quiet)
+    setup_logging(verbose=not quiet and _rank() == 0)
     if plot:
         require_matplotlib()
     if batch_size < 1:

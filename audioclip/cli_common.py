@@ -1,0 +1,54 @@
+"""What the three command-line tools share: one-line errors for user mistakes, and logging to stderr."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Callable
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+errors = Console(stderr=True)
+
+USER_ERROR_EXIT = 2
+
+
+def one_line_errors(*, user_errors: tuple[type[BaseException], ...] = (ValueError, OSError),
+                    cleanup: Callable[[], None] | None = None):
+    """Decorate a typer command: ``user_errors`` print ``error: <first line>`` on stderr and exit 2.
+
+    Ctrl-C prints ``interrupted`` and exits 130; a closed stdout (``| head``) exits 0 quietly.
+    ``cleanup`` runs however the command ends.
+    """
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except BrokenPipeError:  # the reader of stdout went away: stop quietly
+                sys.stdout = open(os.devnull, "w")
+                raise typer.Exit(0) from None
+            except user_errors as e:
+                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+                raise typer.Exit(USER_ERROR_EXIT) from None
+            except KeyboardInterrupt:
+                errors.print("interrupted")
+                raise typer.Exit(130) from None
+            finally:
+                if cleanup is not None:
+                    cleanup()
+        return wrapper
+    return decorate
+
+
+def setup_logging(*, verbose: bool) -> None:
+    """Log to stderr through rich: this package at INFO when ``verbose``, else WARNING; others at WARNING."""
+    handler = RichHandler(console=errors, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("audioclip").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.captureWarnings(True)
