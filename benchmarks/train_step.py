@@ -28,7 +28,8 @@ from audioclip.training.augment import Augmentation
 from audioclip.training.datasets import Clip
 from audioclip.training.heads import AudioClassifier, audio_only
 from audioclip.training.loader import ClipDataset, make_loader, prepare_clips
-from audioclip.training.losses import fbsp_weight_norm_loss, normalize_fbsp_gradients
+from audioclip.training.losses import normalize_fbsp_gradients
+from audioclip.training.trainer import training_step
 
 FORMATS = [(8000, "PCM_U8", 1), (22050, "PCM_16", 2), (44100, "PCM_24", 1), (48000, "FLOAT", 2), (16000, "PCM_32", 1)]
 
@@ -44,13 +45,7 @@ def step_rate(model: AudioCLIP, device: torch.device, batch_size: int, steps: in
     amp = device.type == "cuda"
 
     def step():
-        weights = net.model.audio.fbsp.weights()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x, weights)
-        loss = F.cross_entropy(logits.float(), y) + fbsp_weight_norm_loss(weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        training_step(net, net.model.audio, optimizer, x, y, amp=amp)
         if amp:
             torch.cuda.synchronize()
 

@@ -116,6 +116,23 @@ def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def training_step(net, audio, optimizer, x: torch.Tensor, y: torch.Tensor, *, amp: bool):
+    """One optimiser step of the recipe: cross-entropy over the label logits plus the FBSP norm term.
+
+    ``net(x, weights)`` gives logits (``net`` may be the DDP wrapper); ``audio`` is the audio head
+    whose FBSP weights are built once and shared by the spectrogram and the norm term. Returns
+    ``(logits, loss)``.
+    """
+    weights = audio.fbsp.weights()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = net(x, weights)
+    loss = F.cross_entropy(logits.float(), y) + fbsp_weight_norm_loss(weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, loss
+
+
 def _check_out(out: Path, resume: bool) -> dict | None:
     """The saved state to resume from, or None for a fresh run; refuses to overwrite an existing run."""
     if not resume:
@@ -237,13 +254,7 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
                                     loss="-", **{"samples/s": "-"})
                 for x, y in train_loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    weights = audio.fbsp.weights()
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        logits = ddp(x, weights)
-                    loss = F.cross_entropy(logits.float(), y) + fbsp_weight_norm_loss(weights)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    logits, loss = training_step(ddp, audio, optimizer, x, y, amp=amp)
                     loss_sum += float(loss.detach()) * len(y)
                     correct += float((logits.detach().argmax(dim=-1) == y).sum())
                     seen += len(y)
