@@ -117,8 +117,9 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file: wrap them all with the file's name
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file): {reason}") from e
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or another kind of file); "
+                              f"fetch or write it again [{type(e).__name__}: {detail}]") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or an audioclip-stream checkpoint")
     return obj
