@@ -11,6 +11,7 @@ from typing import Callable
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 errors = Console(stderr=True)
 
@@ -34,7 +35,7 @@ def one_line_errors(*, user_errors: tuple[type[BaseException], ...] = (ValueErro
                 raise typer.Exit(0) from None
             except user_errors as e:
                 message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+                errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(USER_ERROR_EXIT) from None
             except KeyboardInterrupt:
                 errors.print("interrupted")

@@ -119,7 +119,7 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
     except Exception as e:  # torch raises many types for a bad file: wrap them all with the file's name
         detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or another kind of file); "
-                              f"fetch or write it again [{type(e).__name__}: {detail}]") from e
+                              f"fetch or write it again ({type(e).__name__}: {detail})") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or an audioclip-stream checkpoint")
     return obj
