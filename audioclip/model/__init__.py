@@ -12,7 +12,7 @@ _LAZY = {
     "AudioCLIP": "audioclip", "AudioCLIPOutput": "audioclip", "LabelBank": "audioclip",
     "clamp_logit_scale": "audioclip", "normalize": "audioclip",
     "RELEASES": "checkpoint", "CheckpointError": "checkpoint", "atomic_save": "checkpoint",
-    "finetuned_checkpoint": "checkpoint", "load_model": "checkpoint",
+    "finetuned_checkpoint": "checkpoint", "load_model": "checkpoint", "audio_head_state": "checkpoint",
     "ZeroShotClassifier": "classifier", "check_labels": "classifier",
     "AudioCLIPConfig": "config", "AudioConfig": "config", "TextConfig": "config", "VisionConfig": "config",
     "infer_config": "config",

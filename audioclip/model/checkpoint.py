@@ -208,15 +208,22 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def audio_head_state(model: AudioCLIP) -> tuple[AudioCLIPConfig, dict[str, torch.Tensor]]:
+    """Config and state dict of ``model`` without its image and text towers (audio head and logit scales)."""
+    config = AudioCLIPConfig(embed_dim=model.config.embed_dim, audio=model.config.audio, vision=None, text=None)
+    state = {k: v for k, v in model.state_dict().items()
+             if k.startswith("audio.") or k in ("logit_scale_ai", "logit_scale_at")}
+    return config, state
+
+
 def finetuned_checkpoint(model: AudioCLIP, labels: list[str], label_embeddings: torch.Tensor, **metadata: Any) -> dict:
     """The self-describing dict of a fine-tuned audio head (see ``save`` with ``atomic_save``).
 
     Holds the audio head and logit scales, the labels with their normalised embeddings, and
     ``metadata`` (template, sample rate, clip samples, mode, fold, metrics, package version, source).
     """
-    config = AudioCLIPConfig(embed_dim=model.config.embed_dim, audio=model.config.audio, vision=None, text=None)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
-             if k.startswith("audio.") or k in ("logit_scale_ai", "logit_scale_at")}
+    config, state = audio_head_state(model)
+    state = {k: v.detach().cpu() for k, v in state.items()}
     embeddings = label_embeddings.detach().float().cpu()
     embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
     return {"format": FINETUNED_FORMAT, "format_version": FINETUNED_FORMAT_VERSION, "config": config.to_dict(),

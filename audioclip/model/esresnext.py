@@ -141,10 +141,15 @@ class ESResNeXtFBSP(nn.Module):
                 self._kernel_cache = (key, fbsp_kernel(self.fbsp.weights()))
         return self._kernel_cache[1]
 
-    def spectrogram_db(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, T]`` waveforms in [-1, 1] -> dB bands ``[N, 3, 341, frames]`` (the reference's trunk input)."""
+    def spectrogram_db(self, x: torch.Tensor, fbsp_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, T]`` waveforms in [-1, 1] -> dB bands ``[N, 3, 341, frames]`` (the reference's trunk input).
+
+        ``fbsp_weights``: ``self.fbsp.weights()`` already built, e.g. by a training step that also
+        feeds them to the FBSP norm loss; by default the cached transform is used.
+        """
         x = to_reference_scale(x.to(self.window.dtype))
-        return power_to_db(power_spectrogram(x, self.fbsp_kernel(), self.window))
+        kernel = self.fbsp_kernel() if fbsp_weights is None else fbsp_kernel(fbsp_weights)
+        return power_to_db(power_spectrogram(x, kernel, self.window))
 
     def features(self, db: torch.Tensor) -> torch.Tensor:
         """Trunk with attention gates: ``[N, 3, 341, frames]`` -> ``[N, 32 w, h, w']``.

@@ -5,19 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from audioclip.model import AudioCLIP, AudioCLIPConfig, clamp_logit_scale, finetuned_checkpoint, normalize
-from audioclip.model.esresnext import to_reference_scale
-from audioclip.model.fbsp import fbsp_kernel, power_spectrogram, power_to_db
+from audioclip.model import AudioCLIP, audio_head_state, clamp_logit_scale, finetuned_checkpoint, normalize
 
 MODES = ("cooperative", "standalone")
 
 
 def audio_only(model: AudioCLIP) -> AudioCLIP:
     """A copy of ``model``'s audio head and logit scales without the image and text towers."""
-    config = AudioCLIPConfig(embed_dim=model.config.embed_dim, audio=model.config.audio, vision=None, text=None)
+    config, state = audio_head_state(model)
     head = AudioCLIP(config)
-    state = {k: v for k, v in model.state_dict().items()
-             if k.startswith("audio.") or k in ("logit_scale_ai", "logit_scale_at")}
     head.load_state_dict(state, strict=True)
     head.label_bank, head.metadata = model.label_bank, dict(model.metadata)
     return head.to(model.device)
@@ -93,11 +89,7 @@ class AudioClassifier(nn.Module):
         for both the spectrogram and the FBSP norm loss (the weights' backward is the costliest part of a step)."""
         audio = self.model.audio
         with torch.autocast(waveform.device.type, enabled=False):
-            if fbsp_weights is None:
-                db = audio.spectrogram_db(waveform.float())
-            else:
-                x = to_reference_scale(waveform.float())
-                db = power_to_db(power_spectrogram(x, fbsp_kernel(fbsp_weights), audio.window))
+            db = audio.spectrogram_db(waveform.float(), fbsp_weights)
         pooled = audio.pool(audio.features(db))
         if self.classifier is not None:
             return self.classifier(pooled).float()
