@@ -45,6 +45,15 @@ def write_clip(path: Path, x: np.ndarray, rate: int, subtype: str, channels: int
     sf.write(path, data, rate, subtype=subtype)
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """A metadata table in the data set's published column order (the rows' key order)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def make_esc50(root: Path, per_class_per_fold: int = 2, seconds: float = 1.0, seed: int = 0) -> Path:
     """ESC-50 layout: ``meta/esc50.csv``, ``audio/<fold>-<id>-A-<target>.wav``; 4 classes, 5 folds."""
     rng = np.random.default_rng(seed)
@@ -58,11 +67,7 @@ def make_esc50(root: Path, per_class_per_fold: int = 2, seconds: float = 1.0, se
                 rows.append({"filename": name, "fold": fold, "target": target, "category": f"synthetic_{kind}",
                              "esc10": "False", "src_file": 1000 + n, "take": "A"})
                 n += 1
-    (root / "meta").mkdir(parents=True, exist_ok=True)
-    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(root / "meta" / "esc50.csv", rows)
     return root
 
 
@@ -83,11 +88,7 @@ def make_us8k(root: Path, per_class_per_fold: int = 1, seconds: float = 1.0, see
                 rows.append({"slice_file_name": fname, "fsID": 100 + n, "start": 0.0, "end": seconds, "salience": 1,
                              "fold": fold, "classID": class_id, "class": name})
                 n += 1
-    (root / "metadata").mkdir(parents=True, exist_ok=True)
-    with open(root / "metadata" / "UrbanSound8K.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(root / "metadata" / "UrbanSound8K.csv", rows)
     return root
 
 
