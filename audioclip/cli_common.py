@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 import typer
@@ -53,3 +54,24 @@ def setup_logging(*, verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("audioclip").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.captureWarnings(True)
+
+
+def read_labels_file(path: str | os.PathLike) -> list[str]:
+    """One label per line; blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read labels file ({e})") from e
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def labels_from_options(labels: str | None, labels_file: Path | None) -> list[str] | None:
+    """The labels of ``--labels "a,b"`` or ``--labels-file F`` (not both); None when neither is given."""
+    if labels is not None and labels_file is not None:
+        raise ValueError("give --labels or --labels-file, not both")
+    if labels_file is not None:
+        return read_labels_file(labels_file)
+    if labels is not None:
+        return [label.strip() for label in labels.split(",")]
+    return None

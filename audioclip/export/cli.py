@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from ..cli_common import one_line_errors, setup_logging
+from ..cli_common import labels_from_options, one_line_errors, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export AudioCLIP to ONNX graphs that run without PyTorch (ONNX Runtime, TensorRT).")
@@ -20,20 +20,6 @@ class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
-
-
-def _read_labels(labels: Optional[str], labels_file: Optional[Path]) -> Optional[list[str]]:
-    if labels is not None and labels_file is not None:
-        raise typer.BadParameter("give --labels or --labels-file, not both", param_hint="--labels")
-    if labels_file is not None:
-        try:
-            text = labels_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise typer.BadParameter(f"{labels_file}: {e}", param_hint="--labels-file") from e
-        return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if labels is not None:
-        return [label.strip() for label in labels.split(",")]
-    return None
 
 
 def _print_checks(checks) -> None:
@@ -66,7 +52,7 @@ def onnx(
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
 ) -> None:
     """Write audio_encoder.onnx, classifier.onnx, text_encoder.onnx, labels.json, trtexec.txt, README.txt."""
-    label_list = _read_labels(labels, labels_file)
+    label_list = labels_from_options(labels, labels_file)
     from .exporter import ExportError, export_onnx  # torch loads here, not for --help
 
     try:

@@ -24,16 +24,6 @@ def default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def read_labels_file(path: str | Path) -> list[str]:
-    """One label per line; blank lines and lines starting with ``#`` are skipped."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read labels file ({e})") from e
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
 def load_classifier(*, checkpoint: str | os.PathLike = "full", onnx: str | os.PathLike | None = None,
                     labels: Sequence[str] | None = None, template: str | None = None,
                     threads: int | None = None) -> Classifier:

@@ -11,9 +11,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ..cli_common import errors, one_line_errors, setup_logging
+from ..cli_common import errors, labels_from_options, one_line_errors, setup_logging
 from ..model.constants import SAMPLE_RATE
-from .backends import load_classifier, read_labels_file
+from .backends import load_classifier
 from .engine import StreamStats
 from .outputs import CsvWriter, JsonlWriter, LiveDisplay, summary_lines
 from .postprocess import EventDetector
@@ -32,16 +32,6 @@ class Format(str, Enum):
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _labels(labels: Optional[str], labels_file: Optional[Path]) -> Optional[list[str]]:
-    if labels is not None and labels_file is not None:
-        raise ValueError("give --labels or --labels-file, not both")
-    if labels_file is not None:
-        return read_labels_file(labels_file)
-    if labels is not None:
-        return [label.strip() for label in labels.split(",")]
-    return None
 
 
 @app.command()
@@ -92,7 +82,7 @@ def stream(
         raise ValueError("--device selects a microphone; it cannot be combined with --input")
     if realtime and (input is None or input == "-"):
         raise ValueError("--realtime paces a file given with --input FILE")
-    label_list = _labels(labels, labels_file)
+    label_list = labels_from_options(labels, labels_file)
 
     if input == "-":
         source = StdinSource(sys.stdin.buffer)
