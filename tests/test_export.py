@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ from typer.testing import CliRunner
 
 from audioclip.export.cli import app
 from audioclip.export.exporter import DYNAMIC_MIN_SAMPLES, ExportError, export_onnx
-from audioclip.export.graphs import FrontEnd, max_pool_half
+from audioclip.export.graphs import FrontEnd, max_pool_half, max_pool_half_any_width
+from audioclip.export.precision import int8_nodes, longest_passing, residual_blocks
 from audioclip.export.runtime import OnnxClassifier
 from audioclip.model import SAMPLE_RATE, ZeroShotClassifier, atomic_save, finetuned_checkpoint, tokenize
 from audioclip.model.esresnext import adaptive_max_pool2d_exact
@@ -32,6 +34,7 @@ def test_max_pool_half_equals_adaptive_pool_on_odd_and_even_widths(height):
         x = torch.randn(2, 3, height, width)
         expected = F.adaptive_max_pool2d(x, ((height + 1) // 2, (width + 1) // 2))
         assert torch.equal(max_pool_half(x), expected), (height, width)
+        assert torch.equal(max_pool_half_any_width(x), expected), (height, width)  # the --dynamic-length form
         assert torch.equal(adaptive_max_pool2d_exact(x, expected.shape[-2:]), expected)
 
 
@@ -101,6 +104,43 @@ def test_fixed_window_graph_has_static_length(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="exactly 22050"):
         clf.scores(np.zeros(30000, np.float32))
     assert "--minShapes=waveform:1x22050" in (result.out / "trtexec.txt").read_text()
+    # a known width takes one pooling form per gate: the stem's pool and one per halving gate (3)
+    assert [n.op_type for n in model.graph.node].count("MaxPool") == 4
+
+
+def test_dynamic_length_graph_pools_both_parities(dynamic_export):
+    ops = [n.op_type for n in onnx.load(str(dynamic_export.out / "audio_encoder.onnx")).graph.node]
+    assert ops.count("MaxPool") == 1 + 2 * 3  # the stem's pool; both forms for each halving gate
+
+
+def test_longest_passing_bisects_to_the_last_passing_count():
+    for n, answer in [(16, 6), (16, 16), (16, 0), (3, 1), (1, 1), (1, 0)]:
+        calls = []
+
+        def cosine_of(k, answer=answer):
+            calls.append(k)
+            return 0.999 - 0.001 * max(k - answer, 0)
+
+        assert longest_passing(n, cosine_of, 0.999) == (answer, 0.999 if answer else 1.0), (n, answer)
+        assert calls[0] == n and len(calls) <= 1 + math.ceil(math.log2(n + 1)), calls
+        assert 0 not in calls
+
+
+def test_int8_nodes_are_the_pointwise_convolutions_of_the_chosen_blocks(dynamic_export):
+    model = onnx.load(str(dynamic_export.out / "audio_encoder.onnx"))
+    blocks = residual_blocks(model)
+    assert blocks[0] == (1, 0) and blocks == sorted(blocks) and {b[0] for b in blocks} == {1, 2, 3, 4}
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    chosen = int8_nodes(model, blocks[-1:])
+    stage, block = blocks[-1]
+    assert chosen and all(f".layer{stage}.{block}." in nodes[c].input[1] for c in chosen)
+    assert all(weights[nodes[c].input[1]][2:] == (1, 1) for c in chosen)
+    assert not [c for c in chosen if ".att" in nodes[c].input[1]]
+    every = int8_nodes(model, blocks)
+    grouped = [n for n in model.graph.node if n.op_type == "Conv" and ".layer" in n.input[1]
+               and weights[n.input[1]][2:] == (3, 3)]
+    assert grouped and not {n.name for n in grouped} & set(every)
 
 
 @pytest.mark.parametrize("seconds,batch", [(0.25, 1), (1.0, 4), (7.3, 1)])

@@ -43,3 +43,5 @@ def test_golden_reduced_precision_meets_bounds(golden_dir, clips_dir, tmp_path, 
         assert all(c.top1_agree.split()[0].split("/")[0] != "0" for c in audio_checks if c.shape[0] == 4)
         ops = {n.op_type for n in __import__("onnx").load(str(result.out / "audio_encoder.onnx")).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        meta = {p.key: p.value for p in __import__("onnx").load(str(result.out / "classifier.onnx")).metadata_props}
+        assert "layer4.2" in meta["int8_blocks"]  # chosen from the last block backwards

@@ -170,7 +170,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     try:
         files = _write_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
                               dynamic_length=dynamic_length, precision=precision, opset=opset,
-                              calibration=check_clips, metadata=metadata)
+                              calibration=check_clips, metadata=metadata, threads=threads)
         checks = check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
                              batches=_check_batches(check_clips, window_samples, dynamic_length))
         if model.has_text:
@@ -202,7 +202,8 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
 
 
 def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
-                  opset: int, calibration, metadata: dict) -> list[str]:
+                  opset: int, calibration, metadata: dict, threads: int) -> list[str]:
+    """Export (and for fp16/int8 convert) the graphs into ``tmp``; int8 adds ``int8_blocks`` to ``metadata``."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dims = {0: batch}
     if dynamic_length:
@@ -215,6 +216,7 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
                             ["logits", "probs"]),
     }
     files = []
+    int8_blocks = None
     for name, (module, outputs) in graphs.items():
         fp32 = tmp / (name if precision == "fp32" else f"{name}.fp32")
         log.info("exporting %s", name)
@@ -223,7 +225,15 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
             onnx.save(prec.to_fp16(onnx.load(str(fp32))), str(tmp / name))
         elif precision == "int8":
             calib = np.stack([fit(a, window_samples) for _, a in calibration])
-            prec.quantize_int8(fp32, tmp / name, calibration=calib)
+            if int8_blocks is None:  # chosen on the encoder; the classifier has the same trunk
+                try:
+                    int8_blocks, _ = prec.choose_int8_blocks(fp32, calib, threads=threads)
+                except ValueError as e:
+                    raise ExportError(str(e)) from None
+                first, last = int8_blocks[0], int8_blocks[-1]
+                metadata["int8_blocks"] = (f"pointwise convolutions of layer{first[0]}.{first[1]} to "
+                                           f"layer{last[0]}.{last[1]} ({len(int8_blocks)} residual blocks)")
+            prec.quantize_int8(fp32, tmp / name, calibration=calib, blocks=int8_blocks)
         if precision != "fp32":
             fp32.unlink()
         _set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
