@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from audioclip.export.cli import app
 from audioclip.export.exporter import DYNAMIC_MIN_SAMPLES, ExportError, export_onnx
 from audioclip.export.graphs import FrontEnd, max_pool_half, max_pool_half_any_width
+from audioclip.export.layout import widen_grouped_convs
 from audioclip.export.precision import int8_nodes, longest_passing, residual_blocks
 from audioclip.export.runtime import OnnxClassifier
 from audioclip.model import SAMPLE_RATE, ZeroShotClassifier, atomic_save, finetuned_checkpoint, tokenize
@@ -262,3 +263,27 @@ def test_cli_refuses_non_empty_out_without_force(tiny_checkpoint, tmp_path):
             assert "cannot write here" in result.output and not (ro / "x").exists()
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("channels,groups", [(32, 8), (64, 8), (48, 3), (8, 8), (24, 6)])
+def test_widened_grouped_convs_compute_the_same(tmp_path, channels, groups):
+    torch.manual_seed(channels + groups)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=groups, stride=2).eval()
+    x = torch.randn(2, channels, 9, 11)
+    path = tmp_path / "conv.onnx"
+    torch.onnx.export(conv, (x,), str(path), dynamo=True, external_data=False, input_names=["x"])
+    model = onnx.load(str(path))
+    per_group = channels // groups
+    # depthwise, already 16 or more, or groups that do not merge evenly into 16 channels: left alone
+    left_alone = per_group == 1 or per_group >= 16 or groups % (16 // per_group) != 0
+    assert widen_grouped_convs(model) == (0 if left_alone else 1)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    node = next(n for n in model.graph.node if n.op_type == "Conv")
+    group = next(a.i for a in node.attribute if a.name == "group")
+    assert group == (groups if left_alone else channels // 16)
+    import onnxruntime as ort
+
+    (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, conv(x).numpy(), atol=1e-5, rtol=0)

@@ -26,6 +26,7 @@ from ..model.checkpoint import RELEASES, resolve_release, sha256_of
 from ..model.constants import CONTEXT_LENGTH, FRAME_LENGTH
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
+from .layout import widen_grouped_convs
 from .trt import readme_text, trtexec_lines
 from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
 
@@ -221,6 +222,9 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
         fp32 = tmp / (name if precision == "fp32" else f"{name}.fp32")
         log.info("exporting %s", name)
         _export(module, example, fp32, input_name="waveform", output_names=outputs, dynamic=dims, opset=opset)
+        graph = onnx.load(str(fp32))
+        if widen_grouped_convs(graph):
+            onnx.save(graph, str(fp32))
         if precision == "fp16":
             onnx.save(prec.to_fp16(onnx.load(str(fp32))), str(tmp / name))
         elif precision == "int8":
