@@ -39,15 +39,18 @@ def test_max_pool_half_equals_adaptive_pool_on_odd_and_even_widths(height):
         assert torch.equal(adaptive_max_pool2d_exact(x, expected.shape[-2:]), expected)
 
 
-def test_front_end_graph_equals_eager_spectrogram(tiny_model):
-    front = FrontEnd(tiny_model.audio)
+@pytest.mark.parametrize("as_conv", [False, True])
+def test_front_end_graph_equals_eager_spectrogram(tiny_model, as_conv):
+    front = FrontEnd(tiny_model.audio, as_conv=as_conv)
     for n in (1654, 1655, 10070, 44100, 220500):
         x = torch.rand(2, n) * 2 - 1
         with torch.no_grad():
             got, expected = front(x), tiny_model.audio.spectrogram_db(x)
         assert got.shape == expected.shape, n
-        # same operations; BLAS may pick another kernel for a one-frame product (``@`` vs ``F.linear``)
-        torch.testing.assert_close(got, expected, atol=1e-3, rtol=0, msg=f"{n} samples")
+        # same operations; BLAS may pick another kernel for a one-frame product (``@`` vs ``F.linear``).
+        # The conv form folds the window into the kernel: other roundings (measured up to 4.7e-3 dB),
+        # held to the golden data's dB bound for a float32 port (1e-2 dB).
+        torch.testing.assert_close(got, expected, atol=1e-2 if as_conv else 1e-3, rtol=0, msg=f"{n} samples")
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +206,9 @@ def test_finetuned_head_exports_its_own_labels_without_text_encoder(tmp_path):
     assert all(c.passed and c.min_cosine >= 0.999 for c in result.checks)
     model16 = onnx.load(str(result.out / "audio_encoder.onnx"))
     assert onnx.TensorProto.FLOAT16 in {t.data_type for t in model16.graph.initializer}
-    # the front end stays fp32: its transform weight is not converted
-    assert [t.data_type for t in model16.graph.initializer if t.name.endswith("transform")] == [onnx.TensorProto.FLOAT]
+    # the front end (a 1-D Conv in reduced-precision graphs) stays fp32: its kernel is not converted
+    assert [t.data_type for t in model16.graph.initializer if len(t.dims) == 3] == [onnx.TensorProto.FLOAT]
+    assert [n for n in model16.graph.node if n.op_type == "Conv"][0].input[1].endswith("front.kernel")
     atomic_save(finetuned_checkpoint(model, ["cat"], embeddings[:1], mode="linear"), tmp_path / "linear.pt")
     with pytest.raises(ValueError, match="mode 'linear'"):
         export_onnx(checkpoint=tmp_path / "linear.pt", out=tmp_path / "out2")

@@ -211,9 +211,11 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
         dims[1] = torch.export.Dim("samples", min=DYNAMIC_MIN_SAMPLES, max=MAX_SECONDS * SAMPLE_RATE)
     # An example of another length than the window guards against a length baked in by tracing.
     example = (torch.zeros(2, window_samples + (HOP_EXAMPLE_SHIFT if dynamic_length else 0)),)
+    fast = precision != "fp32"  # the faster front end's rounding only matters to fp32's bound (graphs.FrontEnd)
     graphs = {
-        "audio_encoder.onnx": (AudioEncoderGraph(model), ["embedding"]),
-        "classifier.onnx": (ClassifierGraph(model, classifier.label_embeddings, classifier.logit_scale),
+        "audio_encoder.onnx": (AudioEncoderGraph(model, conv_front_end=fast), ["embedding"]),
+        "classifier.onnx": (ClassifierGraph(model, classifier.label_embeddings, classifier.logit_scale,
+                                            conv_front_end=fast),
                             ["logits", "probs"]),
     }
     files = []

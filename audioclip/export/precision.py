@@ -50,12 +50,18 @@ def descendants(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
     return found
 
 
+def stem_conv(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The trunk's first convolution: the first 2-D ``Conv`` (the front end's may be a 1-D one)."""
+    weights = {t.name: len(t.dims) for t in model.graph.initializer}
+    stem = next((n for n in model.graph.node if n.op_type == "Conv" and weights.get(n.input[1]) == 4), None)
+    if stem is None:
+        raise ValueError("graph has no 2-D Conv node: not an audio encoder")
+    return stem
+
+
 def front_end_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The nodes computing the dB spectrogram: everything the first ``Conv`` of the trunk reads."""
-    first_conv = next((n for n in model.graph.node if n.op_type == "Conv"), None)
-    if first_conv is None:
-        raise ValueError("graph has no Conv node: not an audio encoder")
-    return ancestors(model.graph, first_conv.input[0])
+    """The nodes computing the dB spectrogram: everything the trunk's first ``Conv`` reads."""
+    return ancestors(model.graph, stem_conv(model).input[0])
 
 
 def head_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -88,7 +94,7 @@ def to_fp16(model: onnx.ModelProto, keep_stages: Sequence[str] = FP16_KEEP_STAGE
     """
     model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
-    stem = next(n for n in graph.node if n.op_type == "Conv")  # reads dB values: fp16 would round them by 0.06 dB
+    stem = stem_conv(model)  # reads dB values: fp16 would round them by 0.06 dB
     kept = [n for n in graph.node if n.op_type == "Conv" and any(stage in i for i in n.input[1:2] for stage in keep_stages)]
     fp32_nodes = {n.name for n in (*front_end_nodes(model), stem, *kept, *head_nodes(model))}
     float_tensors = {v.name for v in (*graph.input, *graph.value_info, *graph.output)
