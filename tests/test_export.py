@@ -291,3 +291,20 @@ def test_widened_grouped_convs_compute_the_same(tmp_path, channels, groups):
     (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, conv(x).numpy(), atol=1e-5, rtol=0)
+
+
+def test_int8_export_refuses_a_checkpoint_too_sensitive_for_8_bits(tiny_checkpoint, clips_dir, tmp_path, monkeypatch):
+    from audioclip.export import precision
+
+    choose = precision.choose_int8_blocks
+    tried = []
+
+    def unreachable_bound(*args, **kwargs):  # no quantised block can keep a cosine above 1
+        tried.append(args)
+        return choose(*args, **kwargs, min_cosine=1.5)
+
+    monkeypatch.setattr(precision, "choose_int8_blocks", unreachable_bound)
+    with pytest.raises(ExportError, match="int8 loses too much on this checkpoint"):
+        export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
+                    clips=[clips_dir], window=0.5)
+    assert tried and not list(tmp_path.iterdir()), "nothing may be left behind"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from audioclip.export.exporter import export_onnx
@@ -36,12 +37,27 @@ def test_golden_reduced_precision_meets_bounds(golden_dir, clips_dir, tmp_path, 
     result = export_onnx(checkpoint=golden_dir / "checkpoint.pt", out=tmp_path / precision, labels=LABELS,
                          precision=precision, clips=[clips_dir])
     audio_checks = [c for c in result.checks if c.graph != "text_encoder"]
-    assert all(c.passed for c in audio_checks) and len(audio_checks) == 6
+    assert all(c.passed for c in audio_checks) and len(audio_checks) == (12 if precision == "int8" else 6)
     bound = 0.99 if precision == "int8" else 0.999
     assert min(c.min_cosine for c in audio_checks) >= bound
     if precision == "int8":
         assert all(c.top1_agree.split()[0].split("/")[0] != "0" for c in audio_checks if c.shape[0] == 4)
-        ops = {n.op_type for n in __import__("onnx").load(str(result.out / "audio_encoder.onnx")).graph.node}
-        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-        meta = {p.key: p.value for p in __import__("onnx").load(str(result.out / "classifier.onnx")).metadata_props}
-        assert "layer4.2" in meta["int8_blocks"]  # chosen from the last block backwards
+        assert {c.graph for c in audio_checks} == {"audio_encoder+classifier", "audio_encoder+classifier .trt"}
+        for name in ("audio_encoder", "classifier"):
+            ort_graph = onnx.load(str(result.out / f"{name}.onnx"))
+            trt_graph = onnx.load(str(result.out / f"{name}.trt.onnx"))
+            meta = {p.key: p.value for p in ort_graph.metadata_props}
+            assert "layer4.2" in meta["int8_blocks"] and "ONNX Runtime" in meta["int8_scheme"]
+            assert "TensorRT" in {p.key: p.value for p in trt_graph.metadata_props}["int8_scheme"]
+            assert zero_points(ort_graph) and any(z.any() for z in zero_points(ort_graph))
+            # TensorRT's explicit quantization takes only signed int8 with zero points 0
+            assert zero_points(trt_graph) and all(z.dtype == np.int8 and not z.any() for z in zero_points(trt_graph))
+        trtexec = (result.out / "trtexec.txt").read_text()
+        assert "--onnx=audio_encoder.trt.onnx" in trtexec and "--onnx=audio_encoder.onnx" not in trtexec
+
+
+def zero_points(model) -> list[np.ndarray]:
+    """The zero points of a graph's QuantizeLinear nodes."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2]

@@ -171,9 +171,13 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     try:
         files = _write_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
                               dynamic_length=dynamic_length, precision=precision, opset=opset,
-                              calibration=check_clips, metadata=metadata, threads=threads)
+                              calibration=check_clips, metadata=metadata, threads=threads, notes=notes)
+        batches = _check_batches(check_clips, window_samples, dynamic_length)
         checks = check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
-                             batches=_check_batches(check_clips, window_samples, dynamic_length))
+                             batches=batches)
+        if precision == "int8":
+            checks += check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
+                                  batches=batches, tensorrt=True)
         if model.has_text:
             checks.append(check_text(graph_dir=tmp, model=model, labels=classifier.labels,
                                      template=classifier.template, threads=threads))
@@ -203,8 +207,12 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
 
 
 def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
-                  opset: int, calibration, metadata: dict, threads: int) -> list[str]:
-    """Export (and for fp16/int8 convert) the graphs into ``tmp``; int8 adds ``int8_blocks`` to ``metadata``."""
+                  opset: int, calibration, metadata: dict, threads: int, notes: list[str]) -> list[str]:
+    """Export (and for fp16/int8 convert) the graphs into ``tmp``; returns the file names.
+
+    int8 writes two flavours of each audio graph: ``NAME.onnx`` for ONNX Runtime's CPU kernels and
+    ``NAME.trt.onnx`` in the symmetric form TensorRT takes (see :func:`precision.quantize_int8`).
+    """
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dims = {0: batch}
     if dynamic_length:
@@ -219,7 +227,7 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
                             ["logits", "probs"]),
     }
     files = []
-    int8_blocks = None
+    int8_blocks: dict[bool, list] = {}  # per flavour (tensorrt?), chosen on the encoder: the classifier has the same trunk
     for name, (module, outputs) in graphs.items():
         fp32 = tmp / (name if precision == "fp32" else f"{name}.fp32")
         log.info("exporting %s", name)
@@ -229,21 +237,25 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
             onnx.save(graph, str(fp32))
         if precision == "fp16":
             onnx.save(prec.to_fp16(onnx.load(str(fp32))), str(tmp / name))
-        elif precision == "int8":
+        if precision != "int8":
+            _set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
+            files.append(name)
+        else:
             calib = np.stack([fit(a, window_samples) for _, a in calibration])
-            if int8_blocks is None:  # chosen on the encoder; the classifier has the same trunk
-                try:
-                    int8_blocks, _ = prec.choose_int8_blocks(fp32, calib, threads=threads)
-                except ValueError as e:
-                    raise ExportError(str(e)) from None
-                first, last = int8_blocks[0], int8_blocks[-1]
-                metadata["int8_blocks"] = (f"pointwise convolutions of layer{first[0]}.{first[1]} to "
-                                           f"layer{last[0]}.{last[1]} ({len(int8_blocks)} residual blocks)")
-            prec.quantize_int8(fp32, tmp / name, calibration=calib, blocks=int8_blocks)
+            for tensorrt in (False, True):
+                target = tensorrt_name(name) if tensorrt else name
+                blocks = int8_blocks.get(tensorrt) or _choose_int8_blocks(fp32, calib, threads, tensorrt)
+                int8_blocks[tensorrt] = blocks
+                prec.quantize_int8(fp32, tmp / target, calibration=calib, blocks=blocks, tensorrt=tensorrt)
+                _set_metadata(tmp / target, {**metadata, "graph": name.removesuffix(".onnx"),
+                                             "int8_blocks": _describe_blocks(blocks),
+                                             "int8_scheme": INT8_SCHEMES[tensorrt]})
+                files.append(target)
+                if name == "audio_encoder.onnx":
+                    notes.append(f"int8 {'TensorRT (*.trt.onnx)' if tensorrt else 'ONNX Runtime'}: "
+                                 f"{_describe_blocks(blocks)}; the rest fp32")
         if precision != "fp32":
             fp32.unlink()
-        _set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
-        files.append(name)
     if model.has_text:
         log.info("exporting text_encoder.onnx (fp32 at every precision)")
         tokens = torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int64)
@@ -255,6 +267,25 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
 
 
 HOP_EXAMPLE_SHIFT = 1234
+INT8_SCHEMES = {False: "uint8 activations with zero points, per-channel int8 weights (ONNX Runtime CPU)",
+                True: "symmetric int8 activations and per-channel weights, zero points 0 (TensorRT)"}
+
+
+def tensorrt_name(name: str) -> str:
+    """File of the TensorRT flavour of an int8 graph: ``audio_encoder.onnx`` -> ``audio_encoder.trt.onnx``."""
+    return name.removesuffix(".onnx") + ".trt.onnx"
+
+
+def _choose_int8_blocks(fp32: Path, calibration: np.ndarray, threads: int, tensorrt: bool) -> list:
+    try:
+        return prec.choose_int8_blocks(fp32, calibration, threads=threads, tensorrt=tensorrt)[0]
+    except ValueError as e:
+        raise ExportError(f"{e}{' (TensorRT form)' if tensorrt else ''}") from None
+
+
+def _describe_blocks(blocks: Sequence[tuple[int, int]]) -> str:
+    (s0, b0), (s1, b1) = blocks[0], blocks[-1]
+    return f"pointwise convolutions of layer{s0}.{b0} to layer{s1}.{b1} ({len(blocks)} residual blocks)"
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -200,9 +200,17 @@ def int8_nodes(model: onnx.ModelProto, blocks: Sequence[tuple[int, int]]) -> lis
     return names
 
 
-def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, blocks: Sequence[tuple[int, int]]) -> None:
-    """Static QDQ int8 of the pointwise convolutions of ``blocks``: per-channel int8 weights, uint8
-    activations, MinMax calibration on ``calibration`` waveforms ``[N, T]``. The rest stays fp32."""
+def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, blocks: Sequence[tuple[int, int]],
+                  tensorrt: bool = False) -> None:
+    """Static QDQ int8 of the pointwise convolutions of ``blocks``, MinMax calibration on
+    ``calibration`` waveforms ``[N, T]``; the rest stays fp32.
+
+    For ONNX Runtime's CPU kernels (the default): per-channel int8 weights and uint8 activations
+    with a zero point, the form its VNNI kernels take. ``tensorrt=True``: TensorRT's explicit
+    quantization takes only symmetric signed int8 (zero points 0), so activations are int8 with a
+    symmetric range as well; the ReLU outputs that feed most of these convolutions then use 7 of
+    the 8 bits.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(src))
@@ -210,9 +218,11 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, blocks: Sequ
     exclude = [n.name for n in model.graph.node if n.name not in chosen]
     with _without_preprocess_advice():
         quantize_static(str(src), str(dst), _Calibration(model.graph.input[0].name, calibration),
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Conv"],
-                        nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax)
+                        nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True})
 
 
 class _PreprocessAdvice(logging.Filter):
@@ -237,7 +247,7 @@ INT8_SELECT_COSINE = 0.995
 export's bound is 0.99; the margin covers inputs the choice was not made on)."""
 
 
-def choose_int8_blocks(src: Path, calibration: np.ndarray, *, threads: int,
+def choose_int8_blocks(src: Path, calibration: np.ndarray, *, threads: int, tensorrt: bool = False,
                        min_cosine: float = INT8_SELECT_COSINE) -> tuple[list[tuple[int, int]], float]:
     """The longest run of trailing residual blocks whose int8 graph keeps ``min_cosine`` to fp32.
 
@@ -248,6 +258,7 @@ def choose_int8_blocks(src: Path, calibration: np.ndarray, *, threads: int,
     the fp32 graph), which assumes that quantising more blocks never helps. Measured on the golden
     checkpoint and the five ESC-50 clips (worst cosine, ms per 5-s window): 3 blocks (layer4)
     0.998, 68 ms; 6 blocks 0.996, 60 ms; 9 blocks 0.983, 58 ms; all 16 blocks 0.909, 49 ms.
+    ``tensorrt``: choose for :func:`quantize_int8`'s TensorRT form (symmetric int8 activations).
     Returns the blocks and their worst cosine; raises ``ValueError`` when not even the last block
     keeps the bound (export fp32 or fp16 then).
     """
@@ -264,12 +275,12 @@ def choose_int8_blocks(src: Path, calibration: np.ndarray, *, threads: int,
     def worst_cosine(k: int) -> float:
         with tempfile.TemporaryDirectory() as tmp:
             dst = Path(tmp) / "int8.onnx"
-            quantize_int8(src, dst, calibration=calibration, blocks=blocks[-k:])
+            quantize_int8(src, dst, calibration=calibration, blocks=blocks[-k:], tensorrt=tensorrt)
             graph = session(dst, threads=threads)
             out = np.concatenate([graph.run(None, {name: w[None]})[0] for w in calibration])
         cos = (out * reference).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(reference, axis=-1))
-        log.info("int8: last %d of %d residual blocks quantised: worst cosine %.4f on %d calibration clips",
-                 k, len(blocks), cos.min(), len(calibration))
+        log.info("int8%s: last %d of %d residual blocks quantised: worst cosine %.4f on %d calibration clips",
+                 " (TensorRT)" if tensorrt else "", k, len(blocks), cos.min(), len(calibration))
         return float(cos.min())
 
     lo, best = longest_passing(len(blocks), worst_cosine, min_cosine)

@@ -14,7 +14,8 @@ def trtexec_lines(*, files: Sequence[str], precision: str, window_samples: int, 
     """``trtexec`` commands that build one TensorRT engine per graph.
 
     fp16 and int8 graphs carry their precision in their types (fp32 front end, Cast and QDQ
-    nodes), so they are built ``--stronglyTyped``: TensorRT must not lower the front end to fp16,
+    nodes), so they are built ``--stronglyTyped`` (TensorRT's explicit quantization; for int8 from
+    the ``.trt.onnx`` flavour, whose zero points are 0 as TensorRT requires): TensorRT must not lower the front end to fp16,
     where the power spectrum overflows. fp32 graphs are built in fp32 for the same reason.
     """
     lines = ["# TensorRT engines for these graphs (TensorRT >= 10). Shapes: min / opt / max.",
@@ -23,7 +24,9 @@ def trtexec_lines(*, files: Sequence[str], precision: str, window_samples: int, 
     flags = " --stronglyTyped" if precision in ("fp16", "int8") else ""
     lo, hi = (min_samples, max_samples) if dynamic_length else (window_samples, window_samples)
     for name in files:
-        stem = name.removesuffix(".onnx")
+        if precision == "int8" and name != "text_encoder.onnx" and not name.endswith(".trt.onnx"):
+            continue  # the ONNX Runtime flavour: TensorRT takes only the symmetric one
+        stem = name.removesuffix(".onnx").removesuffix(".trt")
         if name == "text_encoder.onnx":
             shapes = (f"--minShapes=tokens:1x{CONTEXT_LENGTH} --optShapes=tokens:16x{CONTEXT_LENGTH} "
                       f"--maxShapes=tokens:256x{CONTEXT_LENGTH}")
@@ -69,6 +72,8 @@ def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check]
         "text_encoder.onnx": f"tokens int64 [n, {CONTEXT_LENGTH}] (audioclip.tokenize) -> embedding "
                              f"[n, {metadata['embedding_size']}], L2-normalised",
     }
+    described.update({f"{g.removesuffix('.onnx')}.trt.onnx": f"{g}, int8 in the symmetric form TensorRT takes"
+                      for g in ("audio_encoder.onnx", "classifier.onnx")})
     lines += [f"  {f}: {described[f]}" for f in files if f in described]
     lines += [f"  note: {n}" for n in notes]
     lines += ["", "Metadata on every graph (onnx metadata_props): " + json.dumps(sorted(metadata)), "",

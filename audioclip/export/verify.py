@@ -124,10 +124,13 @@ def _timed_run(sess, feeds: dict) -> tuple[list[np.ndarray], float]:
 
 
 def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifier,
-                batches: Sequence[tuple[str, np.ndarray]], threads: int = 2) -> list[Check]:
-    """Run ``audio_encoder.onnx`` and ``classifier.onnx`` on each batch and compare with PyTorch."""
-    encoder = session(graph_dir / "audio_encoder.onnx", threads=threads)
-    clf = session(graph_dir / "classifier.onnx", threads=threads)
+                batches: Sequence[tuple[str, np.ndarray]], threads: int = 2, tensorrt: bool = False) -> list[Check]:
+    """Run ``audio_encoder.onnx`` and ``classifier.onnx`` (``tensorrt``: their ``.trt.onnx`` int8
+    flavour) on each batch and compare with PyTorch."""
+    suffix = ".trt.onnx" if tensorrt else ".onnx"
+    encoder = session(graph_dir / f"audio_encoder{suffix}", threads=threads)
+    clf = session(graph_dir / f"classifier{suffix}", threads=threads)
+    graph = "audio_encoder+classifier" + (" .trt" if tensorrt else "")
     checks = []
     for name, x in batches:
         with torch.inference_mode():
@@ -154,7 +157,7 @@ def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifi
             bound = f"cos >= {INT8_MIN_COSINE}, same top-1"
             passed = cos >= INT8_MIN_COSINE and agree + ties == len(x)
         top1 = f"{agree}/{len(x)}" + (f" +{ties} tie" if ties else "")
-        checks.append(Check("audio_encoder+classifier", precision, name, tuple(x.shape), diff, cos, top1, bound,
+        checks.append(Check(graph, precision, name, tuple(x.shape), diff, cos, top1, bound,
                             passed, ms))
         log.info("check %s %s %s: max|diff| %.3g, cos %.6f, top-1 %d/%d, %s", precision, name, x.shape, diff, cos,
                  agree, len(x), "ok" if passed else "FAILED")
