@@ -241,7 +241,8 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
             _set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
             files.append(name)
         else:
-            calib = np.stack([fit(a, window_samples) for _, a in calibration])
+            picked = np.linspace(0, len(calibration) - 1, min(len(calibration), MAX_CALIBRATION_CLIPS)).round()
+            calib = np.stack([fit(calibration[int(i)][1], window_samples) for i in picked])
             for tensorrt in (False, True):
                 target = tensorrt_name(name) if tensorrt else name
                 blocks = int8_blocks.get(tensorrt) or _choose_int8_blocks(fp32, calib, threads, tensorrt)
@@ -267,6 +268,9 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
 
 
 HOP_EXAMPLE_SHIFT = 1234
+MAX_CALIBRATION_CLIPS = 32
+"""int8 calibrates and chooses its blocks on at most this many of the ``--clips`` (evenly spread):
+each choice runs the candidate graph on every calibration clip, several times over."""
 INT8_SCHEMES = {False: "uint8 activations with zero points, per-channel int8 weights (ONNX Runtime CPU)",
                 True: "symmetric int8 activations and per-channel weights, zero points 0 (TensorRT)"}
 

@@ -21,6 +21,7 @@ import onnx
 
 log = logging.getLogger(__name__)
 
+
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output}
 
