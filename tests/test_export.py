@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -308,3 +309,19 @@ def test_int8_export_refuses_a_checkpoint_too_sensitive_for_8_bits(tiny_checkpoi
         export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
                     clips=[clips_dir], window=0.5)
     assert tried and not list(tmp_path.iterdir()), "nothing may be left behind"
+
+
+def test_a_gpu_provider_that_does_not_load_leaves_the_cpu_checks(tiny_checkpoint, tmp_path, monkeypatch, caplog):
+    import onnxruntime as ort
+
+    from audioclip.export import exporter
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime build has no CUDA provider to fail")
+    if Path("/proc/driver/nvidia").exists():
+        pytest.skip("a GPU is present: the CUDA provider would load")
+    monkeypatch.setattr(exporter, "gpu_providers", lambda: ["CUDAExecutionProvider"])
+    result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "out", labels=LABELS, window=0.5)
+    audio = [c for c in result.checks if c.graph != "text_encoder"]
+    assert audio and all(c.passed and "[" not in c.graph for c in audio)
+    assert "CUDAExecutionProvider did not load" in caplog.text

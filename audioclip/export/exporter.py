@@ -27,6 +27,7 @@ from ..model.constants import CONTEXT_LENGTH, FRAME_LENGTH
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .layout import widen_grouped_convs
+from .runtime import gpu_providers
 from .trt import readme_text, trtexec_lines
 from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
 
@@ -173,11 +174,11 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
                               dynamic_length=dynamic_length, precision=precision, opset=opset,
                               calibration=check_clips, metadata=metadata, threads=threads, notes=notes)
         batches = _check_batches(check_clips, window_samples, dynamic_length)
-        checks = check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
-                             batches=batches)
-        if precision == "int8":
-            checks += check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
-                                  batches=batches, tensorrt=True)
+        checks = []
+        for provider in ["CPUExecutionProvider", *gpu_providers()]:
+            for tensorrt in ((False, True) if precision == "int8" else (False,)):
+                checks += check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
+                                      batches=batches, tensorrt=tensorrt, provider=provider)
         if model.has_text:
             checks.append(check_text(graph_dir=tmp, model=model, labels=classifier.labels,
                                      template=classifier.template, threads=threads))

@@ -35,6 +35,19 @@ def _providers(requested: Sequence[str] | None) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def gpu_providers() -> list[str]:
+    """``["CUDAExecutionProvider"]`` where the installed ONNX Runtime has it and an NVIDIA driver is loaded.
+
+    onnxruntime-gpu lists its CUDA provider on any machine; where no GPU is present, creating a
+    session with it prints a load error and falls back to the CPU, so it is not tried then.
+    """
+    import onnxruntime as ort
+
+    if not Path("/proc/driver/nvidia").exists():
+        return []
+    return [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
+
+
 def session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None):
     """An ONNX Runtime session on ``path`` with ``threads`` intra-op threads (None: ONNX Runtime's default)."""
     import onnxruntime as ort

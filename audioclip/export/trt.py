@@ -80,7 +80,7 @@ def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check]
               "Python, no torch needed:",
               "  from audioclip.export.runtime import OnnxClassifier",
               "  probs, similarities = OnnxClassifier('THIS_FOLDER', threads=2).scores(waveform)",
-              "", "Verification against PyTorch at export (ONNX Runtime, CPUExecutionProvider):"]
+              "", "Verification against PyTorch at export (ONNX Runtime; CPU unless a provider is named):"]
     lines += ["  " + row for row in format_checks(checks)]
     lines += ["", "TensorRT (also in trtexec.txt):"] + ["  " + t for t in trtexec if not t.startswith("#")]
     return "\n".join(lines) + "\n"

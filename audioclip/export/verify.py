@@ -124,13 +124,23 @@ def _timed_run(sess, feeds: dict) -> tuple[list[np.ndarray], float]:
 
 
 def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifier,
-                batches: Sequence[tuple[str, np.ndarray]], threads: int = 2, tensorrt: bool = False) -> list[Check]:
+                batches: Sequence[tuple[str, np.ndarray]], threads: int = 2, tensorrt: bool = False,
+                provider: str = "CPUExecutionProvider") -> list[Check]:
     """Run ``audio_encoder.onnx`` and ``classifier.onnx`` (``tensorrt``: their ``.trt.onnx`` int8
-    flavour) on each batch and compare with PyTorch."""
+    flavour) on each batch with ONNX Runtime's ``provider`` and compare with PyTorch.
+
+    Returns no checks when ``provider`` fails to load (ONNX Runtime then falls back to the CPU,
+    which the CPU checks cover)."""
     suffix = ".trt.onnx" if tensorrt else ".onnx"
-    encoder = session(graph_dir / f"audio_encoder{suffix}", threads=threads)
-    clf = session(graph_dir / f"classifier{suffix}", threads=threads)
+    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    encoder = session(graph_dir / f"audio_encoder{suffix}", threads=threads, providers=providers)
+    if encoder.get_providers()[0] != provider:
+        log.warning("ONNX Runtime's %s did not load: the graphs are verified on the CPU only", provider)
+        return []
+    clf = session(graph_dir / f"classifier{suffix}", threads=threads, providers=providers)
     graph = "audio_encoder+classifier" + (" .trt" if tensorrt else "")
+    if provider != "CPUExecutionProvider":
+        graph += f" [{provider.removesuffix('ExecutionProvider')}]"
     checks = []
     for name, x in batches:
         with torch.inference_mode():
