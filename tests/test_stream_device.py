@@ -21,6 +21,11 @@ from audioclip.model.constants import SAMPLE_RATE
 pytestmark = pytest.mark.audio_device
 
 LABELS = ["cat", "thunder", "car horn", "alarm clock", "coughing", "dog"]
+CLEAR_LABELS = ["cat", "thunder", "car horn", "alarm clock"]
+"""Labels the golden checkpoint (random weights) ranks apart on the cat clip: its top-1 wins by at
+least 0.56 logits at every 0.1-s offset of the looped clip in file mode, so the device path's
+resampling and 16-bit rounding cannot flip it. With "coughing" and "dog" the margin falls to 0.04
+logits, and a played window was seen labelled "coughing" once in CI."""
 CLI = [sys.executable, "-m", "audioclip.stream.cli"]
 
 
@@ -78,14 +83,14 @@ def test_clip_played_into_the_sink_is_labelled_on_time_like_the_file(pulse_devic
     played = tmp_path / "cat_x3.wav"
     sf.write(played, looped, SAMPLE_RATE, subtype="PCM_16")
     # file mode first: every window of the looped clip, at any offset, has the same top label
-    classifier = ZeroShotClassifier(golden_model, LABELS)
+    classifier = ZeroShotClassifier(golden_model, CLEAR_LABELS)
     offsets = range(0, len(looped) - 5 * SAMPLE_RATE + 1, SAMPLE_RATE)
-    tops = {LABELS[int(classifier.probs(looped[o:o + 5 * SAMPLE_RATE]).argmax())] for o in offsets}
+    tops = {CLEAR_LABELS[int(classifier.probs(looped[o:o + 5 * SAMPLE_RATE]).argmax())] for o in offsets}
     assert len(tops) == 1, tops
     (expected,) = tops
 
     duration, hop = 21.0, 1.0
-    proc = subprocess.Popen(CLI + ["--checkpoint", str(golden_dir / "checkpoint.pt"), "--labels", ",".join(LABELS),
+    proc = subprocess.Popen(CLI + ["--checkpoint", str(golden_dir / "checkpoint.pt"), "--labels", ",".join(CLEAR_LABELS),
                                    "--format", "jsonl", "--hop", str(hop), "--duration", str(duration),
                                    "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
