@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from audioclip.export.cli import app
-from audioclip.export.exporter import DYNAMIC_MIN_SAMPLES, ExportError, export_onnx
+from audioclip.export.exporter import (DYNAMIC_MIN_SAMPLES, MAX_CALIBRATION_CLIPS, ExportError, calibration_windows,
+                                       export_onnx)
 from audioclip.export.graphs import FrontEnd, max_pool_half, max_pool_half_any_width
 from audioclip.export.layout import widen_grouped_convs
 from audioclip.export.precision import int8_nodes, longest_passing, residual_blocks
@@ -325,3 +326,16 @@ def test_a_gpu_provider_that_does_not_load_leaves_the_cpu_checks(tiny_checkpoint
     audio = [c for c in result.checks if c.graph != "text_encoder"]
     assert audio and all(c.passed and "[" not in c.graph for c in audio)
     assert "CUDAExecutionProvider did not load" in caplog.text
+
+
+def test_int8_calibration_windows_hold_each_clip_and_the_seams_between_clips():
+    rng = np.random.default_rng(0)
+    clips = [(f"c{i}", rng.uniform(-1, 1, n).astype(np.float32)) for i, n in enumerate([3000, 5000, 4000])]
+    windows = calibration_windows(clips, 2000)
+    assert windows.shape == (3 + 12, 2000) and windows.dtype == np.float32
+    for i, (_, audio) in enumerate(clips):
+        np.testing.assert_array_equal(windows[i], audio[:2000])
+    stream = np.concatenate([a for _, a in clips])
+    np.testing.assert_array_equal(windows[3 + 1], stream[1000:3000])  # across the seam of clips 0 and 1
+    many = [(f"c{i}", rng.uniform(-1, 1, 2000).astype(np.float32)) for i in range(40)]
+    assert len(calibration_windows(many, 2000)) == MAX_CALIBRATION_CLIPS
