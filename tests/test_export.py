@@ -339,3 +339,11 @@ def test_int8_calibration_windows_hold_each_clip_and_the_seams_between_clips():
     np.testing.assert_array_equal(windows[3 + 1], stream[1000:3000])  # across the seam of clips 0 and 1
     many = [(f"c{i}", rng.uniform(-1, 1, 2000).astype(np.float32)) for i in range(40)]
     assert len(calibration_windows(many, 2000)) == MAX_CALIBRATION_CLIPS
+
+
+def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny_checkpoint, clips_dir, tmp_path):
+    result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
+                         clips=[clips_dir / "cat_3-95694-A-5.wav"], window=0.5)
+    assert "calibrated and checked on 1 clip(s) only" in result.notes[0]
+    assert {"audio_encoder.onnx", "audio_encoder.trt.onnx", "classifier.onnx", "classifier.trt.onnx"} <= set(result.files)
+    assert all(c.passed for c in result.checks) and "1 clip(s) only" in (result.out / "README.txt").read_text()

@@ -149,6 +149,11 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     classifier = ZeroShotClassifier(model, labels, template)
     source, sha256 = _source_info(checkpoint)
     notes = []
+    if precision == "int8" and len(check_clips) < MIN_INT8_CLIPS:
+        notes.append(f"int8 was calibrated and checked on {len(check_clips)} clip(s) only: the blocks it quantises "
+                     f"are chosen to keep the bound on them, so its accuracy on other sounds is unmeasured; pass "
+                     f"--clips with {MIN_INT8_CLIPS} or more varied recordings of what it will hear")
+        log.warning(notes[-1])
     if not model.has_text:
         notes.append("text_encoder.onnx not written: the checkpoint is an audio-only fine-tuned head (no text tower)")
         log.warning(notes[-1])
@@ -269,6 +274,9 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
 
 
 HOP_EXAMPLE_SHIFT = 1234
+MIN_INT8_CLIPS = 5
+"""Fewer ``--clips`` than this for int8 give a warning: with one clip, golden's choice grew from 2
+blocks to 10 (all of them checked on that clip alone)."""
 MAX_CALIBRATION_CLIPS = 32
 """int8 calibrates on at most this many windows (:func:`calibration_windows`): calibration and the
 choice of blocks run the graph on each of them, several times over."""
