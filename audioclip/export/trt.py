@@ -76,7 +76,8 @@ def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check]
                       for g in ("audio_encoder.onnx", "classifier.onnx")})
     lines += [f"  {f}: {described[f]}" for f in files if f in described]
     lines += [f"  note: {n}" for n in notes]
-    lines += ["", "Metadata on every graph (onnx metadata_props): " + json.dumps(sorted(metadata)), "",
+    keys = sorted({*metadata, *(("int8_blocks", "int8_scheme") if metadata["precision"] == "int8" else ())})
+    lines += ["", "Metadata on every graph (onnx metadata_props): " + json.dumps(keys), "",
               "Python, no torch needed:",
               "  from audioclip.export.runtime import OnnxClassifier",
               "  probs, similarities = OnnxClassifier('THIS_FOLDER', threads=2).scores(waveform)",
