@@ -346,4 +346,5 @@ def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny
                          clips=[clips_dir / "cat_3-95694-A-5.wav"], window=0.5)
     assert "calibrated and checked on 1 clip(s) only" in result.notes[0]
     assert {"audio_encoder.onnx", "audio_encoder.trt.onnx", "classifier.onnx", "classifier.trt.onnx"} <= set(result.files)
-    assert all(c.passed for c in result.checks) and "1 clip(s) only" in (result.out / "README.txt").read_text()
+    readme = (result.out / "README.txt").read_text()
+    assert all(c.passed for c in result.checks) and "1 clip(s) only" in readme and '"int8_blocks"' in readme
