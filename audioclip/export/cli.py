@@ -46,7 +46,7 @@ def onnx(
     window: float = typer.Option(5.0, help="seconds of audio the graphs take (fixed unless --dynamic-length)"),
     dynamic_length: bool = typer.Option(False, "--dynamic-length", help="any number of samples >= one frame"),
     precision: Precision = typer.Option(Precision.fp32, help="fp32, fp16 (trunk) or int8 (static, calibrated)"),
-    opset: int = typer.Option(18, help="ONNX opset (17 or later)"),
+    opset: int = typer.Option(18, help="ONNX opset (18 to 23)"),
     clips: Optional[List[Path]] = typer.Option(None, help="audio files or folders to verify with (and calibrate int8)"),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for the checks"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
