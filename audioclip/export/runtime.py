@@ -22,12 +22,13 @@ CLASSIFIER_FILE = "classifier.onnx"
 INT16_SCALE = 32768.0  # as audioclip.model.constants; repeated here so that this module needs no torch
 
 
-def _providers(requested: Sequence[str] | None) -> list[str]:
+def _providers(requested: Sequence | None) -> list:
+    """``requested`` providers (names, or ``(name, options)`` pairs), checked; by default the CPU's."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if requested is not None:
-        missing = [p for p in requested if p not in available]
+        missing = [name for name in (p[0] if isinstance(p, tuple) else p for p in requested) if name not in available]
         if missing:
             raise ValueError(f"ONNX Runtime providers {', '.join(missing)} are not available here "
                              f"(available: {', '.join(available)})")
@@ -48,8 +49,11 @@ def gpu_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
 
 
-def session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None):
-    """An ONNX Runtime session on ``path`` with ``threads`` intra-op threads (None: ONNX Runtime's default)."""
+def session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence | None = None):
+    """An ONNX Runtime session on ``path`` with ``threads`` intra-op threads (None: ONNX Runtime's default).
+
+    ``providers``: names or ``(name, options)`` pairs, as ONNX Runtime takes them; by default the CPU.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()

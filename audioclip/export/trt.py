@@ -14,9 +14,10 @@ def trtexec_lines(*, files: Sequence[str], precision: str, window_samples: int, 
     """``trtexec`` commands that build one TensorRT engine per graph.
 
     fp16 and int8 graphs carry their precision in their types (fp32 front end, Cast and QDQ
-    nodes), so they are built ``--stronglyTyped`` (TensorRT's explicit quantization; for int8 from
-    the ``.trt.onnx`` flavour, whose zero points are 0 as TensorRT requires): TensorRT must not lower the front end to fp16,
-    where the power spectrum overflows. fp32 graphs are built in fp32 for the same reason.
+    nodes), so they are built ``--stronglyTyped``: TensorRT must not lower the front end to fp16,
+    where the power spectrum overflows. fp32 graphs are built in fp32 for the same reason. int8
+    engines are built from the ``.trt.onnx`` flavour (explicit quantization, zero points 0, as
+    TensorRT requires).
     """
     lines = ["# TensorRT engines for these graphs (TensorRT >= 10). Shapes: min / opt / max.",
              f"# waveform: [batch, samples] float32 at 44.1 kHz; "

@@ -132,7 +132,9 @@ def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifi
     Returns no checks when ``provider`` fails to load (ONNX Runtime then falls back to the CPU,
     which the CPU checks cover)."""
     suffix = ".trt.onnx" if tensorrt else ".onnx"
-    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    providers = [provider]
+    if provider == "CUDAExecutionProvider":  # TF32 convolutions would be judged, not the graph's float32
+        providers = [(provider, {"use_tf32": "0"}), "CPUExecutionProvider"]
     encoder = session(graph_dir / f"audio_encoder{suffix}", threads=threads, providers=providers)
     if encoder.get_providers()[0] != provider:
         log.warning("ONNX Runtime's %s did not load: the graphs are verified on the CPU only", provider)
