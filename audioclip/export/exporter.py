@@ -27,7 +27,7 @@ from ..model.constants import CONTEXT_LENGTH, FRAME_LENGTH
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .layout import widen_grouped_convs
-from .runtime import gpu_providers
+from .runtime import gpu_providers, tensorrt_name
 from .trt import readme_text, trtexec_lines
 from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
 
@@ -78,17 +78,19 @@ def _source_info(checkpoint: str | os.PathLike) -> tuple[str, str]:
 
 
 def _export(module: torch.nn.Module, example: tuple, path: Path, *, input_name: str, output_names: list[str],
-            dynamic: dict, opset: int) -> None:
+            dynamic: dict, opset: int) -> onnx.ModelProto:
+    """Export ``module`` to ``path`` and return the graph written there, checked to have ``opset``."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module.eval(), example, dynamo=True, input_names=[input_name],
                                     output_names=output_names, dynamic_shapes={input_name: dynamic},
                                     opset_version=opset, optimize=True, verbose=False)
     program.save(str(path))
-    written = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import
-                   if o.domain in ("", "ai.onnx"))
+    graph = onnx.load(str(path))
+    written = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     if written != opset:  # the exporter falls back to its own opset when it cannot convert
         raise ExportError(f"torch's ONNX exporter wrote opset {written}, not the {opset} asked for: pass --opset {written}")
+    return graph
 
 
 def _set_metadata(path: Path, metadata: dict) -> None:
@@ -180,10 +182,11 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
+        batches = _check_batches(check_clips, window_samples, dynamic_length)
         files = _write_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
                               dynamic_length=dynamic_length, precision=precision, opset=opset,
-                              calibration=check_clips, metadata=metadata, threads=threads, notes=notes)
-        batches = _check_batches(check_clips, window_samples, dynamic_length)
+                              calibration=check_clips, batches=batches, metadata=metadata, threads=threads,
+                              notes=notes)
         checks = []
         for provider in ["CPUExecutionProvider", *gpu_providers()]:
             for tensorrt in ((False, True) if precision == "int8" else (False,)):
@@ -218,8 +221,11 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
 
 
 def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
-                  opset: int, calibration, metadata: dict, threads: int, notes: list[str]) -> list[str]:
+                  opset: int, calibration, batches: list, metadata: dict, threads: int, notes: list[str]) -> list[str]:
     """Export (and for fp16/int8 convert) the graphs into ``tmp``; returns the file names.
+
+    ``calibration``: the check clips, which int8 calibrates on; ``batches``: the check inputs, on
+    which int8 chooses its blocks as well.
 
     int8 writes two flavours of each audio graph: ``NAME.onnx`` for ONNX Runtime's CPU kernels and
     ``NAME.trt.onnx`` in the symmetric form TensorRT takes (see :func:`precision.quantize_int8`).
@@ -239,21 +245,21 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
     }
     files = []
     int8_blocks: dict[bool, list] = {}  # per flavour (tensorrt?), chosen on the encoder: the classifier has the same trunk
+    if precision == "int8":
+        calib = calibration_windows(calibration, window_samples)
+        inputs = [w[None] for w in calib] + [x for _, x in batches]
     for name, (module, outputs) in graphs.items():
         fp32 = tmp / (name if precision == "fp32" else f"{name}.fp32")
         log.info("exporting %s", name)
-        _export(module, example, fp32, input_name="waveform", output_names=outputs, dynamic=dims, opset=opset)
-        graph = onnx.load(str(fp32))
+        graph = _export(module, example, fp32, input_name="waveform", output_names=outputs, dynamic=dims, opset=opset)
         if widen_grouped_convs(graph):
             onnx.save(graph, str(fp32))
         if precision == "fp16":
-            onnx.save(prec.to_fp16(onnx.load(str(fp32))), str(tmp / name))
+            onnx.save(prec.to_fp16(graph), str(tmp / name))
         if precision != "int8":
             _set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
             files.append(name)
         else:
-            calib = calibration_windows(calibration, window_samples)
-            inputs = [w[None] for w in calib] + [x for _, x in _check_batches(calibration, window_samples, dynamic_length)]
             for tensorrt in (False, True):
                 target = tensorrt_name(name) if tensorrt else name
                 blocks = int8_blocks.get(tensorrt) or _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt)
@@ -288,10 +294,6 @@ choice of blocks run the graph on each of them, several times over."""
 INT8_SCHEMES = {False: "uint8 activations with zero points, per-channel int8 weights (ONNX Runtime CPU)",
                 True: "symmetric int8 activations and per-channel weights, zero points 0 (TensorRT)"}
 
-
-def tensorrt_name(name: str) -> str:
-    """File of the TensorRT flavour of an int8 graph: ``audio_encoder.onnx`` -> ``audio_encoder.trt.onnx``."""
-    return name.removesuffix(".onnx") + ".trt.onnx"
 
 
 def calibration_windows(clips: list[tuple[str, np.ndarray]], window_samples: int) -> np.ndarray:

@@ -19,6 +19,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.onnx"
+
+
+def tensorrt_name(name: str) -> str:
+    """File of the TensorRT flavour of an int8 graph: ``audio_encoder.onnx`` -> ``audio_encoder.trt.onnx``."""
+    return name.removesuffix(".onnx") + ".trt.onnx"
 INT16_SCALE = 32768.0  # as audioclip.model.constants; repeated here so that this module needs no torch
 
 

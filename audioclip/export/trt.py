@@ -6,6 +6,7 @@ import json
 from typing import Sequence
 
 from ..model.constants import CONTEXT_LENGTH
+from .runtime import tensorrt_name
 from .verify import Check
 
 
@@ -73,7 +74,7 @@ def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check]
         "text_encoder.onnx": f"tokens int64 [n, {CONTEXT_LENGTH}] (audioclip.tokenize) -> embedding "
                              f"[n, {metadata['embedding_size']}], L2-normalised",
     }
-    described.update({f"{g.removesuffix('.onnx')}.trt.onnx": f"{g}, int8 in the symmetric form TensorRT takes"
+    described.update({tensorrt_name(g): f"{g}, int8 in the symmetric form TensorRT takes"
                       for g in ("audio_encoder.onnx", "classifier.onnx")})
     lines += [f"  {f}: {described[f]}" for f in files if f in described]
     lines += [f"  note: {n}" for n in notes]

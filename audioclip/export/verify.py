@@ -27,7 +27,7 @@ import torch
 from ..model import SAMPLE_RATE, ZeroShotClassifier
 from ..model.esresnext import to_reference_scale
 from ..model.fbsp import power_spectrogram, power_to_db
-from .runtime import session
+from .runtime import session, tensorrt_name
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +131,15 @@ def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifi
 
     Returns no checks when ``provider`` fails to load (ONNX Runtime then falls back to the CPU,
     which the CPU checks cover)."""
-    suffix = ".trt.onnx" if tensorrt else ".onnx"
+    encoder_file, clf_file = (tensorrt_name(f) if tensorrt else f for f in ("audio_encoder.onnx", "classifier.onnx"))
     providers = [provider]
     if provider == "CUDAExecutionProvider":  # TF32 convolutions would be judged, not the graph's float32
         providers = [(provider, {"use_tf32": "0"}), "CPUExecutionProvider"]
-    encoder = session(graph_dir / f"audio_encoder{suffix}", threads=threads, providers=providers)
+    encoder = session(graph_dir / encoder_file, threads=threads, providers=providers)
     if encoder.get_providers()[0] != provider:
         log.warning("ONNX Runtime's %s did not load: the graphs are verified on the CPU only", provider)
         return []
-    clf = session(graph_dir / f"classifier{suffix}", threads=threads, providers=providers)
+    clf = session(graph_dir / clf_file, threads=threads, providers=providers)
     graph = "audio_encoder+classifier" + (" .trt" if tensorrt else "")
     if provider != "CPUExecutionProvider":
         graph += f" [{provider.removesuffix('ExecutionProvider')}]"
