@@ -7,7 +7,8 @@ then times each backend on the same clip with the same thread count, interleavin
 round by round so that load from other processes hits them alike. Prints medians and two ratios:
 to this project's PyTorch eager path, and to the reference implementation's eager computation
 (re-enacted with the same weights, as in ``benchmarks/encode_audio.py``), which is about half as
-fast as ours on CPU.
+fast as ours on CPU. Where a GPU is present (an NVIDIA driver, onnxruntime-gpu and CUDA torch), it
+also times PyTorch eager on the GPU and each graph on ONNX Runtime's CUDA provider, fp16 included.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode_audio import reference_style_encode  # noqa: E402
 
 from audioclip.export.exporter import export_onnx  # noqa: E402
-from audioclip.export.runtime import session  # noqa: E402
+from audioclip.export.runtime import gpu_providers, session  # noqa: E402
 from audioclip.export.verify import fit, load_clips  # noqa: E402
 from audioclip.model import SAMPLE_RATE, load_model  # noqa: E402
 
@@ -37,8 +38,11 @@ def main() -> None:
     parser.add_argument("--clips", required=True, help="folder of real clips (int8 calibration and input)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--precisions", default="fp32,int8", help="fp16 only pays on a GPU")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated; default fp32,int8 (and fp16 where a GPU is present: it only pays there)")
     args = parser.parse_args()
+    gpu = bool(gpu_providers()) and torch.cuda.is_available()
+    precisions = (args.precisions or ("fp32,fp16,int8" if gpu else "fp32,int8")).split(",")
     torch.set_num_threads(args.threads)
     window = 5 * SAMPLE_RATE
     clip = fit(load_clips([args.clips])[0][1], window)[None]
@@ -46,14 +50,20 @@ def main() -> None:
     torch_clip = torch.from_numpy(clip)
     runners = {"reference eager": lambda: reference_style_encode(model.audio, torch_clip[:, None]),
                "pytorch eager": lambda: model.encode_audio(torch_clip)}
+    if gpu:  # the same on the GPU: PyTorch eager and ONNX Runtime's CUDA provider (.cpu() waits for the result)
+        cuda_model, cuda_clip = load_model(args.checkpoint).to("cuda"), torch_clip.to("cuda")
+        runners["pytorch cuda"] = lambda: cuda_model.encode_audio(cuda_clip).cpu()
     outputs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in args.precisions.split(","):
+        for precision in precisions:
             out = Path(tmp) / precision
             export_onnx(checkpoint=args.checkpoint, out=out, labels=["a", "b"], precision=precision,
                         clips=[args.clips], threads=args.threads)
             sess = session(out / "audio_encoder.onnx", threads=args.threads)
             runners[f"ort {precision}"] = lambda sess=sess: sess.run(None, {"waveform": clip})[0]
+            if gpu:
+                gpu_sess = session(out / "audio_encoder.onnx", providers=["CUDAExecutionProvider"])
+                runners[f"ort {precision} cuda"] = lambda sess=gpu_sess: sess.run(None, {"waveform": clip})[0]
         times: dict[str, list[float]] = {name: [] for name in runners}
         with torch.inference_mode():
             for name, run in runners.items():  # warm-up
@@ -67,11 +77,14 @@ def main() -> None:
     ours, ref = statistics.median(times["pytorch eager"]), statistics.median(times["reference eager"])
     print(f"5-s window, batch 1, {args.threads} threads, {args.rounds} rounds (median, min); "
           "cosine to PyTorch eager on the timed clip")
-    print(f"{'backend':<16} {'ms':>7} {'min ms':>7} {'vs pytorch':>10} {'vs reference':>12} {'cosine':>9}")
+    if gpu:
+        print("rows ending in 'cuda' run on the GPU; their 'vs pytorch' is to PyTorch eager on the GPU")
+    print(f"{'backend':<20} {'ms':>7} {'min ms':>7} {'vs pytorch':>10} {'vs reference':>12} {'cosine':>9}")
     for name, t in times.items():
         med = statistics.median(t)
         cos = float(unit[name] @ unit["pytorch eager"])
-        print(f"{name:<16} {med:7.1f} {min(t):7.1f} {ours / med:9.2f}x {ref / med:11.2f}x {cos:9.6f}")
+        base = statistics.median(times["pytorch cuda"]) if name.endswith("cuda") else ours
+        print(f"{name:<20} {med:7.1f} {min(t):7.1f} {base / med:9.2f}x {ref / med:11.2f}x {cos:9.6f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from audioclip.export.graphs import FrontEnd, max_pool_half, max_pool_half_any_w
 from audioclip.export.layout import widen_grouped_convs
 from audioclip.export.precision import int8_nodes, longest_passing, residual_blocks
 from audioclip.export.runtime import OnnxClassifier
+from audioclip.export.trt_check import tensorrt_problems
 from audioclip.model import SAMPLE_RATE, ZeroShotClassifier, atomic_save, finetuned_checkpoint, tokenize
 from audioclip.model.esresnext import adaptive_max_pool2d_exact
 from conftest import make_tiny_model
@@ -89,6 +90,7 @@ def test_graphs_are_tensorrt_ready(dynamic_export, name):
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     ops = {n.op_type for n in model.graph.node}
     assert not ops & FORBIDDEN_OPS
+    assert tensorrt_problems(model) == []
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param, "batch axis must be dynamic"
     if name != "text_encoder.onnx":

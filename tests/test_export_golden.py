@@ -8,6 +8,7 @@ import pytest
 
 from audioclip.export.exporter import export_onnx
 from audioclip.export.runtime import OnnxClassifier, session
+from audioclip.export.trt_check import tensorrt_problems
 
 pytestmark = pytest.mark.slow
 LABELS = ["alarm clock", "car horn", "cat", "coughing", "thunder"]
@@ -56,6 +57,7 @@ def test_golden_reduced_precision_meets_bounds(golden_dir, clips_dir, tmp_path, 
             assert zero_points(ort_graph) and any(z.any() for z in zero_points(ort_graph))
             # TensorRT's explicit quantization takes only signed int8 with zero points 0
             assert zero_points(trt_graph) and all(z.dtype == np.int8 and not z.any() for z in zero_points(trt_graph))
+            assert tensorrt_problems(trt_graph) == [] and tensorrt_problems(ort_graph)
         trtexec = (result.out / "trtexec.txt").read_text()
         assert "--onnx=audio_encoder.trt.onnx" in trtexec and "--onnx=audio_encoder.onnx" not in trtexec
 

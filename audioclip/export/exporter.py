@@ -28,7 +28,8 @@ from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .layout import widen_grouped_convs
 from .runtime import gpu_providers, tensorrt_name
-from .trt import readme_text, trtexec_lines
+from .trt import readme_text, tensorrt_files, trtexec_lines
+from .trt_check import tensorrt_problems
 from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
                               dynamic_length=dynamic_length, precision=precision, opset=opset,
                               calibration=check_clips, batches=batches, metadata=metadata, threads=threads,
                               notes=notes)
+        _check_tensorrt_ready(tmp, tensorrt_files(files, precision))
         checks = []
         for provider in ["CPUExecutionProvider", *gpu_providers()]:
             for tensorrt in ((False, True) if precision == "int8" else (False,)):
@@ -207,7 +209,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
              "window_samples": metadata["window_samples"]}, indent=2) + "\n")
         lines = trtexec_lines(files=files, precision=precision, window_samples=window_samples,
                               dynamic_length=dynamic_length, max_batch=16, max_samples=60 * SAMPLE_RATE,
-                              min_samples=metadata["min_samples"])
+                              min_samples=metadata["min_samples"], opset=opset)
         (tmp / "trtexec.txt").write_text("\n".join(lines) + "\n")
         (tmp / "README.txt").write_text(readme_text(metadata=metadata, files=files, checks=checks, notes=notes,
                                                     trtexec=lines, labels=classifier.labels))
@@ -318,6 +320,15 @@ def _choose_int8_blocks(fp32: Path, calibration: np.ndarray, inputs: list[np.nda
         return prec.choose_int8_blocks(fp32, calibration, threads=threads, tensorrt=tensorrt, inputs=inputs)[0]
     except ValueError as e:
         raise ExportError(f"{e}{' (TensorRT form)' if tensorrt else ''}") from None
+
+
+def _check_tensorrt_ready(folder: Path, names: Sequence[str]) -> None:
+    """Fail the export when a graph meant for TensorRT breaks a rule of its ONNX parser (:mod:`.trt_check`)."""
+    for name in names:
+        problems = tensorrt_problems(onnx.load(str(folder / name)))
+        if problems:
+            raise ExportError(f"{name} is not TensorRT-ready ({len(problems)} problem(s)), first: {problems[0]}; "
+                              f"this is a bug in audioclip-export, please report it")
 
 
 def _describe_blocks(blocks: Sequence[tuple[int, int]]) -> str:

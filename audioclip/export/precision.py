@@ -209,8 +209,9 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, blocks: Sequ
     For ONNX Runtime's CPU kernels (the default): per-channel int8 weights and uint8 activations
     with a zero point, the form its VNNI kernels take. ``tensorrt=True``: TensorRT's explicit
     quantization takes only symmetric signed int8 (zero points 0), so activations are int8 with a
-    symmetric range as well; the ReLU outputs that feed most of these convolutions then use 7 of
-    the 8 bits.
+    symmetric range as well (the ReLU outputs that feed most of these convolutions then use 7 of
+    the 8 bits), and biases stay float: its parser dequantizes int8 only, not the int32 biases
+    ONNX Runtime's quantizer writes by default (see :mod:`.trt_check`).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -223,7 +224,9 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, blocks: Sequ
                         activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Conv"],
                         nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True,
+                                       # TensorRT dequantizes int8 only: its biases stay float
+                                       "QuantizeBias": not tensorrt})
 
 
 class _PreprocessAdvice(logging.Filter):

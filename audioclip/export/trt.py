@@ -10,8 +10,18 @@ from .runtime import tensorrt_name
 from .verify import Check
 
 
+def tensorrt_files(files: Sequence[str], precision: str) -> list[str]:
+    """The graphs among ``files`` that TensorRT builds engines from: all but int8's ONNX Runtime flavour."""
+    return [name for name in files
+            if precision != "int8" or name == "text_encoder.onnx" or name.endswith(".trt.onnx")]
+
+
+TENSORRT_10_0_MAX_OPSET = 20
+"""The highest ONNX opset TensorRT 10.0's parser reads (onnx-tensorrt's support matrix)."""
+
+
 def trtexec_lines(*, files: Sequence[str], precision: str, window_samples: int, dynamic_length: bool,
-                  max_batch: int, max_samples: int, min_samples: int) -> list[str]:
+                  max_batch: int, max_samples: int, min_samples: int, opset: int) -> list[str]:
     """``trtexec`` commands that build one TensorRT engine per graph.
 
     fp16 and int8 graphs carry their precision in their types (fp32 front end, Cast and QDQ
@@ -21,13 +31,14 @@ def trtexec_lines(*, files: Sequence[str], precision: str, window_samples: int, 
     TensorRT requires).
     """
     lines = ["# TensorRT engines for these graphs (TensorRT >= 10). Shapes: min / opt / max.",
+             *([f"# opset {opset}: TensorRT 10.0 reads ONNX opsets up to {TENSORRT_10_0_MAX_OPSET}; use a "
+                f"release that reads {opset} (10.15 reads up to 24) or export with --opset 18"]
+               if opset > TENSORRT_10_0_MAX_OPSET else []),
              f"# waveform: [batch, samples] float32 at 44.1 kHz; "
              f"{'samples dynamic, at least ' + str(min_samples) if dynamic_length else f'samples fixed to {window_samples}'}."]
     flags = " --stronglyTyped" if precision in ("fp16", "int8") else ""
     lo, hi = (min_samples, max_samples) if dynamic_length else (window_samples, window_samples)
-    for name in files:
-        if precision == "int8" and name != "text_encoder.onnx" and not name.endswith(".trt.onnx"):
-            continue  # the ONNX Runtime flavour: TensorRT takes only the symmetric one
+    for name in tensorrt_files(files, precision):
         stem = name.removesuffix(".onnx").removesuffix(".trt")
         if name == "text_encoder.onnx":
             shapes = (f"--minShapes=tokens:1x{CONTEXT_LENGTH} --optShapes=tokens:16x{CONTEXT_LENGTH} "
@@ -85,5 +96,7 @@ def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check]
               "  probs, similarities = OnnxClassifier('THIS_FOLDER', threads=2).scores(waveform)",
               "", "Verification against PyTorch at export (ONNX Runtime; CPU unless a provider is named):"]
     lines += ["  " + row for row in format_checks(checks)]
-    lines += ["", "TensorRT (also in trtexec.txt):"] + ["  " + t for t in trtexec if not t.startswith("#")]
+    lines += ["", "TensorRT (also in trtexec.txt). These graphs pass a static check against the support matrix of",
+              "TensorRT 10's ONNX parser (audioclip.export.trt_check); building the engines is what proves them:"]
+    lines += ["  " + t for t in trtexec if not t.startswith("#")]
     return "\n".join(lines) + "\n"
