@@ -76,6 +76,7 @@ def test_export_writes_every_file_atomically(dynamic_export):
         ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx", "labels.json", "trtexec.txt", "README.txt"])
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folders left behind"
     labels = json.loads((out / "labels.json").read_text())
+    assert "OnnxClassifier('THIS_FOLDER', labels=['dog', 'rain']" in (out / "README.txt").read_text()
     assert labels["labels"] == LABELS and labels["template"] == "the sound of {}"
     assert all(c.passed for c in dynamic_export.checks)
     assert {c.inputs.split()[-1] for c in dynamic_export.checks if c.graph != "text_encoder"} == {"2s", "1s", "7.3s"}
@@ -166,6 +167,34 @@ def test_onnx_classifier_matches_zero_shot_classifier(dynamic_export, seconds, b
     np.testing.assert_allclose(clf.probs(x[0]), ref_probs[:1], atol=1e-5)
 
 
+def test_onnx_classifier_embeds_new_labels_like_zero_shot_classifier(dynamic_export):
+    labels, template = ["a door slams", "birds sing", "siren", "rain"], "a recording of {}"
+    reference = ZeroShotClassifier(make_tiny_model(), labels, template)
+    clf = OnnxClassifier(dynamic_export.out, labels=labels, template=template, threads=1)
+    assert clf.labels == labels and clf.template == template and clf.logit_scale == pytest.approx(reference.logit_scale)
+    np.testing.assert_allclose(clf.label_embeddings, reference.label_embeddings.numpy(), atol=1e-5)
+    x = (np.random.default_rng(2).random((2, SAMPLE_RATE), dtype=np.float32) * 2 - 1) * 0.5
+    probs, sims = clf.scores(x)
+    ref_probs, ref_sims = (t.numpy() for t in reference.scores(x))
+    assert probs.shape == (2, 4) and probs.dtype == sims.dtype == np.float32
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    np.testing.assert_allclose(probs, ref_probs, atol=1e-5)
+    np.testing.assert_allclose(clf.logits(x), ref_sims * reference.logit_scale, atol=1e-4)
+    # no template: "{}", as the PyTorch classifier
+    assert OnnxClassifier(dynamic_export.out, labels=["rain"]).template == "{}"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"template": "the sound of {}"}, "a template applies to new labels"),
+    ({"labels": ["rain", "siren", "rain"]}, "duplicate labels: 'rain'"),
+    ({"labels": ["rain"], "template": "no slot"}, "has no '{}'"),
+    ({"labels": []}, "no labels given"),
+])
+def test_onnx_classifier_refuses_bad_labels(dynamic_export, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OnnxClassifier(dynamic_export.out, **kwargs)
+
+
 def test_text_encoder_matches_pytorch(dynamic_export):
     from audioclip.export.runtime import session
 
@@ -196,6 +225,16 @@ def test_runtime_imports_without_torch():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+def test_new_labels_need_no_torch(dynamic_export):
+    # torch made unimportable: the tokenizer and text_encoder.onnx embed the labels on their own
+    code = ("import sys\nsys.modules['torch'] = None\nimport numpy as np\n"
+            "from audioclip.export.runtime import OnnxClassifier\n"
+            f"clf = OnnxClassifier({str(dynamic_export.out)!r}, labels=['rain', 'a dog barks'], threads=1)\n"
+            "probs = clf.probs(np.zeros(44100, np.float32))\nprint(probs.shape, round(float(probs.sum()), 4))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "(1, 2) 1.0", done.stderr
+
+
 def test_finetuned_head_exports_its_own_labels_without_text_encoder(tmp_path):
     model = make_tiny_model(seed=3)
     embeddings = torch.randn(4, 32)
@@ -205,8 +244,11 @@ def test_finetuned_head_exports_its_own_labels_without_text_encoder(tmp_path):
     result = export_onnx(checkpoint=path, out=tmp_path / "out", window=0.5, precision="fp16")
     assert not (result.out / "text_encoder.onnx").exists() and "no text tower" in result.notes[0]
     assert "no text tower" in (result.out / "README.txt").read_text()
+    assert "labels=[" not in (result.out / "README.txt").read_text()  # no new labels without a text encoder
     clf = OnnxClassifier(result.out)
     assert clf.labels == ["cat", "dog", "bird", "car"] and clf.template == "a {}" and clf.precision == "fp16"
+    with pytest.raises(ValueError, match="has no text_encoder.onnx .*it scores only the labels it was exported with"):
+        OnnxClassifier(result.out, labels=["rain"])
     assert all(c.passed and c.min_cosine >= 0.999 for c in result.checks)
     model16 = onnx.load(str(result.out / "audio_encoder.onnx"))
     assert onnx.TensorProto.FLOAT16 in {t.data_type for t in model16.graph.initializer}

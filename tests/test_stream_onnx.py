@@ -53,7 +53,8 @@ def test_onnx_backend_streams_like_the_torch_backend(exported, clips_dir):
 def test_onnx_export_mismatches_are_one_line_errors(exported, clips_dir):
     _, export_dir = exported
     clip = str(clips_dir / "cat_3-95694-A-5.wav")
-    for extra, needle in ((["--labels", "rain"], "exported with the labels cat, dog, siren"),
+    for extra, needle in ((["--template", "a {}"], "--template applies to --labels"),
+                          (["--labels", "rain,rain"], "duplicate labels: 'rain'"),
                           (["--window", "5"], "exactly 2 s"),
                           (["--checkpoint", "partial"], "not both")):
         result = CliRunner().invoke(app, ["--onnx", str(export_dir), "--input", clip, "-q", *extra])
@@ -72,11 +73,29 @@ def test_onnx_backend_streams_without_importing_torch(exported, clips_dir):
         "import sys\n"
         "from audioclip.stream.cli import main\n"
         f"sys.argv = ['audioclip-stream', '--onnx', {str(export_dir)!r}, '--input', {clip!r}, '--format', 'jsonl',"
-        " '--window', '2', '--hop', '1', '-q']\n"
+        " '--window', '2', '--hop', '1', '-q', '--labels', 'rain,thunder']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "TORCH False" in done.stderr
-    assert len([line for line in done.stdout.splitlines() if "t_start" in line]) == 4
+    rows = [json.loads(line) for line in done.stdout.splitlines() if "t_start" in line]
+    assert len(rows) == 4 and all(list(row["probs"]) == ["rain", "thunder"] for row in rows)
+
+
+def test_onnx_backend_streams_new_labels_like_the_torch_backend(exported, clips_dir):
+    # labels the export was not made with: embedded by text_encoder.onnx and the tokenizer
+    checkpoint, export_dir = exported
+    common = ["--input", str(clips_dir / "thunder_3-144891-B-19.wav"), "--format", "jsonl", "--window", "2",
+              "--hop", "1", "-q", "--labels", "thunder,rain on a roof,a car horn", "--template", "the sound of {}"]
+    runner = CliRunner()
+    by_torch = runner.invoke(app, ["--checkpoint", str(checkpoint), *common])
+    by_onnx = runner.invoke(app, ["--onnx", str(export_dir), *common])
+    assert by_torch.exit_code == 0 and by_onnx.exit_code == 0, by_onnx.stderr
+    rows_t = [json.loads(line) for line in by_torch.stdout.splitlines() if "t_start" in line]
+    rows_o = [json.loads(line) for line in by_onnx.stdout.splitlines() if "t_start" in line]
+    assert len(rows_o) == len(rows_t) == 4
+    for a, b in zip(rows_t, rows_o):
+        assert list(b["probs"]) == ["thunder", "rain on a roof", "a car horn"] and a["top"] == b["top"]
+        assert np.abs(np.array(list(a["similarity"].values())) - np.array(list(b["similarity"].values()))).max() <= 1e-4

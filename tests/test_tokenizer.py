@@ -4,7 +4,7 @@ from importlib import resources
 import pytest
 
 from audioclip.model import tokenize
-from audioclip.model.tokenizer import BPE_FILE, BPE_SHA256, END_TOKEN, START_TOKEN
+from audioclip.model.tokenizer import BPE_FILE, BPE_SHA256, END_TOKEN, START_TOKEN, token_ids
 
 
 def test_vocabulary_ships_with_the_package_and_has_the_published_hash():
@@ -19,6 +19,8 @@ def test_shape_dtype_and_framing():
     assert tokens[0, :3].tolist() == [START_TOKEN, 1929, END_TOKEN]
     assert tokens[1, :4].tolist() == [START_TOKEN, 1929, 16560, END_TOKEN]
     assert tokens[0, 3:].sum() == 0
+    ids = token_ids(["dog", "dog bark"])  # the numpy form text_encoder.onnx takes, without torch
+    assert ids.dtype.name == "int64" and ids.tolist() == tokens.tolist()
 
 
 def test_cleaning_is_case_whitespace_and_html_insensitive():

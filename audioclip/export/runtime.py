@@ -1,4 +1,4 @@
-"""Zero-shot labelling with an exported ``classifier.onnx`` on ONNX Runtime: numpy only, no torch.
+"""Zero-shot labelling with exported graphs on ONNX Runtime: numpy only, no torch.
 
 ``OnnxClassifier`` has the interface of :class:`audioclip.model.ZeroShotClassifier` (``labels``,
 ``template``, ``logit_scale``, ``scores``, ``probs``, ``similarities``) and returns numpy arrays.
@@ -19,6 +19,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.onnx"
+ENCODER_FILE = "audio_encoder.onnx"
+TEXT_ENCODER_FILE = "text_encoder.onnx"
 
 
 def tensorrt_name(name: str) -> str:
@@ -114,16 +116,29 @@ def as_mono_batch(waveform, *, min_samples: int, window_samples: int | None) -> 
 
 
 class OnnxClassifier:
-    """Scores audio against the labels baked into ``DIR/classifier.onnx``.
+    """Scores audio against labels: those baked into ``DIR/classifier.onnx``, or new ones.
 
     ``probs = softmax(logit_scale * cosine)``, as :class:`audioclip.model.ZeroShotClassifier`
-    computes it; the labels, template and logit scale are read from the graph's metadata.
+    computes it. Without ``labels`` it runs ``classifier.onnx``, whose labels, template and logit
+    scale are read from the graph's metadata. With ``labels`` (and ``template``, ``"{}"`` by
+    default, as for the PyTorch classifier) it embeds them once with ``text_encoder.onnx`` and the
+    tokenizer, then runs ``audio_encoder.onnx``: new labels without torch.
     ``threads``: intra-op threads (None: ONNX Runtime's default of one per core).
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(self, path: str | os.PathLike, *, labels: Sequence[str] | None = None, template: str | None = None,
+                 threads: int | None = None, providers: Sequence | None = None):
         path = Path(path)
-        file = path / CLASSIFIER_FILE if path.is_dir() else path
+        self.label_embeddings: np.ndarray | None = None  # [L, D], normalised; None: the classifier graph scores
+        if labels is None:
+            if template is not None:
+                raise ValueError("a template applies to new labels: pass labels as well, or leave out the template")
+            file = path / CLASSIFIER_FILE if path.is_dir() else path
+        else:
+            from ..model.labels import check_labels, check_template
+
+            labels, template = check_labels(labels), check_template(template)
+            file = (path if path.is_dir() else path.parent) / ENCODER_FILE
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no such file; pass a folder written by `audioclip-export onnx`")
         self.session = session(file, threads=threads, providers=providers)
@@ -136,22 +151,33 @@ class OnnxClassifier:
             self.min_samples = int(meta["min_samples"])
             window = meta["window_samples"]
         except (KeyError, ValueError) as e:
-            raise ValueError(f"{file}: not a classifier written by audioclip-export (metadata {e} missing or bad)") from e
+            raise ValueError(f"{file}: not a graph written by audioclip-export (metadata {e} missing or bad)") from e
         self.window_samples = None if window == "dynamic" else int(window)
         self.precision = meta.get("precision", "fp32")
         self.input_name = self.session.get_inputs()[0].name
+        if labels is not None:
+            self.labels, self.template = labels, template
+            self.label_embeddings = embed_labels(file.parent, labels, template, threads=threads, providers=providers)
         log.info("loaded %s: %d labels, %s, window %s", file, len(self.labels), self.precision, window)
 
     def logits(self, waveform) -> np.ndarray:
         """Scaled cosine similarities ``[B, L]``."""
-        x = as_mono_batch(waveform, min_samples=self.min_samples, window_samples=self.window_samples)
-        return self.session.run(["logits"], {self.input_name: x})[0]
+        return self._logits_probs(waveform)[0]
 
     def scores(self, waveform) -> tuple[np.ndarray, np.ndarray]:
         """``(probs, similarities)``, both float32 ``[B, L]``, from one run of the graph."""
-        x = as_mono_batch(waveform, min_samples=self.min_samples, window_samples=self.window_samples)
-        logits, probs = self.session.run(["logits", "probs"], {self.input_name: x})
+        logits, probs = self._logits_probs(waveform)
         return probs, logits / np.float32(self.logit_scale)
+
+    def _logits_probs(self, waveform) -> tuple[np.ndarray, np.ndarray]:
+        x = as_mono_batch(waveform, min_samples=self.min_samples, window_samples=self.window_samples)
+        if self.label_embeddings is None:
+            logits, probs = self.session.run(["logits", "probs"], {self.input_name: x})
+            return logits, probs
+        (embedding,) = self.session.run(["embedding"], {self.input_name: x})
+        logits = (embedding @ self.label_embeddings.T) * np.float32(self.logit_scale)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return logits, e / e.sum(axis=-1, keepdims=True)
 
     def probs(self, waveform) -> np.ndarray:
         """Label probabilities ``[B, L]``."""
@@ -160,3 +186,17 @@ class OnnxClassifier:
     def similarities(self, waveform) -> np.ndarray:
         """Cosine similarities ``[B, L]`` between the audio and each label."""
         return self.scores(waveform)[1]
+
+
+def embed_labels(directory: str | os.PathLike, labels: Sequence[str], template: str = "{}", *,
+                 threads: int | None = None, providers: Sequence | None = None) -> np.ndarray:
+    """Normalised embeddings ``[L, D]`` of ``template.format(label)`` from ``DIR/text_encoder.onnx``, without torch."""
+    from ..model.tokenizer import token_ids
+
+    file = Path(directory) / TEXT_ENCODER_FILE
+    if not file.is_file():
+        raise ValueError(f"{directory} has no {TEXT_ENCODER_FILE} (exported from a fine-tuned audio head, which has no "
+                         "text tower): it scores only the labels it was exported with; leave out the labels")
+    tokens = token_ids([template.format(label) for label in labels])
+    (embeddings,) = session(file, threads=threads, providers=providers).run(["embedding"], {"tokens": tokens})
+    return embeddings

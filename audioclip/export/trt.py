@@ -94,6 +94,9 @@ def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check]
               "Python, no torch needed:",
               "  from audioclip.export.runtime import OnnxClassifier",
               "  probs, similarities = OnnxClassifier('THIS_FOLDER', threads=2).scores(waveform)",
+              *(["  # other labels, embedded by text_encoder.onnx:",
+                 "  OnnxClassifier('THIS_FOLDER', labels=['dog', 'rain'], template='the sound of {}')"]
+                if "text_encoder.onnx" in files else []),
               "", "Verification against PyTorch at export (ONNX Runtime; CPU unless a provider is named):"]
     lines += ["  " + row for row in format_checks(checks)]
     lines += ["", "TensorRT (also in trtexec.txt). These graphs pass a static check against the support matrix of",

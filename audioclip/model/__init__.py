@@ -13,10 +13,10 @@ _LAZY = {
     "clamp_logit_scale": "audioclip", "normalize": "audioclip",
     "RELEASES": "checkpoint", "CheckpointError": "checkpoint", "atomic_save": "checkpoint",
     "finetuned_checkpoint": "checkpoint", "load_model": "checkpoint", "audio_head_state": "checkpoint",
-    "ZeroShotClassifier": "classifier", "check_labels": "classifier",
+    "ZeroShotClassifier": "classifier", "check_labels": "labels", "check_template": "labels",
     "AudioCLIPConfig": "config", "AudioConfig": "config", "TextConfig": "config", "VisionConfig": "config",
     "infer_config": "config",
-    "tokenize": "tokenizer",
+    "tokenize": "tokenizer", "token_ids": "tokenizer",
 }
 
 __all__ = ["FRAME_LENGTH", "HOP_LENGTH", "N_FFT", "SAMPLE_RATE", "WINDOW_SECONDS", *_LAZY]

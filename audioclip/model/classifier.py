@@ -7,29 +7,7 @@ from typing import Sequence
 import torch
 
 from .audioclip import AudioCLIP, clamp_logit_scale, normalize
-
-
-def check_labels(labels: Sequence[str]) -> list[str]:
-    """Labels as a list of distinct non-empty strings, else ``ValueError`` saying which are not."""
-    if isinstance(labels, str) or not isinstance(labels, Sequence):
-        raise ValueError(f"labels must be a list of strings, got {type(labels).__name__}")
-    labels = list(labels)
-    if not labels:
-        raise ValueError("no labels given: pass at least one, e.g. ['siren', 'dog bark']")
-    bad = [label for label in labels if not isinstance(label, str)]
-    if bad:
-        raise ValueError(f"labels must be strings, got {bad[0]!r} ({type(bad[0]).__name__})")
-    empty = [i for i, label in enumerate(labels) if not label.strip()]
-    if empty:
-        raise ValueError(f"label {empty[0]} is empty; every label needs some text")
-    seen, duplicates = set(), []
-    for label in labels:
-        if label in seen and label not in duplicates:
-            duplicates.append(label)
-        seen.add(label)
-    if duplicates:
-        raise ValueError(f"duplicate labels: {', '.join(map(repr, duplicates))}; give each label once")
-    return labels
+from .labels import check_labels, check_template
 
 
 class ZeroShotClassifier:
@@ -54,9 +32,7 @@ class ZeroShotClassifier:
             embeddings = bank.embeddings
         else:
             self.labels = check_labels(labels)
-            self.template = "{}" if template is None else template
-            if "{}" not in self.template:
-                raise ValueError(f"template {self.template!r} has no '{{}}' where the label goes")
+            self.template = check_template(template)
             with torch.inference_mode():
                 embeddings = model.encode_text(self.labels, self.template)
         self.label_embeddings = normalize(embeddings.float().to(model.device))

@@ -9,8 +9,8 @@ from importlib import resources
 from typing import Sequence
 
 import ftfy
+import numpy as np
 import regex
-import torch
 
 from .constants import CONTEXT_LENGTH
 
@@ -97,16 +97,17 @@ def get_tokenizer() -> BPETokenizer:
     return BPETokenizer.from_package()
 
 
-def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = False) -> torch.Tensor:
-    """CLIP tokens ``int64 [N, context_length]``: start token, BPE ids, end token, zero padding.
+def token_ids(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = False) -> np.ndarray:
+    """CLIP tokens ``int64 [N, context_length]`` as numpy: start token, BPE ids, end token, zero padding.
 
-    A text whose tokens do not fit raises ``ValueError`` naming it, unless ``truncate`` is set
-    (then it is cut and still ends with the end token).
+    Needs no torch (``text_encoder.onnx`` takes these). A text whose tokens do not fit raises
+    ``ValueError`` naming it, unless ``truncate`` is set (then it is cut and still ends with the
+    end token).
     """
     if isinstance(texts, str):
         texts = [texts]
     tokenizer = get_tokenizer()
-    out = torch.zeros(len(texts), context_length, dtype=torch.int64)
+    out = np.zeros((len(texts), context_length), dtype=np.int64)
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"texts must be strings, got {type(text).__name__}: {text!r}")
@@ -118,5 +119,12 @@ def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, t
                     "shorten it or pass truncate=True")
             ids = ids[:context_length]
             ids[-1] = END_TOKEN
-        out[row, :len(ids)] = torch.tensor(ids)
+        out[row, :len(ids)] = ids
     return out
+
+
+def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = False):
+    """:func:`token_ids` as a ``torch.int64`` tensor, for the PyTorch model."""
+    import torch
+
+    return torch.from_numpy(token_ids(texts, context_length, truncate))

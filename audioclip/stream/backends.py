@@ -60,13 +60,12 @@ def _load_onnx(directory: Path, labels, template, threads: int) -> Classifier:
         from ..export.runtime import OnnxClassifier
     except ImportError as e:
         raise ValueError(f"the ONNX backend is not available in this installation ({e})") from e
-    classifier = OnnxClassifier(directory, threads=threads)
-    # the text tower is not exported: labels and template are fixed when the classifier is exported
-    if labels is not None and list(labels) != list(classifier.labels):
-        raise ValueError(f"{directory} was exported with the labels {', '.join(classifier.labels)}; export again "
-                         "with the labels you want (audioclip-export), or leave out --labels")
-    if template is not None and template != classifier.template:
-        raise ValueError(f"{directory} was exported with the template {classifier.template!r}; "
-                         "export again to change it")
+    if labels is None:
+        classifier = OnnxClassifier(directory, threads=threads)
+        if template is not None and template != classifier.template:
+            raise ValueError(f"--template applies to --labels; {directory}'s labels were embedded with "
+                             f"{classifier.template!r}")
+    else:  # new labels, embedded by the exported text encoder
+        classifier = OnnxClassifier(directory, labels=labels, template=template, threads=threads)
     log.info("ONNX Runtime backend, %d thread(s), %d labels", threads, len(classifier.labels))
     return classifier
