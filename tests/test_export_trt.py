@@ -54,6 +54,26 @@ def test_quantization_tensorrt_refuses_is_found(model, message):
     assert any(message in p for p in tensorrt_problems(model)), tensorrt_problems(model)
 
 
+def test_per_channel_scales_must_be_weights_along_the_output_channels():
+    def graph(axis, on_activation=False):
+        inits = [numpy_helper.from_array(np.float32(0.1), "scale"), numpy_helper.from_array(np.int8(0), "zp"),
+                 numpy_helper.from_array(np.full(4, 0.1, np.float32), "scales"),
+                 numpy_helper.from_array(np.zeros(4, np.int8), "zps"),
+                 numpy_helper.from_array(np.ones((4, 4, 1, 1), np.int8), "wq")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["xq"], name="q"),
+                 helper.make_node("DequantizeLinear", ["xq", "scale", "zp"], ["xd"], name="dx"),
+                 helper.make_node("DequantizeLinear", ["xq" if on_activation else "wq", "scales", "zps"], ["w"],
+                                  name="dw", axis=axis),
+                 helper.make_node("Conv", ["xd", "w"], ["y"], name="conv")]
+        return graph_of(nodes, inits)
+
+    assert tensorrt_problems(graph(axis=0)) == []
+    assert tensorrt_problems(graph(axis=1)) == [
+        "DequantizeLinear node dw: per-channel weights along axis 1; TensorRT takes the output-channel axis 0"]
+    assert tensorrt_problems(graph(axis=0, on_activation=True)) == [
+        "DequantizeLinear node dw: per-channel quantization of an activation; TensorRT quantizes activations per tensor"]
+
+
 def test_unsupported_operators_and_domains_are_found():
     model = graph_of([helper.make_node("DFT", ["x"], ["d"], name="dft"),
                       helper.make_node("FusedConv", ["d"], ["y"], name="fused", domain="com.microsoft")])

@@ -8,7 +8,8 @@ refuse. The rules this project's graphs could break:
 - every node is a standard ONNX operator the parser imports;
 - ``DequantizeLinear`` reads int8 (not the int32 biases ONNX Runtime's quantizer writes by default)
   with zero points 0, and ``QuantizeLinear`` writes int8 with zero points 0 (an absent zero point
-  means uint8, which TensorRT takes only as a network input or output);
+  means uint8, which TensorRT takes only as a network input or output); activations are quantized
+  per tensor, weights per tensor or per output channel (axis 0);
 - reduction axes, and the axes of ``Squeeze``/``Unsqueeze``, are build-time constants;
 - pooling is 2-D or 3-D, undilated, and ``MaxPool`` has no ``Indices`` output;
 - ``LayerNormalization`` has only its first output.
@@ -80,6 +81,13 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
 
 
 def _quantization_problems(node: onnx.NodeProto, where: str, constants: dict) -> list[str]:
+    scale = constants.get(node.input[1])
+    if scale is not None and len(scale.dims) > 0 and max(scale.dims) > 1:  # per-channel
+        if node.input[0] not in constants:
+            return [f"{where}: per-channel quantization of an activation; TensorRT quantizes activations per tensor"]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if axis != 0:
+            return [f"{where}: per-channel weights along axis {axis}; TensorRT takes the output-channel axis 0"]
     zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if node.op_type == "DequantizeLinear" and node.input[0] in constants:
         dtype = constants[node.input[0]].data_type
