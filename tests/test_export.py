@@ -195,6 +195,18 @@ def test_onnx_classifier_refuses_bad_labels(dynamic_export, kwargs, match):
         OnnxClassifier(dynamic_export.out, **kwargs)
 
 
+def test_verification_catches_a_classifier_graph_whose_head_is_wrong(dynamic_export):
+    from audioclip.export.verify import check_audio
+
+    batches = [("noise 1s", (np.random.default_rng(3).random((1, SAMPLE_RATE), dtype=np.float32) - 0.5))]
+    right = ZeroShotClassifier(make_tiny_model(), LABELS, "the sound of {}")
+    wrong = ZeroShotClassifier(make_tiny_model(), LABELS[::-1], "the sound of {}")  # the graph holds LABELS
+    (good,) = check_audio(graph_dir=dynamic_export.out, precision="fp32", classifier=right, batches=batches)
+    (bad,) = check_audio(graph_dir=dynamic_export.out, precision="fp32", classifier=wrong, batches=batches)
+    assert good.passed and bad.max_abs_diff == good.max_abs_diff  # the encoder is fine either way
+    assert not bad.passed and "classifier head off by" in bad.bound
+
+
 def test_text_encoder_matches_pytorch(dynamic_export):
     from audioclip.export.runtime import session
 

@@ -11,6 +11,8 @@ Bounds (on L2-normalised embeddings, per check input):
 - fp16: cosine >= 0.999.
 - int8: cosine >= 0.99 and the same top-1 label as PyTorch, unless PyTorch's two labels are tied
   (within ``TOP1_TIE_LOGITS``).
+- every precision: ``classifier.onnx``'s probabilities within 1e-4 of PyTorch's head (labels,
+  logit scale, softmax) applied to ``audio_encoder.onnx``'s embeddings (measured: 2e-7).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .runtime import session, tensorrt_name
 log = logging.getLogger(__name__)
 
 FP32_MAX_DIFF = 1e-4
+HEAD_MAX_DIFF = 1e-4
 FP16_MIN_COSINE = 0.999
 INT8_MIN_COSINE = 0.99
 TOP1_TIE_LOGITS = 0.05
@@ -113,6 +116,13 @@ def exact_front_end_embeddings(model, waveforms: np.ndarray) -> np.ndarray:
         return torch.nn.functional.normalize(emb, dim=-1).numpy()
 
 
+def _probs_of(classifier: ZeroShotClassifier, embeddings: np.ndarray) -> np.ndarray:
+    """The classifier's probabilities for normalised audio ``embeddings`` ``[B, D]``."""
+    with torch.no_grad():
+        logits = classifier.logit_scale * torch.from_numpy(embeddings) @ classifier.label_embeddings.T
+        return logits.softmax(-1).numpy()
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
@@ -161,13 +171,19 @@ def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifi
             noise = float(np.abs(exact_front_end_embeddings(classifier.model, x) - ref).max())
             limit = max(FP32_MAX_DIFF, 2 * noise)
             bound = f"diff <= {limit:.2g}" + (f" (2 x noise {noise:.2g})" if limit > FP32_MAX_DIFF else "")
-            # the classifier graph shares the encoder: its probabilities must agree as closely
-            passed = diff <= limit and float(np.abs(probs - ref_probs).max()) <= 1e-3
+            passed = diff <= limit
         elif precision == "fp16":
             bound, passed = f"cos >= {FP16_MIN_COSINE}", cos >= FP16_MIN_COSINE
         else:
             bound = f"cos >= {INT8_MIN_COSINE}, same top-1"
             passed = cos >= INT8_MIN_COSINE and agree + ties == len(x)
+        # the classifier graph: its probabilities are the PyTorch head's on the encoder graph's
+        # embeddings (compared with PyTorch's own probabilities, the logit scale of up to 100
+        # amplifies the front end's rounding noise past any fixed bound: 1.6e-3 on a 1-s chirp whose
+        # embeddings were within their bound)
+        head_diff = float(np.abs(probs - _probs_of(classifier, emb)).max())
+        if head_diff > HEAD_MAX_DIFF:
+            bound, passed = bound + f"; classifier head off by {head_diff:.2g}", False
         top1 = f"{agree}/{len(x)}" + (f" +{ties} tie" if ties else "")
         checks.append(Check(graph, precision, name, tuple(x.shape), diff, cos, top1, bound,
                             passed, ms))
