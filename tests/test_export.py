@@ -195,6 +195,12 @@ def test_onnx_classifier_refuses_bad_labels(dynamic_export, kwargs, match):
         OnnxClassifier(dynamic_export.out, **kwargs)
 
 
+@pytest.mark.parametrize("labels", [None, ["rain"]])
+def test_onnx_classifier_names_a_missing_folder(tmp_path, labels):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}: no such folder"):
+        OnnxClassifier(tmp_path / "nope", labels=labels)
+
+
 def test_verification_catches_a_classifier_graph_whose_head_is_wrong(dynamic_export):
     from audioclip.export.verify import check_audio
 

@@ -129,6 +129,8 @@ class OnnxClassifier:
     def __init__(self, path: str | os.PathLike, *, labels: Sequence[str] | None = None, template: str | None = None,
                  threads: int | None = None, providers: Sequence | None = None):
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such folder; pass a folder written by `audioclip-export onnx`")
         self.label_embeddings: np.ndarray | None = None  # [L, D], normalised; None: the classifier graph scores
         if labels is None:
             if template is not None:
