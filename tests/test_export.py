@@ -294,6 +294,19 @@ def test_failed_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_out_folder_the_file_system_refuses_is_a_one_line_error(tiny_checkpoint, tmp_path, monkeypatch):
+    # as root, or on a read-only or virtual file system, os.access says yes and creation still fails
+    from audioclip.export import exporter
+
+    def refused(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(exporter.tempfile, "mkdtemp", refused)
+    with pytest.raises(ExportError, match=f"{tmp_path / 'out'}: cannot write here \\(Permission denied\\)"):
+        export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "out", labels=LABELS)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args,message", [
     (["--checkpoint", "nosuchrelease"], "unknown checkpoint 'nosuchrelease'"),
     (["--labels", "siren,dog,siren"], "duplicate labels: 'siren'"),

@@ -177,8 +177,11 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     if model.metadata.get("source"):
         metadata["base_checkpoint"] = json.dumps(model.metadata["source"], default=str)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:  # permissions pass os.access as root, or on a read-only or virtual file system, yet fail here
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write here ({e.strerror or e})") from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
