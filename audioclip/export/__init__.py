@@ -2,8 +2,9 @@
 
 - ``export_onnx(checkpoint=..., out=...)`` (``audioclip.export.exporter``, needs torch): writes and
   verifies ``audio_encoder.onnx``, ``classifier.onnx`` and ``text_encoder.onnx``.
-- ``OnnxClassifier(DIR)`` (``audioclip.export.runtime``, numpy and ONNX Runtime only): the
-  interface of :class:`audioclip.model.ZeroShotClassifier` on the exported graphs.
+- ``OnnxClassifier(DIR[, labels=..., template=...])`` (``audioclip.export.runtime``, numpy and ONNX
+  Runtime only): the interface of :class:`audioclip.model.ZeroShotClassifier` on the exported
+  graphs, for the labels they were exported with or for new ones (embedded by the text encoder).
 
 Importing this package imports neither torch nor the exporter; names load on first use.
 """
