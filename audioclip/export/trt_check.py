@@ -38,12 +38,12 @@ ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 """.split())
 """ONNX operators TensorRT 10's ONNX parser imports (those marked supported in its support matrix)."""
 
-_CONSTANT_AXES = {"Squeeze": 1, "Unsqueeze": 1, **{op: 1 for op in SUPPORTED_OPS if op.startswith("Reduce")}}
-"""Operators whose input at this index (axes) must be a build-time constant."""
+_CONSTANT_AXES = frozenset({"Squeeze", "Unsqueeze", *(op for op in SUPPORTED_OPS if op.startswith("Reduce"))})
+"""Operators whose second input (axes), when given, must be a build-time constant."""
 
 
 def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
-    """What in ``model`` TensorRT's ONNX parser is documented to refuse, one line per node; empty when none."""
+    """What in ``model`` TensorRT's ONNX parser is documented to refuse, one line per problem; empty when none."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     constants = {out: node.attribute[0].t for node in graph.node if node.op_type == "Constant" and node.attribute
@@ -60,8 +60,7 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type in _CONSTANT_AXES:
-            index = _CONSTANT_AXES[node.op_type]
-            if len(node.input) > index and node.input[index] and node.input[index] not in constants:
+            if len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
                 problems.append(f"{where}: axes computed at run time; TensorRT needs them constant")
         if node.op_type in ("DequantizeLinear", "QuantizeLinear"):
             problems += _quantization_problems(node, where, constants)
