@@ -27,6 +27,7 @@ from ..model.constants import CONTEXT_LENGTH, FRAME_LENGTH
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .layout import widen_grouped_convs
+from .logs import dropping
 from .runtime import gpu_providers, tensorrt_name
 from .trt import readme_text, tensorrt_files, trtexec_lines
 from .trt_check import tensorrt_problems
@@ -78,25 +79,16 @@ def _source_info(checkpoint: str | os.PathLike) -> tuple[str, str]:
     return str(checkpoint), sha256_of(path)
 
 
-def _no_torchvision_notice(record: logging.LogRecord) -> bool:
-    """Drop torch's exporter notices that torchvision is absent (4 lines per graph; this model has no
-    torchvision ops), which would bury the export's own output."""
-    return "torchvision is not installed" not in record.getMessage()
-
-
 def _export(module: torch.nn.Module, example: tuple, path: Path, *, input_name: str, output_names: list[str],
             dynamic: dict, opset: int) -> onnx.ModelProto:
     """Export ``module`` to ``path`` and return the graph written there, checked to have ``opset``."""
-    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
-    registry.addFilter(_no_torchvision_notice)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module.eval(), example, dynamo=True, input_names=[input_name],
-                                        output_names=output_names, dynamic_shapes={input_name: dynamic},
-                                        opset_version=opset, optimize=True, verbose=False)
-    finally:
-        registry.removeFilter(_no_torchvision_notice)
+    # torch's exporter notes, 4 lines per graph, that torchvision is absent: this model has no torchvision ops
+    with warnings.catch_warnings(), torch.no_grad(), \
+            dropping("torch.onnx._internal.exporter._registration", "torchvision is not installed"):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module.eval(), example, dynamo=True, input_names=[input_name],
+                                    output_names=output_names, dynamic_shapes={input_name: dynamic},
+                                    opset_version=opset, optimize=True, verbose=False)
     program.save(str(path))
     graph = onnx.load(str(path))
     written = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
@@ -309,7 +301,6 @@ MAX_CALIBRATION_CLIPS = 32
 choice of blocks run the graph on each of them, several times over."""
 INT8_SCHEMES = {False: "uint8 activations with zero points, per-channel int8 weights (ONNX Runtime CPU)",
                 True: "symmetric int8 activations and per-channel weights, zero points 0 (TensorRT)"}
-
 
 
 def calibration_windows(clips: list[tuple[str, np.ndarray]], window_samples: int) -> np.ndarray:

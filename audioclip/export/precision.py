@@ -9,7 +9,6 @@ calibration clips (see ``choose_int8_blocks``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import tempfile
@@ -18,6 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
+
+from .logs import dropping
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,9 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, blocks: Sequ
     model = onnx.load(str(src))
     chosen = set(int8_nodes(model, blocks))
     exclude = [n.name for n in model.graph.node if n.name not in chosen]
-    with _without_preprocess_advice():
+    # ONNX Runtime advises, on the root logger, to pre-process the model: its shape inference and
+    # fusions are what the exporter's graph already has, and the advice would garble the display
+    with dropping("", "pre-process"):
         quantize_static(str(src), str(dst), _Calibration(model.graph.input[0].name, calibration),
                         quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
@@ -227,23 +230,6 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, blocks: Sequ
                         extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True,
                                        # TensorRT dequantizes int8 only: its biases stay float
                                        "QuantizeBias": not tensorrt})
-
-
-class _PreprocessAdvice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-process" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _without_preprocess_advice():
-    """Drop ONNX Runtime's root-logger advice to pre-process the model (its shape inference and
-    fusions are what the exporter's graph already has), which would garble the export's display."""
-    advice = _PreprocessAdvice()
-    logging.getLogger().addFilter(advice)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeFilter(advice)
 
 
 INT8_SELECT_COSINE = 0.995

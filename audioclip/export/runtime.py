@@ -26,6 +26,8 @@ TEXT_ENCODER_FILE = "text_encoder.onnx"
 def tensorrt_name(name: str) -> str:
     """File of the TensorRT flavour of an int8 graph: ``audio_encoder.onnx`` -> ``audio_encoder.trt.onnx``."""
     return name.removesuffix(".onnx") + ".trt.onnx"
+
+
 INT16_SCALE = 32768.0  # as audioclip.model.constants; repeated here so that this module needs no torch
 
 

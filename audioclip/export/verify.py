@@ -116,13 +116,6 @@ def exact_front_end_embeddings(model, waveforms: np.ndarray) -> np.ndarray:
         return torch.nn.functional.normalize(emb, dim=-1).numpy()
 
 
-def _probs_of(classifier: ZeroShotClassifier, embeddings: np.ndarray) -> np.ndarray:
-    """The classifier's probabilities for normalised audio ``embeddings`` ``[B, D]``."""
-    with torch.no_grad():
-        logits = classifier.logit_scale * torch.from_numpy(embeddings) @ classifier.label_embeddings.T
-        return logits.softmax(-1).numpy()
-
-
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
@@ -181,7 +174,9 @@ def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifi
         # embeddings (compared with PyTorch's own probabilities, the logit scale of up to 100
         # amplifies the front end's rounding noise past any fixed bound: 1.6e-3 on a 1-s chirp whose
         # embeddings were within their bound)
-        head_diff = float(np.abs(probs - _probs_of(classifier, emb)).max())
+        with torch.inference_mode():
+            head_probs = classifier.scores_of(torch.from_numpy(emb))[0].numpy()
+        head_diff = float(np.abs(probs - head_probs).max())
         if head_diff > HEAD_MAX_DIFF:
             bound, passed = bound + f"; classifier head off by {head_diff:.2g}", False
         top1 = f"{agree}/{len(x)}" + (f" +{ties} tie" if ties else "")

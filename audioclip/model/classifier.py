@@ -53,7 +53,11 @@ class ZeroShotClassifier:
 
     def scores(self, waveform) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probs, similarities)``, both ``[B, L]``, from one pass of the audio encoder."""
-        sims = self.similarities(waveform)
+        return self.scores_of(self.embed(waveform))
+
+    def scores_of(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probs, similarities)`` for normalised audio ``embeddings`` ``[B, D]`` computed elsewhere."""
+        sims = embeddings @ self.label_embeddings.T
         return torch.softmax(self.logit_scale * sims, dim=-1), sims
 
     def probs(self, waveform) -> torch.Tensor:
