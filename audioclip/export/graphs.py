@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.audioclip import AudioCLIP, clamp_logit_scale
-from ..model.constants import FRAME_LENGTH, HOP_LENGTH, LOG10_FLOOR, N_BANDS, N_FFT
+from ..model.constants import FRAME_LENGTH, HOP_LENGTH, N_FFT
 from ..model.esresnext import ESResNeXtFBSP, to_reference_scale
+from ..model.fbsp import power_to_db
 
 
 def centred_padding(num_samples: torch.SymInt | int) -> tuple:
@@ -127,10 +128,7 @@ class FrontEnd(nn.Module):
     @staticmethod
     def _db(spec: torch.Tensor) -> torch.Tensor:
         re, im = spec.chunk(2, dim=1)
-        power = re * re + im * im
-        power = torch.where(power > 0.0, power, torch.full_like(power, LOG10_FLOOR))
-        db = torch.log10(power) * 10.0
-        return db.reshape(db.shape[0], N_BANDS, db.shape[1] // N_BANDS, db.shape[-1])
+        return power_to_db(re * re + im * im)
 
 
 class Trunk(nn.Module):
