@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.audioclip import AudioCLIP, clamp_logit_scale
+from ..model.audioclip import AudioCLIP
 from ..model.constants import FRAME_LENGTH, HOP_LENGTH, N_FFT
 from ..model.esresnext import ESResNeXtFBSP, to_reference_scale
 from ..model.fbsp import power_to_db
@@ -82,10 +82,10 @@ class FrontEnd(nn.Module):
     """``[B, T]`` waveforms in [-1, 1] -> dB bands ``[B, 3, 341, frames]`` as the eager head computes them.
 
     Frames are sliced from the signal cut into hop-long rows (the row count follows the length: no
-    length baked in), windowed and zero padded to ``N_FFT`` exactly as in :func:`~audioclip.model.fbsp.power_spectrogram`,
-    then the learned transform is one ``MatMul`` with a constant ``[N_FFT, 2046]`` weight. Keeping
-    the window product and the padding, rather than folding them into a conv kernel, keeps the
-    rounding of quiet bins (below -100 dB) closest to PyTorch's.
+    length baked in), windowed and zero padded to ``N_FFT`` exactly as in
+    :func:`~audioclip.model.fbsp.power_spectrogram`, then the learned transform is one ``MatMul`` with a
+    constant ``[N_FFT, 2046]`` weight. Keeping the window product and the padding, rather than folding
+    them into a conv kernel, keeps the rounding of quiet bins (below -100 dB) closest to PyTorch's.
 
     ``as_conv=True`` gives the faster form that fp16 and int8 graphs use: one strided ``Conv``
     (kernel ``FRAME_LENGTH``, stride ``HOP_LENGTH``, 2046 output channels) with the window folded
@@ -200,8 +200,3 @@ class TextEncoderGraph(nn.Module):
         # The end token has the largest id: select its row without advanced indexing.
         eot = tokens.argmax(dim=-1, keepdim=True).unsqueeze(-1).expand(-1, 1, x.shape[-1])
         return l2_normalize(torch.gather(x, 1, eot).squeeze(1) @ m.text_projection)
-
-
-def logit_scale_of(model: AudioCLIP) -> float:
-    with torch.no_grad():
-        return float(clamp_logit_scale(model.logit_scale_at.detach()))
