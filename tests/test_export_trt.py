@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from audioclip.export.exporter import ExportError, export_onnx
-from audioclip.export.trt import tensorrt_files, trtexec_lines
+from audioclip.export.report import tensorrt_files, trtexec_lines
 from audioclip.export.trt_check import tensorrt_problems
 from conftest import make_tiny_model
 

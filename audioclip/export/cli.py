@@ -23,7 +23,7 @@ class Precision(str, Enum):
 
 
 def _print_checks(checks) -> None:
-    from .trt import format_checks
+    from .report import format_checks
 
     typer.echo("verification against PyTorch (ONNX Runtime; CPU unless a provider is named):", err=True)
     for line in format_checks(checks):

@@ -29,7 +29,7 @@ from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .layout import widen_grouped_convs
 from .logs import dropping
 from .runtime import gpu_providers, tensorrt_name
-from .trt import readme_text, tensorrt_files, trtexec_lines
+from .report import readme_text, tensorrt_files, trtexec_lines
 from .trt_check import tensorrt_problems
 from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
 
