@@ -89,11 +89,11 @@ class FrontEnd(nn.Module):
 
     ``as_conv=True`` gives the faster form that fp16 and int8 graphs use: one strided ``Conv``
     (kernel ``FRAME_LENGTH``, stride ``HOP_LENGTH``, 2046 output channels) with the window folded
-    into its kernel and the padding columns dropped. It runs the front end 30% faster on ONNX
-    Runtime (6.8 instead of 9.8 ms per 5-s window, golden checkpoint, 2 threads) and is as close
-    to exact arithmetic as PyTorch's own float32 front end, but on a quiet ESC-50 clip (coughing)
-    its fp32 embeddings land 3.1e-4 from PyTorch's where the fp32 bound is 2.1e-4
-    (:mod:`audioclip.export.verify`); the reduced-precision bounds are cosines that this cannot move.
+    into its kernel and the padding columns dropped. It runs faster on ONNX Runtime
+    (docs/benchmarks.md) and is as close to exact arithmetic as PyTorch's own float32 front end,
+    but on a quiet ESC-50 clip (coughing) its fp32 embeddings land 3.1e-4 from PyTorch's where the
+    fp32 bound is 2.1e-4 (:mod:`audioclip.export.verify`); the reduced-precision bounds are cosines
+    that this cannot move.
     """
 
     def __init__(self, audio: ESResNeXtFBSP, *, as_conv: bool = False):
@@ -116,8 +116,8 @@ class FrontEnd(nn.Module):
             x = F.pad(to_reference_scale(waveform), (left, right))
             return self._db(F.conv1d(x[:, None, :], self.kernel, stride=HOP_LENGTH))  # [B, 2 * 1023, frames]
         # Frame i is rows i and i + 1 and the head of row i + 2 of the padded signal cut into hop-long
-        # rows (FRAME_LENGTH = 2 hops + 532): three slices and a concat, no index gather (1 ms faster
-        # per 5-s window on ONNX Runtime, same values). The rows need 3 hops - FRAME_LENGTH more zeros.
+        # rows (FRAME_LENGTH = 2 hops + 532): three slices and a concat, no index gather (faster
+        # on ONNX Runtime, same values). The rows need 3 hops - FRAME_LENGTH more zeros.
         x = F.pad(to_reference_scale(waveform), (left, right + 3 * HOP_LENGTH - FRAME_LENGTH))
         rows = x.reshape(x.shape[0], -1, HOP_LENGTH)
         raw = torch.cat((rows[:, :-2], rows[:, 1:-1], rows[:, 2:, :FRAME_LENGTH - 2 * HOP_LENGTH]), dim=-1)

@@ -27,10 +27,10 @@ def widen_grouped_convs(model: onnx.ModelProto, channels: int = GROUP_CHANNELS) 
 
     ``g`` groups of ``c`` input channels become ``g c / channels`` groups of ``channels``, each
     weight row zero outside its original group's channels. Depthwise convolutions (one channel per
-    group) and groups that do not divide evenly are left alone. Measured on the golden checkpoint
-    (ONNX Runtime 1.31, 2 threads, 5-s window): 70 -> 66 ms; embeddings move by 2.5e-6 (summation
-    order). The zeros add 1 GFLOP (3.5%) of work an accelerator with native grouped kernels does
-    not need. Changes ``model`` in place; returns the number of nodes rewritten.
+    group) and groups that do not divide evenly are left alone. Embeddings move only by summation
+    order; the zeros are work an accelerator with native grouped kernels does not need
+    (docs/export.md, docs/benchmarks.md). Changes ``model`` in place; returns the number of nodes
+    rewritten.
     """
     initializers = {t.name: t for t in model.graph.initializer}
     users: dict[str, int] = {}

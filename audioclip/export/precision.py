@@ -186,9 +186,8 @@ def residual_blocks(model: onnx.ModelProto) -> list[tuple[int, int]]:
 def int8_nodes(model: onnx.ModelProto, blocks: Sequence[tuple[int, int]]) -> list[str]:
     """Names of the pointwise (1x1, ungrouped) convolutions of ``blocks``, shortcut projections included.
 
-    These hold about 85% of the trunk's arithmetic. The grouped 3x3 convolutions stay fp32: as
-    int8 QDQ they run slower on ONNX Runtime's CPU kernels than in fp32 (measured: quantising them
-    too took a 5-s window from 61 to 73 ms).
+    These hold most of the trunk's arithmetic. The grouped 3x3 convolutions stay fp32: as int8 QDQ
+    they run slower on ONNX Runtime's CPU kernels than in fp32 (docs/benchmarks.md).
     """
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     chosen = set(blocks)
@@ -246,12 +245,8 @@ def choose_int8_blocks(src: Path, calibration: np.ndarray, *, threads: int, tens
     on the input of one layer1 convolution alone drops the embedding's cosine to 0.96, on one of
     layer4 to 0.9998. So the blocks are quantised from the last one backwards, and the number of
     trailing blocks is found by bisection (quantise, run on ``inputs``, compare with the fp32
-    graph), which assumes that quantising more blocks never helps. Measured on the golden
-    checkpoint, calibrated and judged on the five ESC-50 clips alone (worst cosine, ms per 5-s
-    window): 3 blocks (layer4) 0.998, 68 ms; 6 blocks 0.996, 60 ms; 9 blocks 0.983, 58 ms; all 16
-    blocks 0.909, 49 ms. But those 6 blocks gave 0.94 on the coughing clip repeated to 7.3 s (its
-    seam drove activations past the calibrated ranges); calibrated on windows across the clips'
-    seams as well and judged on every check input, 2 blocks keep 0.995 (1 with a dynamic length).
+    graph), which assumes that quantising more blocks never helps (the golden checkpoint's
+    figures: docs/export.md).
     ``tensorrt``: choose for :func:`quantize_int8`'s TensorRT form (symmetric int8 activations).
     ``inputs``: waveforms ``[B, T]`` (any lengths the graph takes) to judge the cosine on; by
     default the calibration waveforms.

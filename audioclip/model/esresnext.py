@@ -154,8 +154,8 @@ class ESResNeXtFBSP(nn.Module):
     def features(self, db: torch.Tensor) -> torch.Tensor:
         """Trunk with attention gates: ``[N, 3, 341, frames]`` -> ``[N, 32 w, h, w']``.
 
-        Runs channels-last: about 15% faster on CPU than the reference's layout, within 1e-5
-        (relative) of it.
+        Runs channels-last (faster on CPU than the reference's layout; docs/benchmarks.md), within
+        1e-5 (relative) of it.
         """
         db = db.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(db))))
@@ -174,10 +174,9 @@ class ESResNeXtFBSP(nn.Module):
     def pooled_features(self, waveform: torch.Tensor) -> torch.Tensor:
         """``[B, C, T]`` -> channel-summed pooled features ``[B, F]`` (the input of ``fc``).
 
-        Without autograd on a CPU the trunk runs one signal at a time: its feature maps then stay
-        in cache, which makes a batch of 8 five-second windows about 30% faster per window than
-        running them together (benchmarks/encode_audio.py). The result is the same: batch norm is
-        in eval mode, so every signal is computed independently either way.
+        Without autograd on a CPU the trunk runs one signal at a time, so that its feature maps stay
+        in cache (docs/benchmarks.md). The result is the same: batch norm is in eval mode, so every
+        signal is computed independently either way.
         """
         b, c, t = waveform.shape
         db = self.spectrogram_db(waveform.reshape(b * c, t))

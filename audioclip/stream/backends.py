@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..model.labels import ParameterError
 from .engine import Classifier
 
 log = logging.getLogger(__name__)
@@ -15,28 +16,30 @@ log = logging.getLogger(__name__)
 def default_threads() -> int:
     """Intra-op threads for either backend: 2, never more than the cores.
 
-    benchmarks/stream.py on the 2-core machine, golden checkpoint, 0.25 s hop, p95 latency idle /
-    beside a process that keeps one core busy: PyTorch 2 threads 132 / 208 ms (1 thread: 313 /
-    1105 ms at a 0.5 s hop, with drops); ONNX Runtime (worker threads sleep, no spinning)
-    2 threads 91 / 171 ms, 1 thread 148 / 149 ms. Under steady contention ``--threads 1`` is the
-    steadier choice for ONNX Runtime.
+    One thread is the steadier choice for ONNX Runtime beside other busy work (docs/streaming.md).
     """
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def load_classifier(*, checkpoint: str | os.PathLike = "full", onnx: str | os.PathLike | None = None,
+def load_classifier(*, checkpoint: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None,
                     labels: Sequence[str] | None = None, template: str | None = None,
                     threads: int | None = None) -> Classifier:
-    """A ZeroShotClassifier over ``checkpoint``, or the exported classifier in ``onnx``.
+    """A classifier with ``labels`` and ``scores(waveform) -> (probs, similarities)``: a
+    ZeroShotClassifier over ``checkpoint`` (a release name or a file; ``"full"`` when neither is
+    given) on PyTorch, or the export in the folder ``onnx`` on ONNX Runtime (torch is not imported).
 
     ``labels=None`` uses the labels a fine-tuned checkpoint (or an ONNX export) carries.
-    Raises ``ValueError`` (``CheckpointError`` included) with a one-line message.
+    ``threads``: intra-op threads, :func:`default_threads` when None. Raises ``ValueError``
+    (``CheckpointError``, :class:`~audioclip.model.labels.ParameterError` included), one line.
     """
     threads = default_threads() if threads is None else threads
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ParameterError("threads", f"{{threads}}: must be a whole number at least 1, got {threads!r}")
+    if onnx is not None and checkpoint is not None:
+        raise ParameterError("onnx", "give {checkpoint} or {onnx}, not both")
     if onnx is not None:
         return _load_onnx(Path(onnx), labels, template, threads)
+    checkpoint = "full" if checkpoint is None else checkpoint
     import torch
 
     from ..model import ZeroShotClassifier, check_labels, load_model
@@ -46,10 +49,10 @@ def load_classifier(*, checkpoint: str | os.PathLike = "full", onnx: str | os.Pa
         labels = check_labels(labels)
     model = load_model(checkpoint)
     if labels is None and model.label_bank is None:
-        raise ValueError(f"{checkpoint} carries no labels: pass --labels or --labels-file")
+        raise ParameterError("labels", f"{checkpoint} carries no labels: pass {{labels}}")
     if labels is None and template is not None:
-        raise ValueError("--template applies to --labels; this checkpoint's labels were embedded with "
-                         f"{model.label_bank.template!r}")
+        raise ParameterError("template", "{template} applies to {labels}; this checkpoint's labels were embedded "
+                                         f"with {model.label_bank.template!r}")
     classifier = ZeroShotClassifier(model, labels, template)
     log.info("PyTorch backend, %d thread(s), %d labels", threads, len(classifier.labels))
     return classifier
@@ -63,8 +66,8 @@ def _load_onnx(directory: Path, labels, template, threads: int) -> Classifier:
     if labels is None:
         classifier = OnnxClassifier(directory, threads=threads)
         if template is not None and template != classifier.template:
-            raise ValueError(f"--template applies to --labels; {directory}'s labels were embedded with "
-                             f"{classifier.template!r}")
+            raise ParameterError("template", f"{{template}} applies to {{labels}}; {directory}'s labels were "
+                                             f"embedded with {classifier.template!r}")
     else:  # new labels, embedded by the exported text encoder
         classifier = OnnxClassifier(directory, labels=labels, template=template, threads=threads)
     log.info("ONNX Runtime backend, %d thread(s), %d labels", threads, len(classifier.labels))
