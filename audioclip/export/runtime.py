@@ -76,8 +76,8 @@ def session(path: str | os.PathLike, *, threads: int | None = None, providers: S
     # stream beside its user), spinning threads steal the cores the next window needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # ONNX Runtime moves the int8 graph's QuantizeLinear nodes ahead of the max-pools, which then
-    # run on uint8 in a slow generic kernel (11 ms instead of 1 ms per 5-s window when the early
-    # blocks are quantised); the pools stay fp32 without that pass. fp32/fp16 graphs are unaffected.
+    # run on uint8 in a slow generic kernel (docs/benchmarks.md); the pools stay fp32 without that
+    # pass. fp32/fp16 graphs are unaffected.
     return ort.InferenceSession(str(path), options, providers=_providers(providers),
                                 disabled_optimizers=["QDQPropagationTransformer"])
 

@@ -12,7 +12,7 @@ Bounds (on L2-normalised embeddings, per check input):
 - int8: cosine >= 0.99 and the same top-1 label as PyTorch, unless PyTorch's two labels are tied
   (within ``TOP1_TIE_LOGITS``).
 - every precision: ``classifier.onnx``'s probabilities within 1e-4 of PyTorch's head (labels,
-  logit scale, softmax) applied to ``audio_encoder.onnx``'s embeddings (measured: 2e-7).
+  logit scale, softmax) applied to ``audio_encoder.onnx``'s embeddings.
 """
 
 from __future__ import annotations
