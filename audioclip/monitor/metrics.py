@@ -1,0 +1,124 @@
+"""Prometheus metrics of the monitor, served over HTTP on ``[metrics] listen``.
+
+The service reports what happens by calling the methods of :class:`Metrics`; sinks are read at
+scrape time (:meth:`Metrics.watch_sink`), so their counters need no calls. Series:
+
+- ``audioclip_windows_total{source}``: windows formed, gated ones included;
+- ``audioclip_gated_windows_total{source}``: windows quieter than ``min_dbfs``, not classified;
+- ``audioclip_dropped_windows_total{source}``: windows replaced by a newer one before inference;
+- ``audioclip_input_overflows_total{source}``, ``audioclip_reconnects_total{source}``;
+- ``audioclip_source_up{source}``: 1 while the source delivers audio, else 0;
+- ``audioclip_input_level_dbfs{source}``: the level of the source's last window;
+- ``audioclip_events_total{source,label}``: events started;
+- ``audioclip_inference_seconds``: histogram of the time to classify one window;
+- ``audioclip_sink_dropped_total{sink}``: items a sink dropped (queue full or left at close).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+
+log = logging.getLogger(__name__)
+
+INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` (``[::1]:9108`` for IPv6) -> ``(host, port)``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"metrics.listen: {listen!r} is not host:port; write e.g. 127.0.0.1:9108")
+    return host.strip("[]"), int(port)
+
+
+class _SinkCollector:
+    def __init__(self) -> None:
+        self.sinks: dict[str, object] = {}
+
+    def collect(self):
+        family = CounterMetricFamily("audioclip_sink_dropped", "Items a sink dropped: queue full or left at close",
+                                     labels=["sink"])
+        for name, sink in list(self.sinks.items()):
+            family.add_metric([name], sink.dropped)
+        yield family
+
+
+class Metrics:
+    """The monitor's metrics in a registry of their own, served by :meth:`start` until :meth:`close`."""
+
+    def __init__(self, listen: str = "127.0.0.1:9108") -> None:
+        self.host, self.port = parse_listen(listen)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.windows = Counter("audioclip_windows", "Windows formed (gated ones included)", ["source"], registry=r)
+        self.gated = Counter("audioclip_gated_windows", "Windows below min_dbfs, not classified", ["source"], registry=r)
+        self.dropped = Counter("audioclip_dropped_windows", "Windows replaced by a newer one before inference",
+                               ["source"], registry=r)
+        self.overflows = Counter("audioclip_input_overflows", "Input buffer overflows", ["source"], registry=r)
+        self.reconnects = Counter("audioclip_reconnects", "Times the source was reopened", ["source"], registry=r)
+        self.up = Gauge("audioclip_source_up", "1 while the source delivers audio", ["source"], registry=r)
+        self.level = Gauge("audioclip_input_level_dbfs", "Level of the last window", ["source"], registry=r)
+        self.events = Counter("audioclip_events", "Events started", ["source", "label"], registry=r)
+        self.inference = Histogram("audioclip_inference_seconds", "Time to classify one window",
+                                   buckets=INFERENCE_BUCKETS, registry=r)
+        self._sinks = _SinkCollector()
+        r.register(self._sinks)
+        self._server = None
+        self._thread = None
+
+    # -- what the service reports ------------------------------------------------------------
+    def add_source(self, source: str) -> None:
+        """Create the source's series at zero (down) so that they exist before anything happens."""
+        for counter in (self.windows, self.gated, self.dropped, self.overflows, self.reconnects):
+            counter.labels(source)
+        self.up.labels(source).set(0)
+
+    def window(self, source: str, *, level_dbfs: float, inference_s: float | None) -> None:
+        """A window was formed; ``inference_s`` is None when it was gated (not classified)."""
+        self.windows.labels(source).inc()
+        self.level.labels(source).set(level_dbfs)
+        if inference_s is None:
+            self.gated.labels(source).inc()
+        else:
+            self.inference.observe(inference_s)
+
+    def dropped_windows(self, source: str, n: int = 1) -> None:
+        self.dropped.labels(source).inc(n)
+
+    def input_overflows(self, source: str, n: int = 1) -> None:
+        self.overflows.labels(source).inc(n)
+
+    def reconnected(self, source: str) -> None:
+        self.reconnects.labels(source).inc()
+
+    def source_up(self, source: str, up: bool) -> None:
+        self.up.labels(source).set(1 if up else 0)
+
+    def event(self, source: str, label: str) -> None:
+        """An event started."""
+        self.events.labels(source, label).inc()
+
+    def watch_sink(self, sink) -> None:
+        """Export ``sink.dropped`` (read at each scrape) as ``audioclip_sink_dropped_total{sink=sink.name}``."""
+        self._sinks.sinks[sink.name] = sink
+
+    # -- the HTTP server ----------------------------------------------------------------------
+    def start(self) -> Metrics:
+        """Serve ``/metrics``; port 0 takes a free port (then read :attr:`port`)."""
+        try:
+            self._server, self._thread = start_http_server(self.port, self.host, registry=self.registry)
+        except OSError as e:
+            raise OSError(f"metrics.listen: cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+        self.port = self._server.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(5.0)
+            self._server = self._thread = None

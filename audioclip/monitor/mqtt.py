@@ -1,0 +1,243 @@
+"""MQTT: retained ON/OFF states, a JSON message per event start and end, Home Assistant discovery.
+
+Topics, with ``<source>`` and ``<label>`` written by :func:`topic_slug` (lower case, every run of
+characters other than ``a-z0-9`` becomes ``_``: label "Dog bark" is ``dog_bark``):
+
+- ``<prefix>/<source>/<label>``: ``ON`` when an event starts, ``OFF`` when it ends (retained);
+- ``<prefix>/<source>/events``: ``DetectionEvent.to_json()`` per start and end (not retained);
+- ``<prefix>/status``: ``online`` on connect, ``offline`` at close and as the last will (retained);
+- with ``homeassistant=True``, ``homeassistant/binary_sensor/<prefix>/<source>_<label>/config``
+  (retained) for each source and label given to :meth:`MqttSink.announce`.
+
+Every message is QoS 1. An event's messages are handed to paho once and the sink waits for the
+broker's acknowledgements before it takes the next event; while the broker is away paho keeps them
+and sends them after it reconnects, and later events wait in the sink's bounded queue. On every
+(re)connection the status, the discovery configs and the last state of each topic are published
+again, so a broker restarted without persistence gets them back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+
+from .events import DetectionEvent
+from .sink import QueueSink
+
+log = logging.getLogger(__name__)
+
+
+def topic_slug(name: str) -> str:
+    """``name`` as one MQTT topic level: lower case ``a-z0-9`` runs joined by ``_``."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    if not slug:
+        raise ValueError(f"{name!r} has no letters or digits to name an MQTT topic; rename it")
+    return slug
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+    def redacted(self) -> str:
+        user = f"{self.username}:***@" if self.password is not None else (
+            f"{self.username}@" if self.username else "")
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``mqtt://[user[:password]@]host[:port]`` (port 1883) or ``mqtts://`` (TLS, port 8883)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"mqtt.url: unsupported scheme {parts.scheme + '://' if parts.scheme else 'none'}; "
+                         "write mqtt://host:1883 or mqtts://host:8883")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"mqtt.url: the port of {parts.hostname} is not a number 0-65535") from None
+    if not parts.hostname:
+        raise ValueError("mqtt.url: no host; write mqtt://host:1883")
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"mqtt.url: {parts.hostname} takes no path or query; set the topic prefix with mqtt.prefix")
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
+                     username=unquote(parts.username) if parts.username is not None else None,
+                     password=unquote(parts.password) if parts.password is not None else None)
+
+
+class MqttSink(QueueSink):
+    """Publish :class:`DetectionEvent` items to an MQTT broker (paho-mqtt 2)."""
+
+    def __init__(self, url: str, *, prefix: str = "audioclip", homeassistant: bool = False,
+                 client_id: str | None = None, queue_size: int = 1000,
+                 backoff: tuple[float, float] = (1.0, 60.0),
+                 reconnect_delay: tuple[float, float] = (1, 60), keepalive: int = 30) -> None:
+        self.broker = parse_broker_url(url)
+        super().__init__(self.broker.redacted(), queue_size=queue_size, backoff=backoff)
+        if not prefix.strip("/") or any(c in prefix for c in "+#"):
+            raise ValueError(f"mqtt.prefix: {prefix!r} must be a topic without wildcards (+, #), e.g. audioclip")
+        self.prefix = prefix.strip("/")
+        self.homeassistant = homeassistant
+        self.status_topic = f"{self.prefix}/status"
+        self.keepalive = keepalive
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=client_id or f"audioclip-{socket.gethostname()}-{os.getpid()}")
+        if self.broker.username is not None:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            client.tls_set()
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(*reconnect_delay)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._client = client
+        self._link = "starting"           # logged once per change
+        self._retained_lock = threading.Lock()
+        self._states: dict[str, str] = {}       # state topic -> last ON/OFF
+        self._discovery: dict[str, str] = {}    # config topic -> payload
+        self._acks = threading.Condition()
+        self._acked: set[int] = set()     # acknowledged mids nobody has claimed yet
+        self._unclaimed: set[int] = set() # mids of messages whose ack nobody waits for
+        self._inflight: tuple[object, list[int]] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
+    def start(self) -> MqttSink:
+        """Connect in the background (never blocks, keeps trying) and start delivering."""
+        self._client.connect_async(self.broker.host, self.broker.port, self.keepalive)
+        self._client.loop_start()
+        super().start()
+        return self
+
+    def announce(self, sources: list[str], labels: list[str]) -> None:
+        """Publish (retained) Home Assistant discovery for each source and label; remove stale ones."""
+        if not self.homeassistant:
+            return
+        node = topic_slug(self.prefix)
+        configs = {}
+        for source in sources:
+            for label in labels:
+                s, l = topic_slug(source), topic_slug(label)
+                configs[f"homeassistant/binary_sensor/{node}/{s}_{l}/config"] = json.dumps({
+                    "name": label,
+                    "unique_id": f"{node}_{s}_{l}",
+                    "state_topic": f"{self.prefix}/{s}/{l}",
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "availability_topic": self.status_topic,
+                    "payload_available": "online",
+                    "payload_not_available": "offline",
+                    "device_class": "sound",
+                    "device": {"identifiers": [f"{node}_{s}"], "name": f"audioclip {source}",
+                               "manufacturer": "audioclip-stream", "model": "AudioCLIP"},
+                })
+        with self._retained_lock:
+            stale = [topic for topic in self._discovery if topic not in configs]
+            self._discovery = configs
+            for topic in stale:
+                self._publish_unclaimed(topic, "")
+            for topic, payload in configs.items():
+                self._publish_unclaimed(topic, payload)
+
+    # -- delivery (the sink's thread) ----------------------------------------------------------
+    def deliver(self, event: DetectionEvent) -> None:
+        if self._inflight is not None and self._inflight[0] is event:
+            mids = self._inflight[1]      # handed to paho already: wait, never publish twice
+        else:
+            source, label = topic_slug(event.source), topic_slug(event.label)
+            state_topic = f"{self.prefix}/{source}/{label}"
+            state = "ON" if event.kind == "start" else "OFF"
+            with self._retained_lock:
+                self._states[state_topic] = state
+                mids = [self._client.publish(f"{self.prefix}/{source}/events",
+                                             json.dumps(event.to_json()), qos=1).mid,
+                        self._client.publish(state_topic, state, qos=1, retain=True).mid]
+            self._inflight = (event, mids)
+        self._await_acks(mids)
+        self._inflight = None
+
+    def _await_acks(self, mids: list[int]) -> None:
+        with self._acks:
+            while True:
+                if all(mid in self._acked for mid in mids):
+                    self._acked.difference_update(mids)
+                    return
+                if self.closing_past_deadline():
+                    raise TimeoutError("the broker did not acknowledge before close")
+                self._acks.wait(0.2)
+
+    def _publish_unclaimed(self, topic: str, payload: str) -> None:
+        mid = self._client.publish(topic, payload, qos=1, retain=True).mid
+        with self._acks:
+            if mid in self._acked:
+                self._acked.discard(mid)
+            else:
+                self._unclaimed.add(mid)
+
+    # -- paho's callbacks (its network thread) --------------------------------------------------
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._acks:
+            if mid in self._unclaimed:
+                self._unclaimed.discard(mid)
+            else:
+                self._acked.add(mid)
+                self._acks.notify_all()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._change_link(f"refused ({reason_code})", logging.WARNING,
+                              "the broker refused the connection (%s); retrying with backoff", reason_code)
+            return
+        with self._retained_lock:
+            self._publish_unclaimed(self.status_topic, "online")
+            for topic, payload in self._discovery.items():
+                self._publish_unclaimed(topic, payload)
+            for topic, state in self._states.items():
+                self._publish_unclaimed(topic, state)
+        self._change_link("up", logging.INFO, "connected")
+        self.wake()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._change_link("unreachable", logging.WARNING,
+                          "broker unreachable; retrying with backoff, events wait in the queue")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._link == "up" and not self._closing:
+            self._change_link("lost", logging.WARNING,
+                              "connection lost (%s); reconnecting with backoff, events wait in the queue",
+                              reason_code)
+
+    def _change_link(self, state: str, level: int, message: str, *args) -> None:
+        if state != self._link:
+            self._link = state
+            log.log(level, "%s: " + message, self.name, *args)
+
+    # -- close ------------------------------------------------------------------------------------
+    def shutdown(self, deadline: float) -> None:
+        """Publish ``offline`` (waiting for it until the deadline, if connected) and disconnect."""
+        if self.connected:
+            info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
+            deadline = max(deadline, time.monotonic() + 0.5)
+            with self._acks:
+                while info.mid not in self._acked and time.monotonic() < deadline and self.connected:
+                    self._acks.wait(0.05)
+                self._acked.discard(info.mid)
+        self._client.disconnect()
+        self._client.loop_stop()

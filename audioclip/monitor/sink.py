@@ -1,0 +1,193 @@
+"""The base of every sink: a bounded queue, a delivery thread, retries with backoff, counters.
+
+The inference path hands a sink its items with ``put()``, which never blocks: the queue is
+bounded and, when full, its oldest item is dropped and counted. One thread per sink takes the
+items in order and calls ``deliver(item)`` (the subclass's job). An exception keeps the item and
+retries it after a jittered exponential backoff; the fault is logged once when an outage starts
+and once when deliveries succeed again, never once per retry.
+
+A delivery thread that dies (a bug, not a failed delivery) is restarted by ``ensure_running()``,
+which ``put()`` calls and a service calls periodically. ``close(timeout)`` delivers what it can
+within the timeout, counts the rest as dropped and stops.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class QueueSink:
+    """Deliver items (any objects) from a bounded queue on a thread of its own.
+
+    ``backoff`` is ``(first, longest)`` seconds between retries: the delay doubles from ``first``
+    up to ``longest`` and each wait is drawn in ``[delay / 2, delay]`` so that sinks failing
+    together do not retry together. Counters: ``delivered``, ``dropped`` (queue full or left at
+    close), ``failures`` (failed delivery attempts), ``restarts`` (dead threads replaced).
+    """
+
+    def __init__(self, name: str, *, queue_size: int = 1000,
+                 backoff: tuple[float, float] = (1.0, 60.0)) -> None:
+        if queue_size < 1:
+            raise ValueError(f"{name}: queue_size must be at least 1, got {queue_size}")
+        if not 0 < backoff[0] <= backoff[1]:
+            raise ValueError(f"{name}: backoff must be (first, longest) with 0 < first <= longest, got {backoff}")
+        self.name = name
+        self.queue_size = queue_size
+        self.backoff = backoff
+        self.delivered = 0
+        self.dropped = 0
+        self.failures = 0
+        self.restarts = 0
+        self._queue: collections.deque = collections.deque()
+        self._current = None          # the item being delivered, kept until it succeeds
+        self._has_current = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+        self._deadline = float("inf")
+        self._woken = False
+        self._attempt = 0             # failed attempts in a row for the current outage
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def deliver(self, item) -> None:
+        """Deliver one item; raise to keep it and retry after a backoff."""
+        raise NotImplementedError
+
+    def shutdown(self, deadline: float) -> None:
+        """Release the sink's resources after its thread stopped (``deadline`` is monotonic)."""
+
+    # -- the caller's side -------------------------------------------------------------------
+    def start(self) -> QueueSink:
+        with self._cond:
+            if self._thread is None and not self._closing:
+                self._spawn()
+        return self
+
+    def put(self, item) -> None:
+        """Queue an item; never blocks. When the queue is full its oldest item is dropped."""
+        with self._cond:
+            if self._closing:
+                self.dropped += 1
+                return
+            if len(self._queue) >= self.queue_size:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append(item)
+            self._cond.notify_all()
+        self.ensure_running()
+
+    @property
+    def pending(self) -> int:
+        """Items queued or being delivered."""
+        with self._cond:
+            return len(self._queue) + self._has_current
+
+    def ensure_running(self) -> bool:
+        """Restart the delivery thread if it died; True when it did."""
+        with self._cond:
+            if self._thread is None or self._thread.is_alive() or self._closing:
+                return False
+            self.restarts += 1
+            log.error("%s: delivery thread had died; restarted it (%d restarts)", self.name, self.restarts)
+            self._spawn()
+            return True
+
+    def wake(self) -> None:
+        """Cut the current backoff short, e.g. when the sink knows its target is back."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what can be delivered within ``timeout`` seconds, drop the rest, stop."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._deadline = deadline
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            left = len(self._queue) + self._has_current
+            self._queue.clear()
+            self._current, self._has_current = None, False
+            self.dropped += left
+            self._closed = True
+        if left:
+            log.warning("%s: closed with %d undelivered items (dropped)", self.name, left)
+        self.shutdown(deadline)
+
+    # -- for subclasses whose deliver() waits --------------------------------------------------
+    def closing_past_deadline(self) -> bool:
+        """True once ``close()`` was called and its time is up: a waiting deliver() should give up."""
+        return self._closing and time.monotonic() >= self._deadline
+
+    # -- the delivery thread ----------------------------------------------------------------
+    def _spawn(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"sink {self.name}", daemon=True)
+        self._thread.start()
+
+    def _next(self):
+        """The item to deliver, or raise StopIteration when closing and nothing is left."""
+        with self._cond:
+            while not self._has_current:
+                if self._queue:
+                    self._current, self._has_current = self._queue.popleft(), True
+                    self._woken = False
+                elif self._closing:
+                    raise StopIteration
+                else:
+                    self._cond.wait()
+            if self.closing_past_deadline() or self._closed:
+                raise StopIteration
+            return self._current
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self._next()
+                except StopIteration:
+                    return
+                try:
+                    self.deliver(item)
+                except Exception as e:  # noqa: BLE001 - any failure keeps the item for a retry
+                    self._failed(e)
+                    continue
+                self._succeeded()
+        except BaseException:  # a bug: log it; ensure_running() starts a new thread
+            log.error("%s: delivery thread died", self.name, exc_info=True)
+
+    def _failed(self, error: Exception) -> None:
+        with self._cond:
+            self.failures += 1
+            if self._attempt == 0:
+                log.warning("%s: delivery failed (%s); keeping %d items and retrying with backoff",
+                            self.name, error or type(error).__name__,
+                            len(self._queue) + self._has_current)
+            delay = min(self.backoff[1], self.backoff[0] * 2 ** min(self._attempt, 30))
+            self._attempt += 1
+            end = min(time.monotonic() + random.uniform(delay / 2, delay), self._deadline)
+            while not self._woken and not self._closed and (left := end - time.monotonic()) > 0:
+                self._cond.wait(left)
+            self._woken = False
+
+    def _succeeded(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._current, self._has_current = None, False
+            self.delivered += 1
+            if self._attempt:
+                log.info("%s: delivering again after %d failed attempts", self.name, self._attempt)
+                self._attempt = 0

@@ -1,0 +1,372 @@
+"""The monitor's push sinks against real components: the queue base, mosquitto, an HTTP receiver, a scrape."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import paho.mqtt.client as mqtt
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from audioclip.monitor.events import DetectionEvent
+from audioclip.monitor.metrics import Metrics
+from audioclip.monitor.mqtt import MqttSink, parse_broker_url, topic_slug
+from audioclip.monitor.sink import QueueSink
+from audioclip.monitor.webhooks import WebhookSink
+
+from servers import Mosquitto, free_port
+
+FAST = (0.02, 0.1)  # backoff for the tests: the production default is (1, 60)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def event(id: int, kind: str = "start", source: str = "porch", label: str = "Dog bark") -> DetectionEvent:
+    t = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+    return DetectionEvent(id=id, kind=kind, source=source, label=label, start_utc=t, start_s=1.5,
+                          peak=0.9, mean=0.8, end_utc=t if kind == "end" else None,
+                          end_s=3.0 if kind == "end" else None)
+
+
+# -- the queue base ------------------------------------------------------------------------------
+
+class Recorder(QueueSink):
+    """Delivers into a list; ``gate`` holds deliveries back; ``fail`` failures come first."""
+
+    def __init__(self, *, fail: int = 0, die: int = 0, **kw):
+        super().__init__("recorder", backoff=FAST, **kw)
+        self.items, self.fail, self.die = [], fail, die
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def deliver(self, item):
+        self.entered.set()
+        self.gate.wait()
+        if self.die:
+            self.die -= 1
+            raise SystemExit("a bug that ends the thread")
+        if self.fail:
+            self.fail -= 1
+            raise OSError("target down")
+        self.items.append(item)
+
+
+def test_queue_never_blocks_and_drops_the_oldest_when_full():
+    sink = Recorder(queue_size=3).start()
+    sink.gate.clear()
+    sink.put(0)
+    assert sink.entered.wait(5)
+    started = time.monotonic()
+    for i in range(1, 6):
+        sink.put(i)
+    assert time.monotonic() - started < 0.1
+    assert sink.dropped == 2 and sink.pending == 4
+    sink.gate.set()
+    wait_until(lambda: sink.delivered == 4, 5, "4 deliveries")
+    assert sink.items == [0, 3, 4, 5]
+    sink.close()
+    assert sink.dropped == 2
+
+
+def test_failures_are_retried_in_order_and_logged_once(caplog):
+    caplog.set_level(logging.INFO, "audioclip.monitor.sink")
+    sink = Recorder(fail=4).start()
+    for i in range(3):
+        sink.put(i)
+    wait_until(lambda: sink.delivered == 3, 5, "3 deliveries")
+    assert sink.items == [0, 1, 2] and sink.failures == 4 and sink.dropped == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("delivery failed (target down)" in m for m in messages) == 1
+    assert sum("delivering again after 4 failed attempts" in m for m in messages) == 1
+    sink.close()
+
+
+def test_a_dead_thread_is_restarted_and_its_item_kept(caplog):
+    sink = Recorder(die=1).start()
+    sink.put("a")
+    wait_until(lambda: not sink._thread.is_alive(), 5, "the thread to die")
+    assert "delivery thread died" in caplog.text
+    assert sink.ensure_running() and sink.restarts == 1
+    assert not sink.ensure_running()
+    wait_until(lambda: sink.items == ["a"], 5, "the kept item")
+    sink.close()
+
+
+def test_close_flushes_within_its_timeout_and_counts_the_rest():
+    sink = Recorder(fail=10**9).start()
+    for i in range(5):
+        sink.put(i)
+    started = time.monotonic()
+    sink.close(timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 1.0
+    assert sink.delivered == 0 and sink.dropped == 5 and sink.pending == 0
+
+    sink = Recorder().start()
+    sink.gate.clear()
+    for i in range(5):
+        sink.put(i)
+    threading.Timer(0.1, sink.gate.set).start()
+    sink.close(timeout=5)
+    assert sink.items == [0, 1, 2, 3, 4] and sink.dropped == 0
+
+
+# -- MQTT ------------------------------------------------------------------------------------------
+
+class PersistentMosquitto(Mosquitto):
+    """Mosquitto keeping sessions across a stop (SIGTERM), so a QoS 1 subscriber misses nothing."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                               f"persistence true\npersistence_location {folder}/\n")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    with PersistentMosquitto(tmp_path_factory.mktemp("mosquitto")) as server:
+        yield server
+
+
+class Subscriber:
+    """A paho client with a persistent QoS 1 session, recording (topic, payload, retain)."""
+
+    def __init__(self, port: int, topics: list[str], client_id: str):
+        self.messages: list[tuple[str, str, bool]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(0.1, 0.2)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(), m.retain))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(5)
+
+    def payloads(self, topic: str) -> list[str]:
+        return [p for t, p, _ in list(self.messages) if t == topic]
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_mqtt_states_events_status_and_discovery(broker):
+    sub = Subscriber(broker.port, ["t1/#", "homeassistant/binary_sensor/t1/#"], "t1-sub")
+    sink = MqttSink(broker.url, prefix="t1", homeassistant=True, backoff=FAST).start()
+    sink.announce(["porch"], ["Dog bark", "speech"])
+    sink.put(event(7, "start"))
+    sink.put(event(7, "end"))
+    wait_until(lambda: len(sub.payloads("t1/porch/events")) == 2, 10, "2 event messages")
+    wait_until(lambda: sink.delivered == 2, 5, "acknowledgements")
+    assert [json.loads(p) for p in sub.payloads("t1/porch/events")] == [event(7).to_json(), event(7, "end").to_json()]
+    assert sub.payloads("t1/porch/dog_bark") == ["ON", "OFF"]
+    assert sub.payloads("t1/status")[-1] == "online"
+    config = json.loads(sub.payloads("homeassistant/binary_sensor/t1/porch_dog_bark/config")[-1])
+    assert config["state_topic"] == "t1/porch/dog_bark" and config["device_class"] == "sound"
+    assert config["availability_topic"] == "t1/status" and config["unique_id"] == "t1_porch_dog_bark"
+    assert (config["payload_on"], config["payload_off"]) == ("ON", "OFF") and config["device"]["identifiers"]
+    sink.close()
+    wait_until(lambda: sub.payloads("t1/status")[-1:] == ["offline"], 5, "offline at close")
+    sub.close()
+
+    late = Subscriber(broker.port, ["t1/#", "homeassistant/binary_sensor/t1/#"], "t1-late")
+    wait_until(lambda: len(late.messages) >= 4, 5, "retained messages")
+    retained = {t: p for t, p, r in late.messages if r}
+    assert retained["t1/porch/dog_bark"] == "OFF" and retained["t1/status"] == "offline"
+    assert {"homeassistant/binary_sensor/t1/porch_dog_bark/config",
+            "homeassistant/binary_sensor/t1/porch_speech/config"} <= set(retained)
+    assert "t1/porch/events" not in retained
+    late.close()
+
+
+def test_mqtt_events_from_a_broker_outage_arrive_once_after_it(broker, caplog):
+    caplog.set_level(logging.INFO, "audioclip.monitor")
+    sub = Subscriber(broker.port, ["t2/porch/events"], "t2-sub")
+    sink = MqttSink(broker.url, prefix="t2", backoff=FAST, reconnect_delay=(1, 2)).start()
+    sink.put(event(1))
+    wait_until(lambda: sink.delivered == 1, 10, "the first event")
+    broker.stop()
+    for i in range(2, 12):  # ten events during a 10 s outage
+        started = time.monotonic()
+        sink.put(event(i))
+        sink.put(event(i, "end"))
+        assert time.monotonic() - started < 0.1
+        time.sleep(1.0)
+    broker.start()
+    wait_until(lambda: sink.delivered == 21, 20, "the outage's events")
+    wait_until(lambda: len(sub.payloads("t2/porch/events")) >= 21, 10, "21 messages")
+    time.sleep(0.3)
+    seen = [(m["id"], m["event"]) for m in map(json.loads, sub.payloads("t2/porch/events"))]
+    assert sorted(seen) == sorted({(1, "start")} | {(i, k) for i in range(2, 12) for k in ("start", "end")})
+    assert sink.dropped == 0
+    lost = [r for r in caplog.records if "connection lost" in r.getMessage()]
+    assert len(lost) == 1
+    sink.close()
+    sub.close()
+
+
+def test_mqtt_broker_unreachable_at_start_then_up_with_a_password_never_logged(caplog):
+    caplog.set_level(logging.DEBUG)
+    late = Mosquitto()
+    url = f"mqtt://watcher:s3cr%40t@127.0.0.1:{late.port}"
+    assert parse_broker_url(url).password == "s3cr@t"
+    sink = MqttSink(url, prefix="t3", backoff=FAST, reconnect_delay=(0.2, 0.4))
+    started = time.monotonic()
+    sink.start()
+    sink.put(event(1))
+    assert time.monotonic() - started < 0.5
+    time.sleep(1.5)  # several connection attempts
+    assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
+    with late:
+        sub = Subscriber(late.port, ["t3/#"], "t3-sub")
+        wait_until(lambda: sink.delivered == 1, 10, "the event after the broker came")
+        sink.close()
+        wait_until(lambda: "offline" in sub.payloads("t3/status"), 5, "offline")
+        sub.close()
+    assert "s3cr" not in caplog.text and "watcher:***@127.0.0.1" in caplog.text
+
+
+def test_mqtt_bad_urls_and_names_are_one_line_errors():
+    with pytest.raises(ValueError, match="unsupported scheme http://"):
+        MqttSink("http://broker:1883")
+    with pytest.raises(ValueError, match="not a number") as e:
+        parse_broker_url("mqtt://u:hunter2@broker:port")
+    assert "hunter2" not in str(e.value)
+    assert parse_broker_url("mqtts://broker").port == 8883
+    assert topic_slug("Dog bark!") == "dog_bark" and topic_slug("Glass/break+#") == "glass_break"
+    with pytest.raises(ValueError, match="no letters or digits"):
+        topic_slug("#/+")
+
+
+# -- webhooks ---------------------------------------------------------------------------------------
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 answering POSTs with the statuses given, then 200."""
+
+    def __init__(self, statuses=()):
+        self.statuses, self.requests = list(statuses), []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((self.path, dict(self.headers), body))
+                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhook_body_and_signature_verify():
+    receiver = Receiver()
+    sink = WebhookSink(receiver.url + "/hook", secret="hook-secret", backoff=FAST).start()
+    sink.put(event(3))
+    wait_until(lambda: sink.delivered == 1, 10, "the POST")
+    path, headers, body = receiver.requests[0]
+    assert path == "/hook" and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == event(3).to_json()
+    expected = "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["X-Audioclip-Signature"], expected)
+    sink.close()
+    receiver.close()
+
+
+def test_webhook_500_then_200_gets_the_event_once_and_logs_no_secret(caplog):
+    caplog.set_level(logging.DEBUG)
+    receiver = Receiver([500, 503])
+    url = receiver.url.replace("http://", "http://bot:pa55word@") + "/hook?token=t0ken"
+    sink = WebhookSink(url, secret="hook-secret", backoff=FAST).start()
+    sink.put(event(4))
+    sink.put(event(4, "end"))
+    wait_until(lambda: sink.delivered == 2, 10, "two deliveries")
+    assert [json.loads(b)["event"] for _, _, b in receiver.requests] == ["start", "start", "start", "end"]
+    assert sink.failures == 2 and sink.dropped == 0
+    assert receiver.requests[-1][0] == "/hook?token=t0ken"
+    assert receiver.requests[-1][1]["Authorization"] == "Basic Ym90OnBhNTV3b3Jk"
+    assert "HTTP 500" in caplog.text
+    for secret in ("pa55word", "t0ken", "hook-secret"):
+        assert secret not in caplog.text
+    sink.close()
+    receiver.close()
+
+
+def test_webhook_unreachable_is_retried_and_bad_urls_refused():
+    sink = WebhookSink(f"http://127.0.0.1:{free_port()}/", backoff=FAST, timeout=1).start()
+    sink.put(event(5))
+    wait_until(lambda: sink.failures >= 2, 5, "retries")
+    sink.close(timeout=0.2)
+    assert sink.delivered == 0 and sink.dropped == 1
+    with pytest.raises(ValueError, match="ftp://host is not an http"):
+        WebhookSink("ftp://user:pw@host/x")
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+
+def scrape(metrics: Metrics) -> dict:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_are_served_and_parse():
+    metrics = Metrics("127.0.0.1:0").start()
+    other = Metrics("127.0.0.1:0").start()  # registries of their own: two in one process
+    sink = Recorder(queue_size=1)
+    metrics.watch_sink(sink)
+    metrics.add_source("porch")
+    metrics.source_up("porch", True)
+    metrics.window("porch", level_dbfs=-20.5, inference_s=0.21)
+    metrics.window("porch", level_dbfs=-95.0, inference_s=None)
+    metrics.dropped_windows("porch", 3)
+    metrics.input_overflows("porch")
+    metrics.reconnected("porch")
+    metrics.event("porch", "dog bark")
+    sink.put(1)
+    sink.put(2)  # never started: the first is dropped
+    s = scrape(metrics)
+    porch = (("source", "porch"),)
+    assert s[("audioclip_windows_total", porch)] == 2
+    assert s[("audioclip_gated_windows_total", porch)] == 1
+    assert s[("audioclip_dropped_windows_total", porch)] == 3
+    assert s[("audioclip_input_overflows_total", porch)] == 1
+    assert s[("audioclip_reconnects_total", porch)] == 1
+    assert s[("audioclip_source_up", porch)] == 1
+    assert s[("audioclip_input_level_dbfs", porch)] == -95.0
+    assert s[("audioclip_events_total", (("label", "dog bark"), ("source", "porch")))] == 1
+    assert s[("audioclip_inference_seconds_count", ())] == 1
+    assert s[("audioclip_inference_seconds_bucket", (("le", "0.3"),))] == 1
+    assert s[("audioclip_inference_seconds_bucket", (("le", "0.2"),))] == 0
+    assert s[("audioclip_sink_dropped_total", (("sink", "recorder"),))] == 1
+    assert ("audioclip_windows_total", porch) not in scrape(other)
+    port = metrics.port
+    metrics.close()
+    other.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    with pytest.raises(ValueError, match="metrics.listen: '9108' is not host:port"):
+        Metrics("9108")
