@@ -1,0 +1,356 @@
+"""The monitor's configuration: one validated model that ``monitor.toml`` and the CLI flags both fill.
+
+``load_config(path)`` reads a TOML file, ``MonitorConfig.from_dict(d)`` validates a parsed one,
+``MonitorConfig.single(...)`` builds the one-source configuration of today's flags. Every error is
+a :class:`ConfigError` of one line naming the file and the key::
+
+    monitor.toml: labels[2].threshold: must be between 0 and 1, got 1.5
+
+Strings may hold ``${VAR}`` or ``${VAR:-default}``, expanded from the environment, so a file can be
+committed without its secrets; ``repr`` and :meth:`MonitorConfig.redacted` never show passwords
+or webhook secrets. Relative paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..stream.config import StreamConfig
+from .config_parse import ConfigError, Reader, expand_env, redact_url
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "LabelConfig", "LabelParams", "MetricsConfig", "ModelConfig", "MonitorConfig",
+           "MqttConfig", "SourceConfig", "StoreConfig", "StreamDefaults", "WebhookConfig", "load_config",
+           "redact_url"]
+
+URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "rtp", "tcp")
+MQTT_SCHEMES = ("mqtt", "mqtts")
+SOURCE_OVERRIDES = ("window", "hop", "smooth", "min_dbfs", "threshold")
+LABEL_OVERRIDES = ("threshold", "hysteresis", "min_windows")
+
+
+def _safe_repr(self) -> str:
+    parts = []
+    for f in dataclasses.fields(self):
+        value = getattr(self, f.name)
+        if f.metadata.get("secret") and value is not None:
+            value = "***"
+        elif f.metadata.get("url") and value is not None:
+            value = redact_url(value)
+        parts.append(f"{f.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _secret():
+    return field(default=None, metadata={"secret": True})
+
+
+def _url(default=None):
+    return field(default=default, metadata={"url": True})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``checkpoint``: a release name or path; ``onnx``: an export folder (instead); ``threads``: None picks."""
+
+    checkpoint: str = "full"
+    onnx: str | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamDefaults:
+    """``[defaults]``: what every source and label uses unless it says otherwise."""
+
+    window: float = 5.0
+    hop: float = 0.5
+    smooth: int = 1
+    threshold: float = 0.5
+    hysteresis: float = 0.05
+    min_windows: int = 1
+    min_dbfs: float | None = -90.0
+    template: str = "{}"
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """A label: its name, the prompts whose embeddings are averaged, and its event settings.
+
+    ``threshold`` / ``hysteresis`` / ``min_windows``: None takes the source's or the defaults'.
+    ``event=False``: scored, never an event. ``privacy``: windows it wins never reach a clip.
+    """
+
+    name: str
+    prompts: tuple[str, ...]
+    threshold: float | None = None
+    hysteresis: float | None = None
+    min_windows: int | None = None
+    event: bool = True
+    privacy: bool = False
+
+
+@dataclass(frozen=True, repr=False)
+class SourceConfig:
+    """One input. ``kind`` is ``url``, ``device``, ``file`` or ``stdin``; the matching field holds it
+    (``device=None``: the system's default input). ``realtime`` / ``loop`` apply to files.
+    ``window`` ... ``threshold``: None takes ``[defaults]``."""
+
+    name: str
+    kind: str
+    url: str | None = _url()
+    device: str | int | None = None
+    file: str | None = None
+    realtime: bool = True
+    loop: bool = False
+    window: float | None = None
+    hop: float | None = None
+    smooth: int | None = None
+    min_dbfs: float | None = None
+    threshold: float | None = None
+    stall_seconds: float = 10.0
+    enabled: bool = True
+
+    __repr__ = _safe_repr
+
+    @property
+    def live(self) -> bool:
+        """Whether it is reopened when it fails or ends (a file is live only when looped)."""
+        return self.kind in ("url", "device") or (self.kind == "file" and self.loop)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``db``: the SQLite file; ``clips``: the clips folder (None: no clips). ``keep_days`` /
+    ``max_gb``: clip retention, 0 for no limit."""
+
+    db: str = "audioclip.sqlite"
+    clips: str | None = None
+    pre_roll: float = 2.0
+    post_roll: float = 2.0
+    max_clip_seconds: float = 60.0
+    keep_days: float = 30.0
+    max_gb: float = 5.0
+
+
+@dataclass(frozen=True, repr=False)
+class MqttConfig:
+    url: str = _url()
+    prefix: str = "audioclip"
+    homeassistant: bool = False
+    queue: int = 1000
+
+    __repr__ = _safe_repr
+
+
+@dataclass(frozen=True, repr=False)
+class WebhookConfig:
+    url: str = _url()
+    secret: str | None = _secret()
+    timeout: float = 5.0
+
+    __repr__ = _safe_repr
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``listen``: ``host:port`` of the Prometheus endpoint (``[::1]:9108`` for IPv6)."""
+
+    listen: str = "127.0.0.1:9108"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True)
+class LabelParams:
+    """One source's per-label event settings, arrays in label order."""
+
+    thresholds: np.ndarray
+    hysteresis: np.ndarray
+    min_windows: np.ndarray
+    event: np.ndarray
+    privacy: np.ndarray
+
+
+@dataclass(frozen=True, repr=False)
+class MonitorConfig:
+    """The whole validated configuration. ``labels=()`` (flags only): the model's own labels."""
+
+    sources: tuple[SourceConfig, ...]
+    labels: tuple[LabelConfig, ...] = ()
+    model: ModelConfig = ModelConfig()
+    defaults: StreamDefaults = StreamDefaults()
+    store: StoreConfig | None = None
+    mqtt: MqttConfig | None = None
+    webhooks: tuple[WebhookConfig, ...] = ()
+    metrics: MetricsConfig | None = None
+    origin: str = "monitor.toml"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], origin: str = "monitor.toml", *,
+                  environ: Mapping[str, str] | None = None) -> MonitorConfig:
+        """Validate a parsed configuration; ``ConfigError`` names ``origin`` and the key."""
+        from .config_parse import parse_config
+
+        try:
+            d = expand_env(d, os.environ if environ is None else environ)
+            config = parse_config(cls, Reader(d), origin)
+            config._check_streams()
+        except ConfigError as e:
+            raise e.within(origin) from None
+        return config
+
+    @classmethod
+    def single(cls, **flags) -> MonitorConfig:
+        """The one-source configuration of ``audioclip-stream``'s flags; see :func:`.config_parse.single`."""
+        from .config_parse import single
+
+        return single(cls, **flags)
+
+    # --- what the service reads -----------------------------------------------------------
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    @property
+    def enabled_sources(self) -> list[SourceConfig]:
+        return [s for s in self.sources if s.enabled]
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(f"no source named {name!r}; sources: {', '.join(s.name for s in self.sources)}")
+
+    def stream_config(self, source: SourceConfig | str, **extra) -> StreamConfig:
+        """The source's effective ``StreamConfig``: its overrides over ``[defaults]``, events on.
+
+        The scalar ``threshold`` is the source's; labels with their own use :meth:`label_params`.
+        ``extra``: further StreamConfig fields (``top_k``, ``duration``) from the command line.
+        """
+        source = self.source(source) if isinstance(source, str) else source
+        d = self.defaults
+
+        def pick(name):
+            value = getattr(source, name)
+            return getattr(d, name) if value is None else value
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a hop longer than the window was warned about at load
+            return StreamConfig(window=pick("window"), hop=pick("hop"), smooth=pick("smooth"), events=True,
+                                threshold=pick("threshold"), hysteresis=d.hysteresis, min_windows=d.min_windows,
+                                min_dbfs=pick("min_dbfs"), realtime=source.kind == "file" and source.realtime,
+                                **extra)
+
+    def label_params(self, source: SourceConfig | str) -> LabelParams:
+        """Per-label thresholds, hysteresis, min_windows, event and privacy for ``source``."""
+        source = self.source(source) if isinstance(source, str) else source
+        base = self.stream_config(source)
+
+        def column(name, dtype):
+            return np.array([base_or(getattr(label, name), getattr(base, name)) for label in self.labels], dtype)
+
+        return LabelParams(thresholds=column("threshold", np.float64), hysteresis=column("hysteresis", np.float64),
+                           min_windows=column("min_windows", np.int64),
+                           event=np.array([label.event for label in self.labels], bool),
+                           privacy=np.array([label.privacy for label in self.labels], bool))
+
+    def redacted(self) -> dict:
+        """The configuration as plain data with passwords in URLs and secrets replaced by ``***``."""
+
+        def plain(obj):
+            if dataclasses.is_dataclass(obj):
+                out = {}
+                for f in dataclasses.fields(obj):
+                    value = getattr(obj, f.name)
+                    if f.metadata.get("secret") and value is not None:
+                        value = "***"
+                    elif f.metadata.get("url") and value is not None:
+                        value = redact_url(value)
+                    out[f.name] = plain(value)
+                return out
+            if isinstance(obj, tuple):
+                return [plain(x) for x in obj]
+            return obj
+
+        return plain(self)
+
+    def __repr__(self) -> str:
+        return f"MonitorConfig({self.redacted()!r})"
+
+    def _check_streams(self) -> None:
+        """Every source's and label's effective settings make a valid ``StreamConfig``."""
+        for i, source in enumerate(self.sources):
+            try:
+                self.stream_config(source)
+            except ValueError as e:
+                name, reason = _field_error(e)
+                section = f"sources[{i}]" if getattr(source, name, None) is not None else "defaults"
+                raise ConfigError(f"{section}.{name}", reason) from None
+            base = self.stream_config(source)
+            for j, label in enumerate(self.labels):
+                values = {k: base_or(getattr(label, k), getattr(base, k)) for k in LABEL_OVERRIDES}
+                try:
+                    dataclasses.replace(base, **values)
+                except ValueError as e:
+                    name, reason = _field_error(e)
+                    if getattr(label, name, None) is not None:
+                        key = f"labels[{j}].{name}"
+                    else:
+                        key = f"sources[{i}].{name}" if getattr(source, name, None) is not None else f"defaults.{name}"
+                    if len(self.sources) > 1 and not key.startswith("sources"):
+                        reason += f" (with source {source.name!r})"
+                    raise ConfigError(key, reason) from None
+        if self.defaults.hop > self.defaults.window:
+            warnings.warn(f"defaults.hop {self.defaults.hop:g} s is longer than the window {self.defaults.window:g} s: "
+                          "some audio is never classified", stacklevel=4)
+
+
+def _field_error(e: ValueError) -> tuple[str, str]:
+    """``(field, reason)`` of a StreamConfig error (``ParameterError``, or ``"field: reason"``)."""
+    name = getattr(e, "parameter", None)
+    text = e.with_names({}) if hasattr(e, "with_names") else str(e)
+    prefix, _, rest = text.partition(": ")
+    if name is None:
+        return prefix, rest
+    return name, rest if prefix == name else text
+
+
+def base_or(value, base):
+    return base if value is None else value
+
+
+def load_config(path: str | os.PathLike, *, environ: Mapping[str, str] | None = None) -> MonitorConfig:
+    """Read and validate a ``monitor.toml``; errors are one-line ``ConfigError``s naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", "no such file; pass the path of a monitor.toml").within(str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"cannot read it ({e})").within(str(path)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"not valid TOML: {e}").within(str(path)) from None
+    return MonitorConfig.from_dict(data, origin=str(path), environ=environ)
+
+
