@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.request
@@ -218,6 +219,28 @@ def test_mqtt_events_from_a_broker_outage_arrive_once_after_it(broker, caplog):
     assert len(lost) == 1
     sink.close()
     sub.close()
+
+
+def test_mqtt_last_will_and_retained_state_back_on_a_restarted_broker_without_persistence():
+    with Mosquitto() as bare:
+        sink = MqttSink(bare.url, prefix="t4", homeassistant=True, backoff=FAST, reconnect_delay=(0.2, 0.4)).start()
+        sink.announce(["porch"], ["Dog bark"])
+        sink.put(event(1))
+        wait_until(lambda: sink.delivered == 1, 10, "the event")
+        sub = Subscriber(bare.port, ["t4/status"], "t4-sub")
+        sink._client.socket().shutdown(socket.SHUT_RDWR)  # the link dies without a DISCONNECT
+        wait_until(lambda: sub.payloads("t4/status")[-2:] == ["offline", "online"], 10, "the will, then online")
+        sub.close()
+        bare.kill()
+        bare.start()  # forgot every retained message
+        late = Subscriber(bare.port, ["t4/#", "homeassistant/binary_sensor/t4/#"], "t4-late")
+        wait_until(lambda: len(late.messages) >= 3, 10, "retained messages published again")
+        retained = {t: p for t, p, r in late.messages}
+        assert retained["t4/porch/dog_bark"] == "ON" and retained["t4/status"] == "online"
+        assert "homeassistant/binary_sensor/t4/porch_dog_bark/config" in retained
+        assert sink.delivered == 1 and sink.dropped == 0
+        sink.close()
+        late.close()
 
 
 def test_mqtt_broker_unreachable_at_start_then_up_with_a_password_never_logged(caplog):

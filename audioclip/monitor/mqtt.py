@@ -114,6 +114,7 @@ class MqttSink(QueueSink):
         self._acked: set[int] = set()     # acknowledged mids nobody has claimed yet
         self._unclaimed: set[int] = set() # mids of messages whose ack nobody waits for
         self._inflight: tuple[object, list[int]] | None = None
+        self._inflight_topic: str | None = None  # its state, which paho sends on connect by itself
 
     @property
     def connected(self) -> bool:
@@ -166,12 +167,14 @@ class MqttSink(QueueSink):
             state = "ON" if event.kind == "start" else "OFF"
             with self._retained_lock:
                 self._states[state_topic] = state
+                self._inflight_topic = state_topic
                 mids = [self._client.publish(f"{self.prefix}/{source}/events",
                                              json.dumps(event.to_json()), qos=1).mid,
                         self._client.publish(state_topic, state, qos=1, retain=True).mid]
             self._inflight = (event, mids)
         self._await_acks(mids)
-        self._inflight = None
+        with self._retained_lock:
+            self._inflight, self._inflight_topic = None, None
 
     def _await_acks(self, mids: list[int]) -> None:
         with self._acks:
@@ -210,7 +213,8 @@ class MqttSink(QueueSink):
             for topic, payload in self._discovery.items():
                 self._publish_unclaimed(topic, payload)
             for topic, state in self._states.items():
-                self._publish_unclaimed(topic, state)
+                if topic != self._inflight_topic:
+                    self._publish_unclaimed(topic, state)
         self._change_link("up", logging.INFO, "connected")
         self.wake()
 
@@ -231,8 +235,13 @@ class MqttSink(QueueSink):
 
     # -- close ------------------------------------------------------------------------------------
     def shutdown(self, deadline: float) -> None:
-        """Publish ``offline`` (waiting for it until the deadline, if connected) and disconnect."""
-        if self.connected:
+        """Publish ``offline`` (waiting for it until the deadline, if connected) and disconnect.
+
+        Without a connection, paho's thread is not joined: between attempts it checks every second
+        whether it was disconnected, and ends by itself.
+        """
+        connected = self.connected
+        if connected:
             info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
             deadline = max(deadline, time.monotonic() + 0.5)
             with self._acks:
@@ -240,4 +249,5 @@ class MqttSink(QueueSink):
                     self._acks.wait(0.05)
                 self._acked.discard(info.mid)
         self._client.disconnect()
-        self._client.loop_stop()
+        if connected:
+            self._client.loop_stop()

@@ -171,6 +171,8 @@ class QueueSink:
     def _failed(self, error: Exception) -> None:
         with self._cond:
             self.failures += 1
+            if self.closing_past_deadline():
+                return  # close() counts the item as dropped and logs it
             if self._attempt == 0:
                 log.warning("%s: delivery failed (%s); keeping %d items and retrying with backoff",
                             self.name, error or type(error).__name__,
