@@ -1,4 +1,4 @@
-"""Shared fixtures: the golden reference data, real clips, and tiny model configurations."""
+"""Shared fixtures: the golden reference data, real clips, a tiny model and its checkpoint, a synthetic ESC-50."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from audioclip.model import AudioCLIP, AudioCLIPConfig, AudioConfig, TextConfig, VisionConfig
+from audioclip.model import AudioCLIP
+
+from helpers import make_esc50, make_tiny_model
 
 SHARED = Path(os.environ.get("AUDIOCLIP_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 GOLDEN = SHARED / "golden"
@@ -49,27 +51,20 @@ def golden_model(golden_dir) -> AudioCLIP:
     return load_model(golden_dir / "checkpoint.pt")
 
 
-TINY_CONFIG = AudioCLIPConfig(
-    embed_dim=32,
-    audio=AudioConfig(layers=(1, 1, 1, 1), width=8, groups=1, width_per_group=64, embed_dim=32),
-    vision=VisionConfig(layers=(1, 1, 1, 1), width=8, image_resolution=64),
-    text=TextConfig(width=64, layers=1),
-)
-
-
-def make_tiny_model(seed: int = 0) -> AudioCLIP:
-    """A small random AudioCLIP (full-size front end, tiny trunk and towers) with non-trivial BN statistics."""
-    torch.manual_seed(seed)
-    model = AudioCLIP(TINY_CONFIG)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-        model.audio.fbsp.m.normal_(0.0, 0.05)
-    return model.eval()
-
-
 @pytest.fixture
 def tiny_model() -> AudioCLIP:
     return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model's official-layout state dict: ``load_model`` infers the tiny sizes from its shapes."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(make_tiny_model(0).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def esc50(tmp_path_factory) -> Path:
+    """A synthetic ESC-50 folder: 4 classes x 5 folds x 4 one-second clips in mixed formats."""
+    return make_esc50(tmp_path_factory.mktemp("esc50"), per_class_per_fold=4)

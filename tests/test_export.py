@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from audioclip.export.cli import app
-from audioclip.export.exporter import (DYNAMIC_MIN_SAMPLES, MAX_CALIBRATION_CLIPS, ExportError, calibration_windows,
-                                       export_onnx)
+from audioclip.export.exporter import (
+    DYNAMIC_MIN_SAMPLES,
+    MAX_CALIBRATION_CLIPS,
+    ExportError,
+    calibration_windows,
+    export_onnx,
+)
 from audioclip.export.graphs import FrontEnd, max_pool_half, max_pool_half_any_width
 from audioclip.export.layout import widen_grouped_convs
 from audioclip.export.precision import int8_nodes, longest_passing, residual_blocks
@@ -26,7 +31,8 @@ from audioclip.export.runtime import OnnxClassifier
 from audioclip.export.trt_check import tensorrt_problems
 from audioclip.model import SAMPLE_RATE, ZeroShotClassifier, atomic_save, finetuned_checkpoint, tokenize
 from audioclip.model.esresnext import adaptive_max_pool2d_exact
-from conftest import make_tiny_model
+
+from helpers import make_tiny_model
 
 LABELS = ["siren", "dog bark", "rain"]
 FORBIDDEN_OPS = {"STFT", "DFT", "Atan", "Loop", "If", "Scan", "NonZero", "Unique", "SequenceConstruct"}
@@ -55,13 +61,6 @@ def test_front_end_graph_equals_eager_spectrogram(tiny_model, as_conv):
         # The conv form folds the window into the kernel: other roundings (measured up to 4.7e-3 dB),
         # held to the golden data's dB bound for a float32 port (1e-2 dB).
         torch.testing.assert_close(got, expected, atol=1e-2 if as_conv else 1e-3, rtol=0, msg=f"{n} samples")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(make_tiny_model().state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +126,7 @@ def test_longest_passing_bisects_to_the_last_passing_count():
     for n, answer in [(16, 6), (16, 16), (16, 0), (3, 1), (1, 1), (1, 0)]:
         calls = []
 
-        def cosine_of(k, answer=answer):
+        def cosine_of(k, answer=answer, calls=calls):
             calls.append(k)
             return 0.999 - 0.001 * max(k - answer, 0)
 
@@ -376,7 +375,8 @@ def test_widened_grouped_convs_compute_the_same(tmp_path, channels, groups):
     assert group == (groups if left_alone else channels // 16)
     import onnxruntime as ort
 
-    (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    ort_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = ort_session.run(None, {"x": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, conv(x).numpy(), atol=1e-5, rtol=0)
 
@@ -431,6 +431,7 @@ def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny
     result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
                          clips=[clips_dir / "cat_3-95694-A-5.wav"], window=0.5)
     assert "calibrated and checked on 1 clip(s) only" in result.notes[0]
-    assert {"audio_encoder.onnx", "audio_encoder.trt.onnx", "classifier.onnx", "classifier.trt.onnx"} <= set(result.files)
+    graphs = {"audio_encoder.onnx", "audio_encoder.trt.onnx", "classifier.onnx", "classifier.trt.onnx"}
+    assert graphs <= set(result.files)
     readme = (result.out / "README.txt").read_text()
     assert all(c.passed for c in result.checks) and "1 clip(s) only" in readme and '"int8_blocks"' in readme

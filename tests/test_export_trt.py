@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from audioclip.export.exporter import ExportError, export_onnx
 from audioclip.export.report import tensorrt_files, trtexec_lines
 from audioclip.export.trt_check import tensorrt_problems
-from conftest import make_tiny_model
 
 LABELS = ["siren", "dog bark", "rain"]
 
@@ -71,7 +69,8 @@ def test_per_channel_scales_must_be_weights_along_the_output_channels():
     assert tensorrt_problems(graph(axis=1)) == [
         "DequantizeLinear node dw: per-channel weights along axis 1; TensorRT takes the output-channel axis 0"]
     assert tensorrt_problems(graph(axis=0, on_activation=True)) == [
-        "DequantizeLinear node dw: per-channel quantization of an activation; TensorRT quantizes activations per tensor"]
+        "DequantizeLinear node dw: per-channel quantization of an activation; "
+        "TensorRT quantizes activations per tensor"]
 
 
 def test_unsupported_operators_and_domains_are_found():
@@ -89,7 +88,8 @@ def test_run_time_axes_are_found_and_constant_axes_pass():
     assert tensorrt_problems(constant) == []
     run_time = graph_of([helper.make_node("Shape", ["x"], ["s"], name="shape"),
                          helper.make_node("Unsqueeze", ["x", "s"], ["y"], name="unsq")])
-    assert tensorrt_problems(run_time) == ["Unsqueeze node unsq: axes computed at run time; TensorRT needs them constant"]
+    assert tensorrt_problems(run_time) == [
+        "Unsqueeze node unsq: axes computed at run time; TensorRT needs them constant"]
 
 
 def test_pooling_and_normalisation_limits_are_found():
@@ -105,10 +105,8 @@ def test_pooling_and_normalisation_limits_are_found():
         assert expected in problems
 
 
-def test_exported_graphs_pass_and_the_onnx_runtime_int8_flavour_does_not(tmp_path, clips_dir):
-    path = tmp_path / "tiny.pt"
-    torch.save(make_tiny_model().state_dict(), path)
-    result = export_onnx(checkpoint=path, out=tmp_path / "int8", labels=LABELS, precision="int8",
+def test_exported_graphs_pass_and_the_onnx_runtime_int8_flavour_does_not(tmp_path, clips_dir, tiny_checkpoint):
+    result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
                          clips=[clips_dir], window=1.0)
     trt = tensorrt_files(result.files, "int8")
     assert sorted(trt) == ["audio_encoder.trt.onnx", "classifier.trt.onnx", "text_encoder.onnx"]
@@ -118,21 +116,20 @@ def test_exported_graphs_pass_and_the_onnx_runtime_int8_flavour_does_not(tmp_pat
         biases = [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2]
         initializers = {t.name for t in model.graph.initializer}
         if name != "text_encoder.onnx":  # quantised convolutions keep their float bias
-            assert any(n.input[1] not in initializers for n in biases) and all(b.input[2] in initializers for b in biases)
+            assert any(n.input[1] not in initializers for n in biases)
+            assert all(b.input[2] in initializers for b in biases)
     # the ONNX Runtime flavour (uint8 activations, int32 biases) is not for TensorRT, and the check says so
     ort_problems = "\n".join(tensorrt_problems(onnx.load(str(result.out / "audio_encoder.onnx"))))
     assert "uint8 zero point" in ort_problems and "dequantizes int32" in ort_problems
 
 
-def test_an_export_breaking_a_tensorrt_rule_fails_and_leaves_nothing(tmp_path, monkeypatch):
+def test_an_export_breaking_a_tensorrt_rule_fails_and_leaves_nothing(tmp_path, monkeypatch, tiny_checkpoint):
     from audioclip.export import exporter
 
-    path = tmp_path / "tiny.pt"
-    torch.save(make_tiny_model().state_dict(), path)
     monkeypatch.setattr(exporter, "tensorrt_problems", lambda model: ["DFT node x: operator not supported"])
     with pytest.raises(ExportError, match="audio_encoder.onnx is not TensorRT-ready .*DFT node x"):
-        export_onnx(checkpoint=path, out=tmp_path / "out", labels=LABELS, window=0.5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]
+        export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "out", labels=LABELS, window=0.5)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("opset, warned", [(18, False), (20, False), (21, True)])

@@ -83,8 +83,8 @@ def test_kernel_cache_follows_parameter_updates(tiny_model):
         after = tiny_model.encode_audio(x)
         db = tiny_model.audio.spectrogram_db(x)
     assert not torch.allclose(before, after)
-    from audioclip.model.fbsp import fbsp_kernel, power_spectrogram, power_to_db
     from audioclip.model.esresnext import to_reference_scale
+    from audioclip.model.fbsp import fbsp_kernel, power_spectrogram, power_to_db
     with torch.no_grad():
         fresh = power_to_db(power_spectrogram(to_reference_scale(x), fbsp_kernel(tiny_model.audio.fbsp.weights()),
                                               tiny_model.audio.window))

@@ -90,9 +90,9 @@ def test_clip_played_into_the_sink_is_labelled_on_time_like_the_file(pulse_devic
     (expected,) = tops
 
     duration, hop = 21.0, 1.0
-    proc = subprocess.Popen(CLI + ["--checkpoint", str(golden_dir / "checkpoint.pt"), "--labels", ",".join(CLEAR_LABELS),
-                                   "--format", "jsonl", "--hop", str(hop), "--duration", str(duration),
-                                   "--threads", "1"],
+    proc = subprocess.Popen(CLI + ["--checkpoint", str(golden_dir / "checkpoint.pt"),
+                                   "--labels", ",".join(CLEAR_LABELS), "--format", "jsonl", "--hop", str(hop),
+                                   "--duration", str(duration), "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     out, err = [], []
     readers = [threading.Thread(target=_lines, args=(proc.stdout, out, True), daemon=True),

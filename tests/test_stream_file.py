@@ -18,7 +18,8 @@ from audioclip import ZeroShotClassifier
 from audioclip.model.constants import SAMPLE_RATE
 from audioclip.stream import FileSource, StdinSource, run_stream
 from audioclip.stream.cli import app
-from tests.conftest import make_tiny_model
+
+from helpers import make_tiny_model
 
 LABELS = ["cat", "thunder", "car horn", "alarm clock", "coughing", "dog"]
 JSONL_KEYS = ["t_start", "t_end", "top", "probs", "similarity", "latency_ms"]
@@ -42,13 +43,6 @@ def keep_torch_threads():
 
 def windows_of(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip() and "t_start" in line]
-
-
-@pytest.fixture
-def tiny_checkpoint(tmp_path) -> Path:
-    path = tmp_path / "tiny.pt"
-    torch.save(make_tiny_model().state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

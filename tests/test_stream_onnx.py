@@ -8,7 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from audioclip.stream.cli import app
-from tests.conftest import make_tiny_model
+
+from helpers import make_tiny_model
 
 runtime = pytest.importorskip("audioclip.export.runtime", reason="the ONNX backend (audioclip.export) is not built")
 exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")

@@ -10,7 +10,8 @@ from audioclip.model.tokenizer import BPE_FILE, BPE_SHA256, END_TOKEN, START_TOK
 def test_vocabulary_ships_with_the_package_and_has_the_published_hash():
     data = resources.files("audioclip.model").joinpath(BPE_FILE).read_bytes()
     assert len(data) == 1_356_917
-    assert hashlib.sha256(data).hexdigest() == BPE_SHA256 == "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+    expected = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+    assert hashlib.sha256(data).hexdigest() == BPE_SHA256 == expected
 
 
 def test_shape_dtype_and_framing():

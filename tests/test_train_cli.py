@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from audioclip.training.cli import app
-from conftest import make_tiny_model
-from test_train_data import make_esc50
+
+from helpers import make_esc50, make_tiny_model
 
 runner = CliRunner()
 

@@ -1,109 +1,18 @@
-"""Training data: decoding any format, the US8K / ESC-50 / folder layouts and folds, the cache, bad input.
-
-Also holds the builders of the tiny synthetic data sets the other training tests use.
-"""
+"""Training data: decoding any format, the US8K / ESC-50 / folder layouts and folds, the cache, bad input."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from audioclip.model import SAMPLE_RATE
 from audioclip.training.audio_io import AudioFileError, DecodeCache, decode_audio
 from audioclip.training.datasets import DatasetError, load_dataset
 from audioclip.training.loader import ClipDataset, prepare_clips
 
-KINDS = ("tone", "chirp", "noise", "clicks")
-# (rate, subtype, channels): US8K mixes 8-32 bit, 8-48 kHz, mono and stereo.
-FORMATS = [(8000, "PCM_U8", 1), (22050, "PCM_16", 2), (44100, "PCM_24", 1), (48000, "FLOAT", 2), (16000, "PCM_32", 1)]
-
-
-def synth(kind: str, rng: np.random.Generator, seconds: float, rate: int) -> np.ndarray:
-    """A clip of one of four sound types with random parameters, peak 0.3-0.8."""
-    t = np.arange(int(seconds * rate)) / rate
-    if kind == "tone":
-        x = np.sin(2 * np.pi * rng.uniform(300, 1500) * t + rng.uniform(0, 2 * np.pi))
-    elif kind == "chirp":
-        f0, f1 = rng.uniform(200, 500), rng.uniform(2500, 3500)
-        x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds)))
-    elif kind == "noise":
-        x = rng.normal(0, 0.3, len(t))
-    else:
-        x = np.zeros(len(t))
-        period = int(rate * rng.uniform(0.04, 0.1))
-        x[rng.integers(0, period)::period] = 1.0
-    return (x / max(np.abs(x).max(), 1e-9) * rng.uniform(0.3, 0.8)).astype(np.float32)
-
-
-def write_clip(path: Path, x: np.ndarray, rate: int, subtype: str, channels: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.stack([x] * channels, axis=1) if channels > 1 else x
-    sf.write(path, data, rate, subtype=subtype)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """A metadata table in the data set's published column order (the rows' key order)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def make_esc50(root: Path, per_class_per_fold: int = 2, seconds: float = 1.0, seed: int = 0) -> Path:
-    """ESC-50 layout: ``meta/esc50.csv``, ``audio/<fold>-<id>-A-<target>.wav``; 4 classes, 5 folds."""
-    rng = np.random.default_rng(seed)
-    rows, n = [], 0
-    for fold in range(1, 6):
-        for target, kind in enumerate(KINDS):
-            for _ in range(per_class_per_fold):
-                rate, subtype, channels = FORMATS[n % len(FORMATS)]
-                name = f"{fold}-{1000 + n}-A-{target}.wav"
-                write_clip(root / "audio" / name, synth(kind, rng, seconds, rate), rate, subtype, channels)
-                rows.append({"filename": name, "fold": fold, "target": target, "category": f"synthetic_{kind}",
-                             "esc10": "False", "src_file": 1000 + n, "take": "A"})
-                n += 1
-    write_csv(root / "meta" / "esc50.csv", rows)
-    return root
-
-
-US8K_CLASSES = {3: "dog_bark", 1: "car_horn", 9: "street_music", 0: "air_conditioner"}
-
-
-def make_us8k(root: Path, per_class_per_fold: int = 1, seconds: float = 1.0, seed: int = 1) -> Path:
-    """UrbanSound8K layout: ``metadata/UrbanSound8K.csv``, ``audio/fold1..10``; 4 classes with sparse ids."""
-    rng = np.random.default_rng(seed)
-    rows, n = [], 0
-    for fold in range(1, 11):
-        for kind, (class_id, name) in zip(KINDS, US8K_CLASSES.items()):
-            for _ in range(per_class_per_fold):
-                rate, subtype, channels = FORMATS[n % len(FORMATS)]
-                fname = f"{100 + n}-{class_id}-0-{n}.wav"
-                path = root / "audio" / f"fold{fold}" / fname
-                write_clip(path, synth(kind, rng, seconds, rate), rate, subtype, channels)
-                rows.append({"slice_file_name": fname, "fsID": 100 + n, "start": 0.0, "end": seconds, "salience": 1,
-                             "fold": fold, "classID": class_id, "class": name})
-                n += 1
-    write_csv(root / "metadata" / "UrbanSound8K.csv", rows)
-    return root
-
-
-def make_folder(root: Path, per_class: int = 5, seconds: float = 0.5, seed: int = 2) -> Path:
-    rng = np.random.default_rng(seed)
-    for kind in KINDS:
-        for i in range(per_class):
-            write_clip(root / f"my_{kind}" / f"{i}.flac", synth(kind, rng, seconds, 16000), 16000, "PCM_16", 1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def esc50(tmp_path_factory) -> Path:
-    return make_esc50(tmp_path_factory.mktemp("esc50"), per_class_per_fold=1)
-
+from helpers import FORMATS, make_esc50, make_folder, make_us8k, write_clip
 
 @pytest.fixture(scope="module")
 def us8k(tmp_path_factory) -> Path:
@@ -136,10 +45,10 @@ def test_decode_corrupt_and_missing_files_raise_with_the_path(tmp_path):
 def test_esc50_layout_labels_and_folds(esc50):
     data = load_dataset("esc50", esc50)
     assert data.labels == ["synthetic tone", "synthetic chirp", "synthetic noise", "synthetic clicks"]
-    assert data.folds == 5 and data.clip_samples == 5 * SAMPLE_RATE and len(data.clips) == 20
+    assert data.folds == 5 and data.clip_samples == 5 * SAMPLE_RATE and len(data.clips) == 80
     train, test = data.split(3)
-    assert {c.fold for c in test} == {3} and len(test) == 4
-    assert 3 not in {c.fold for c in train} and len(train) == 16
+    assert {c.fold for c in test} == {3} and len(test) == 16
+    assert 3 not in {c.fold for c in train} and len(train) == 64
     assert all(c.path.name.endswith(f"-{c.label}.wav") for c in data.clips)
 
 
@@ -179,15 +88,15 @@ def test_cache_decodes_each_clip_once(esc50, tmp_path, monkeypatch):
     monkeypatch.setattr(audio_io, "decode_audio", lambda p: calls.append(p) or real(p))
     cache = DecodeCache(tmp_path / "cache")
     kept = prepare_clips(data.clips, cache)
-    assert len(kept) == 20 and len(calls) == 20 and len(list((tmp_path / "cache").glob("*.npy"))) == 20
+    assert len(kept) == 80 and len(calls) == 80 and len(list((tmp_path / "cache").glob("*.npy"))) == 80
     dataset = ClipDataset(kept, cache, data.clip_samples)
     first = [dataset[i][0] for i in range(len(dataset))]
     second = [dataset[i][0] for i in range(len(dataset))]  # a later epoch
-    assert len(calls) == 20
+    assert len(calls) == 80
     assert all((a == b).all() for a, b in zip(first, second))
     direct = DecodeCache(None)
     np.testing.assert_array_equal(direct.load(kept[0].path), cache.load(kept[0].path))
-    assert len(calls) == 21  # without a cache every load decodes
+    assert len(calls) == 81  # without a cache every load decodes
 
 
 def test_corrupt_clips_are_skipped_counted_and_fail_above_the_share(esc50, tmp_path, caplog):

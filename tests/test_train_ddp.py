@@ -10,8 +10,8 @@ import sys
 import torch
 
 from audioclip import load_model
-from conftest import make_tiny_model
-from test_train_data import make_esc50
+
+from helpers import make_esc50, make_tiny_model
 
 
 def test_torchrun_two_processes_gloo(tmp_path):

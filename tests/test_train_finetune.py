@@ -21,24 +21,11 @@ from audioclip.training.audio_io import DecodeCache
 from audioclip.training.cli import app
 from audioclip.training.datasets import load_dataset
 from audioclip.training.trainer import Recipe, Runtime, finetune
-from conftest import make_tiny_model
-from test_train_data import make_esc50, make_folder
+
+from helpers import make_esc50, make_folder
 
 runner = CliRunner()
 REQUIRED = {"epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"}
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny model's official-layout state dict: ``load_model`` infers the tiny sizes from its shapes."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(make_tiny_model(0).state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def esc50(tmp_path_factory) -> Path:
-    return make_esc50(tmp_path_factory.mktemp("esc50"), per_class_per_fold=4)
 
 
 def cli(*args) -> tuple[int, str]:

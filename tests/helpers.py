@@ -1,0 +1,120 @@
+"""Builders the tests share: a tiny random AudioCLIP and tiny synthetic data sets in the published layouts.
+
+Plain functions, imported as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path``);
+the fixtures built on them live in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from audioclip.model import AudioCLIP, AudioCLIPConfig, AudioConfig, TextConfig, VisionConfig
+
+TINY_CONFIG = AudioCLIPConfig(
+    embed_dim=32,
+    audio=AudioConfig(layers=(1, 1, 1, 1), width=8, groups=1, width_per_group=64, embed_dim=32),
+    vision=VisionConfig(layers=(1, 1, 1, 1), width=8, image_resolution=64),
+    text=TextConfig(width=64, layers=1),
+)
+
+
+def make_tiny_model(seed: int = 0) -> AudioCLIP:
+    """A small random AudioCLIP (full-size front end, tiny trunk and towers) with non-trivial BN statistics."""
+    torch.manual_seed(seed)
+    model = AudioCLIP(TINY_CONFIG)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        model.audio.fbsp.m.normal_(0.0, 0.05)
+    return model.eval()
+
+
+KINDS = ("tone", "chirp", "noise", "clicks")
+# (rate, subtype, channels): US8K mixes 8-32 bit, 8-48 kHz, mono and stereo.
+FORMATS = [(8000, "PCM_U8", 1), (22050, "PCM_16", 2), (44100, "PCM_24", 1), (48000, "FLOAT", 2), (16000, "PCM_32", 1)]
+
+
+def synth(kind: str, rng: np.random.Generator, seconds: float, rate: int) -> np.ndarray:
+    """A clip of one of four sound types with random parameters, peak 0.3-0.8."""
+    t = np.arange(int(seconds * rate)) / rate
+    if kind == "tone":
+        x = np.sin(2 * np.pi * rng.uniform(300, 1500) * t + rng.uniform(0, 2 * np.pi))
+    elif kind == "chirp":
+        f0, f1 = rng.uniform(200, 500), rng.uniform(2500, 3500)
+        x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds)))
+    elif kind == "noise":
+        x = rng.normal(0, 0.3, len(t))
+    else:
+        x = np.zeros(len(t))
+        period = int(rate * rng.uniform(0.04, 0.1))
+        x[rng.integers(0, period)::period] = 1.0
+    return (x / max(np.abs(x).max(), 1e-9) * rng.uniform(0.3, 0.8)).astype(np.float32)
+
+
+def write_clip(path: Path, x: np.ndarray, rate: int, subtype: str, channels: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.stack([x] * channels, axis=1) if channels > 1 else x
+    sf.write(path, data, rate, subtype=subtype)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """A metadata table in the data set's published column order (the rows' key order)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def make_esc50(root: Path, per_class_per_fold: int = 2, seconds: float = 1.0, seed: int = 0) -> Path:
+    """ESC-50 layout: ``meta/esc50.csv``, ``audio/<fold>-<id>-A-<target>.wav``; 4 classes, 5 folds."""
+    rng = np.random.default_rng(seed)
+    rows, n = [], 0
+    for fold in range(1, 6):
+        for target, kind in enumerate(KINDS):
+            for _ in range(per_class_per_fold):
+                rate, subtype, channels = FORMATS[n % len(FORMATS)]
+                name = f"{fold}-{1000 + n}-A-{target}.wav"
+                write_clip(root / "audio" / name, synth(kind, rng, seconds, rate), rate, subtype, channels)
+                rows.append({"filename": name, "fold": fold, "target": target, "category": f"synthetic_{kind}",
+                             "esc10": "False", "src_file": 1000 + n, "take": "A"})
+                n += 1
+    write_csv(root / "meta" / "esc50.csv", rows)
+    return root
+
+
+US8K_CLASSES = {3: "dog_bark", 1: "car_horn", 9: "street_music", 0: "air_conditioner"}
+
+
+def make_us8k(root: Path, per_class_per_fold: int = 1, seconds: float = 1.0, seed: int = 1) -> Path:
+    """UrbanSound8K layout: ``metadata/UrbanSound8K.csv``, ``audio/fold1..10``; 4 classes with sparse ids."""
+    rng = np.random.default_rng(seed)
+    rows, n = [], 0
+    for fold in range(1, 11):
+        for kind, (class_id, name) in zip(KINDS, US8K_CLASSES.items()):
+            for _ in range(per_class_per_fold):
+                rate, subtype, channels = FORMATS[n % len(FORMATS)]
+                fname = f"{100 + n}-{class_id}-0-{n}.wav"
+                path = root / "audio" / f"fold{fold}" / fname
+                write_clip(path, synth(kind, rng, seconds, rate), rate, subtype, channels)
+                rows.append({"slice_file_name": fname, "fsID": 100 + n, "start": 0.0, "end": seconds, "salience": 1,
+                             "fold": fold, "classID": class_id, "class": name})
+                n += 1
+    write_csv(root / "metadata" / "UrbanSound8K.csv", rows)
+    return root
+
+
+def make_folder(root: Path, per_class: int = 5, seconds: float = 0.5, seed: int = 2) -> Path:
+    """One folder per class (``my_tone/0.flac``, ...), 16 kHz FLAC."""
+    rng = np.random.default_rng(seed)
+    for kind in KINDS:
+        for i in range(per_class):
+            write_clip(root / f"my_{kind}" / f"{i}.flac", synth(kind, rng, seconds, 16000), 16000, "PCM_16", 1)
+    return root
