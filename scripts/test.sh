@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Run the test suite. Starts a PulseAudio null sink so that the microphone tests have a real
-# input device; in CI (CI=true) those tests are required, elsewhere they skip without a device.
+# Lint, then run the test suite. Installs the Debian packages the tests need (scripts/test-deps.sh)
+# and starts a PulseAudio null sink so that the microphone tests have a real input device; in CI
+# (CI=true) those tests are required, elsewhere they skip without a device.
+# Quick loop while editing: scripts/test.sh -m "not slow" (CI runs everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+.venv/bin/ruff check .
+bash scripts/test-deps.sh
 if pulse_env=$(bash .ci/pulseaudio.sh start); then
     eval "$pulse_env"
 else
