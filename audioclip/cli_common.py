@@ -7,21 +7,44 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from .model.labels import ParameterError
+
 errors = Console(stderr=True)
 
 USER_ERROR_EXIT = 2
 
 
+def as_flag(parameter: str) -> str:
+    """The command-line flag of a library parameter: ``top_k`` -> ``--top-k``."""
+    return "--" + parameter.replace("_", "-")
+
+
+class _Flags(dict):
+    def get(self, parameter: str, default=None) -> str:
+        return self[parameter] if parameter in self else as_flag(parameter)
+
+
+def error_line(error: BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """The first line of ``error``'s message; a :class:`ParameterError` names flags, not parameters
+    (``flags`` overrides :func:`as_flag` where a command spells one differently)."""
+    if isinstance(error, ParameterError):
+        message = error.with_names(_Flags(flags or {}))
+    else:
+        message = str(error)
+    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
+
+
 def one_line_errors(*, user_errors: tuple[type[BaseException], ...] = (ValueError, OSError),
-                    cleanup: Callable[[], None] | None = None):
-    """Decorate a typer command: ``user_errors`` print ``error: <first line>`` on stderr and exit 2.
+                    cleanup: Callable[[], None] | None = None, flags: Mapping[str, str] | None = None):
+    """Decorate a typer command: ``user_errors`` print ``error: <first line>`` on stderr and exit 2
+    (parameters named as flags, :func:`error_line`).
 
     Ctrl-C prints ``interrupted`` and exits 130; a closed stdout (``| head``) exits 0 quietly.
     ``cleanup`` runs however the command ends.
@@ -35,7 +58,7 @@ def one_line_errors(*, user_errors: tuple[type[BaseException], ...] = (ValueErro
                 sys.stdout = open(os.devnull, "w")
                 raise typer.Exit(0) from None
             except user_errors as e:
-                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                message = error_line(e, flags)
                 errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(USER_ERROR_EXIT) from None
             except KeyboardInterrupt:

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from audioclip.model.constants import SAMPLE_RATE
-from audioclip.stream import FileSource, run_stream
+from audioclip.stream import FileSource, StreamConfig, run_stream
 
 
 class SlowEngine:
@@ -42,7 +42,7 @@ def test_slow_engine_on_a_live_source_drops_old_windows_with_bounded_latency_and
     tracemalloc.start()
     try:
         stats, _ = run_stream(source=FileSource(noise_file, realtime=True), classifier=SlowEngine(0.35),
-                              on_result=rows.append, window=2.0, hop=0.1)
+                              on_result=rows.append, config=StreamConfig(window=2.0, hop=0.1))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -62,7 +62,7 @@ def test_slow_engine_on_a_live_source_drops_old_windows_with_bounded_latency_and
 def test_files_read_as_fast_as_the_engine_goes_drop_nothing(noise_file):
     rows = []
     stats, _ = run_stream(source=FileSource(noise_file), classifier=SlowEngine(0.02), on_result=rows.append,
-                          window=2.0, hop=0.25)
+                          config=StreamConfig(window=2.0, hop=0.25))
     assert stats.dropped == 0 and stats.windows == len(rows) == 25
     assert [r.index for r in rows] == list(range(25))
     assert 0 < stats.rtf < 1 and stats.audio_seconds == 8.0
@@ -72,7 +72,7 @@ def test_an_engine_error_stops_the_stream_and_reaches_the_caller(noise_file):
     rows = []
     with pytest.raises(ValueError, match="engine failed"):
         run_stream(source=FileSource(noise_file), classifier=SlowEngine(0.0, fail_at=3), on_result=rows.append,
-                   window=1.0, hop=0.5)
+                   config=StreamConfig(window=1.0, hop=0.5))
     assert len(rows) == 2
 
 
@@ -97,8 +97,8 @@ class InterruptedSource:
 
 def test_ctrl_c_stops_cleanly_with_the_counts_so_far():
     rows, source = [], InterruptedSource(3.0)
-    stats, _ = run_stream(source=source, classifier=SlowEngine(0.0), on_result=rows.append, window=1.0, hop=0.5,
-                          duration=10.0)
+    stats, _ = run_stream(source=source, classifier=SlowEngine(0.0), on_result=rows.append,
+                          config=StreamConfig(window=1.0, hop=0.5, duration=10.0))
     assert source.closed
     assert stats.windows + stats.dropped <= 5 and stats.windows >= 1  # windows end at 1.0 ... 3.0 s at most
     assert stats.audio_seconds == pytest.approx(3.0, abs=0.05)  # the resampler's tail is not flushed
@@ -108,6 +108,6 @@ def test_ctrl_c_stops_cleanly_with_the_counts_so_far():
 def test_duration_stops_a_stream():
     rows = []
     stats, _ = run_stream(source=InterruptedSource(10.0), classifier=SlowEngine(0.0), on_result=rows.append,
-                          window=1.0, hop=0.5, duration=2.0)
+                          config=StreamConfig(window=1.0, hop=0.5, duration=2.0))
     assert stats.audio_seconds == 2.0
     assert rows[-1].t_end <= 2.0

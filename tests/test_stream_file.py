@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from audioclip import ZeroShotClassifier
 from audioclip.model.constants import SAMPLE_RATE
-from audioclip.stream import FileSource, StdinSource, run_stream
+from audioclip.stream import FileSource, StdinSource, StreamConfig, run_stream
 from audioclip.stream.cli import app
 
 from helpers import make_tiny_model
@@ -87,7 +87,7 @@ def test_golden_stream_equals_offline(long_clip, golden_model):
     """The full-size audio head through the streaming path: every window equals offline slicing."""
     classifier = ZeroShotClassifier(golden_model, LABELS)
     rows = []
-    stats, _ = run_stream(source=FileSource(long_clip), classifier=classifier, on_result=rows.append, hop=1.0)
+    stats, _ = run_stream(source=FileSource(long_clip), classifier=classifier, on_result=rows.append, config=StreamConfig(hop=1.0))
     starts, probs, sims = offline(classifier, sf.read(long_clip, dtype="float32")[0], 5.0, 1.0)
     assert stats.dropped == 0 and [r.t_start for r in rows] == [s / SAMPLE_RATE for s in starts]
     assert np.abs(np.stack([r.probs for r in rows]) - probs).max() <= 1e-4
@@ -114,7 +114,7 @@ def test_48k_stereo_gives_the_top_labels_of_its_44k1_mono_version(long_clip, gol
     results = {}
     for path in (stereo_path, mono_path):
         rows = []
-        run_stream(source=FileSource(path), classifier=classifier, on_result=rows.append, hop=1.0)
+        run_stream(source=FileSource(path), classifier=classifier, on_result=rows.append, config=StreamConfig(hop=1.0))
         results[path] = rows
     stereo_rows, mono_rows = results[stereo_path], results[mono_path]
     assert [r.t_start for r in stereo_rows] == [r.t_start for r in mono_rows] == [float(k) for k in range(10)]
@@ -127,9 +127,9 @@ def test_stdin_s16le_equals_the_same_file(long_clip, tiny_checkpoint):
     classifier = ZeroShotClassifier(make_tiny_model(), LABELS)
     pcm = sf.read(long_clip, dtype="int16")[0]
     by_file, by_stdin = [], []
-    run_stream(source=FileSource(long_clip), classifier=classifier, on_result=by_file.append, hop=2.0)
+    run_stream(source=FileSource(long_clip), classifier=classifier, on_result=by_file.append, config=StreamConfig(hop=2.0))
     run_stream(source=StdinSource(io.BytesIO(pcm.astype("<i2").tobytes() + b"\x01")), classifier=classifier,
-               on_result=by_stdin.append, hop=2.0)
+               on_result=by_stdin.append, config=StreamConfig(hop=2.0))
     assert len(by_file) == len(by_stdin) == 5
     for a, b in zip(by_file, by_stdin):
         assert a.t_start == b.t_start

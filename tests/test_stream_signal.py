@@ -7,7 +7,9 @@ import pytest
 import soxr
 
 from audioclip.model.constants import SAMPLE_RATE
-from audioclip.stream import BlockRing, EventDetector, Smoother, StreamResampler, WindowScheduler, to_mono
+from audioclip.stream.buffer import BlockRing, WindowScheduler
+from audioclip.stream.postprocess import EventDetector, Smoother
+from audioclip.stream.resample import StreamResampler, to_mono
 
 
 def test_to_mono_averages_channels():

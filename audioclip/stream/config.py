@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..model.constants import SAMPLE_RATE
-from ..model.labels import window_samples
+from ..model.labels import ParameterError, window_samples
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,8 @@ class StreamConfig:
     display shows. ``duration``: stop after this many seconds of audio (None: until the input
     ends). ``realtime``: pace a file like a live source.
 
-    Invalid values raise ``ValueError`` naming the field (``hop: must be positive, got -1``);
-    derive variants with ``dataclasses.replace``, which validates again.
+    Invalid values raise :class:`~audioclip.model.labels.ParameterError` (a ``ValueError``) that
+    names the field (``hop: must be positive, got -1``); ``dataclasses.replace`` validates again.
     """
 
     window: float = 5.0
@@ -43,33 +43,33 @@ class StreamConfig:
         window_samples(self.window)
         _number("hop", self.hop)
         if not round(self.hop * SAMPLE_RATE) >= 1:
-            raise ValueError(f"hop: must be positive, got {self.hop:g}")
+            raise ParameterError("hop", f"{{hop}}: must be positive, got {self.hop:g}")
         _whole("smooth", self.smooth)
         _whole("min_windows", self.min_windows)
         _whole("top_k", self.top_k)
         _number("threshold", self.threshold)
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold: must be between 0 and 1, got {self.threshold:g}")
+            raise ParameterError("threshold", f"{{threshold}}: must be between 0 and 1, got {self.threshold:g}")
         _number("hysteresis", self.hysteresis)
         if not 0.0 <= self.hysteresis < self.threshold:
-            raise ValueError(f"hysteresis: must be at least 0 and below the threshold {self.threshold:g}, "
-                             f"got {self.hysteresis:g}")
+            raise ParameterError("hysteresis", f"{{hysteresis}}: must be at least 0 and below {{threshold}} "
+                                                 f"{self.threshold:g}, got {self.hysteresis:g}")
         if self.min_dbfs is not None:
             _number("min_dbfs", self.min_dbfs)
             if not self.min_dbfs <= 0:
-                raise ValueError(f"min_dbfs: must be at most 0 (full scale), got {self.min_dbfs:g}")
+                raise ParameterError("min_dbfs", f"{{min_dbfs}}: must be at most 0 (full scale), got {self.min_dbfs:g}")
         if self.duration is not None:
             _number("duration", self.duration)
             if not self.duration > 0:
-                raise ValueError(f"duration: must be positive, got {self.duration:g}")
+                raise ParameterError("duration", f"{{duration}}: must be positive, got {self.duration:g}")
         for name in ("events", "realtime"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+                raise ParameterError(name, f"{{{name}}}: must be true or false, got {getattr(self, name)!r}")
         if not self.events:
             changed = [name for name in ("threshold", "hysteresis", "min_windows")
                        if getattr(self, name) != _DEFAULTS[name]]
             if changed:
-                raise ValueError(f"{changed[0]}: applies to events; set events")
+                raise ParameterError(changed[0], f"{{{changed[0]}}} applies to events: add {{events}}")
         if self.hop_samples > self.window_samples:
             warnings.warn(f"hop {self.hop:g} s is longer than window {self.window:g} s: "
                           f"{self.hop - self.window:g} s of every {self.hop:g} s is never classified", stacklevel=4)
@@ -85,14 +85,14 @@ class StreamConfig:
 
 def _number(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+        raise ParameterError(name, f"{{{name}}}: must be a finite number, got {value!r}")
 
 
 def _whole(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: must be a whole number, got {value!r}")
+        raise ParameterError(name, f"{{{name}}}: must be a whole number, got {value!r}")
     if value < 1:
-        raise ValueError(f"{name}: must be at least 1, got {value}")
+        raise ParameterError(name, f"{{{name}}}: must be at least 1, got {value}")
 
 
 _DEFAULTS = {"threshold": 0.5, "hysteresis": 0.05, "min_windows": 1}

@@ -1,4 +1,4 @@
-"""The inference thread: newest-window-wins hand-off, classification, smoothing, events, counters."""
+"""The inference thread: newest-window-wins hand-off, level gating, classification, smoothing, events, counters."""
 
 from __future__ import annotations
 
@@ -35,15 +35,16 @@ def level_db(samples: np.ndarray) -> float:
 
 @dataclass
 class StreamStats:
-    """Counters of one stream. ``rtf``: inference time per second of audio streamed."""
+    """Counters of one stream. ``windows``: classified; ``gated``: too quiet to classify (``min_dbfs``);
+    ``dropped``: skipped because a newer window was ready. ``rtf``: inference time per second of audio."""
 
     windows: int = 0
+    gated: int = 0
     dropped: int = 0
     overflows: int = 0
     audio_seconds: float = 0.0
     busy_seconds: float = 0.0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
-    events: EventDetector | None = None
 
     @property
     def mean_latency_ms(self) -> float:
@@ -64,17 +65,24 @@ class InferenceWorker:
     :meth:`submit` holds at most one pending window: with ``wait=False`` a newer window replaces
     a pending one, which is counted in ``stats.dropped``; with ``wait=True`` it blocks until the
     thread has taken the previous one (files read as fast as the engine goes drop nothing).
+
+    A window whose RMS level (over the whole window) is below ``min_dbfs`` is gated: not
+    classified, not emitted, not smoothed, counted in ``stats.gated``. It ends the open events
+    (nothing audible is sounding); those end events ride on the next emitted result, or come from
+    :meth:`close_events`.
     """
 
     def __init__(self, classifier: Classifier, emit: Callable[[WindowResult], None], *, smooth: int = 1,
-                 events: EventDetector | None = None, stats: StreamStats | None = None):
+                 events: EventDetector | None = None, stats: StreamStats | None = None,
+                 min_dbfs: float | None = None):
         self.classifier = classifier
         self.labels = list(classifier.labels)
         self.emit = emit
         self.smoother = Smoother(smooth)
         self.stats = stats or StreamStats()
-        self.stats.events = events
         self.events = events
+        self.min_dbfs = min_dbfs
+        self._quiet_events: list[Event] = []
         self.error: BaseException | None = None
         self._pending: Window | None = None
         self._closed = False
@@ -82,7 +90,7 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="audioclip-inference", daemon=True)
         self.last_t = 0.0
 
-    def start(self) -> "InferenceWorker":
+    def start(self) -> InferenceWorker:
         self._thread.start()
         return self
 
@@ -120,6 +128,13 @@ class InferenceWorker:
                 self._cond.notify_all()
 
     def _process(self, window: Window) -> None:
+        t_end = (window.start + len(window.samples)) / SAMPLE_RATE
+        if self.min_dbfs is not None and level_db(window.samples) < self.min_dbfs:
+            self.stats.gated += 1
+            if self.events is not None:
+                self._quiet_events += self.events.quiet(t_end)
+            self.last_t = t_end
+            return
         t0 = time.perf_counter()
         probs, sims = self.classifier.scores(window.samples[None])
         probs, sims = np.asarray(probs, np.float64)[0], np.asarray(sims, np.float64)[0]
@@ -128,12 +143,11 @@ class InferenceWorker:
             raise FloatingPointError(f"the classifier returned non-finite scores for window {window.index}")
         probs = self.smoother(probs)
         t_start = window.start / SAMPLE_RATE
-        t_end = (window.start + len(window.samples)) / SAMPLE_RATE
         tail = window.samples[-min(len(window.samples), SAMPLE_RATE // 10):]
         result = WindowResult(window.index, t_start, t_end, self.labels, probs, sims,
                               inference_ms=busy * 1e3, level_db=level_db(tail))
         if self.events is not None:
-            result.events = self.events.update(t_end, probs)
+            result.events, self._quiet_events = self._quiet_events + self.events.update(t_end, probs), []
         self.last_t = t_end
         self.stats.windows += 1
         self.stats.busy_seconds += busy
@@ -142,7 +156,10 @@ class InferenceWorker:
         self.emit(result)
 
     def close_events(self) -> list[Event]:
-        return self.events.close(self.last_t) if self.events is not None else []
+        if self.events is None:
+            return []
+        ended, self._quiet_events = self._quiet_events + self.events.close(self.last_t), []
+        return ended
 
     def finish(self, *, cancel: bool = False, timeout: float | None = None) -> None:
         """Stop after the pending window (``cancel``: without it); re-raise an error of the thread."""

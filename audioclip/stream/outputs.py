@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import threading
+from collections import deque
 from typing import TextIO
 
 from rich.console import Console, Group
@@ -14,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .engine import StreamStats
-from .postprocess import Event, WindowResult
+from .postprocess import Event, EventDetector, WindowResult
 
 
 class JsonlWriter:
@@ -73,13 +74,17 @@ def _bar(fraction: float, width: int = 30) -> str:
     return "█" * full + ("▌" if filled - full >= 0.5 else "") + " " * (width - full - (filled - full >= 0.5))
 
 
+RECENT_EVENTS = 4
+"""Events the live display shows (the latest)."""
+
+
 class LiveDisplay:
     """A rich display refreshed per window: top-k bars, stream time, latency, RTF, drops, input level."""
 
     def __init__(self, console: Console, stats: StreamStats, *, top_k: int = 5, source: str = ""):
         self.console, self.stats, self.top_k, self.source = console, stats, top_k, source
         self._lock = threading.Lock()
-        self._recent_events: list[Event] = []
+        self._recent_events: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._last: WindowResult | None = None
         self._live = Live(self._render(None), console=console, auto_refresh=False, transient=False)
         self._live.start()
@@ -105,7 +110,7 @@ class LiveDisplay:
         level_text = Text(f"input {meter} {level:6.1f} dBFS" if math.isfinite(level) else f"input {meter}   silent")
         parts = [head, table, status, level_text]
         if self._recent_events:
-            parts.append(Text("  ".join(f"{e.kind} {e.label} @ {e.t:.2f} s" for e in self._recent_events[-4:]),
+            parts.append(Text("  ".join(f"{e.kind} {e.label} @ {e.t:.2f} s" for e in self._recent_events),
                               style="yellow"))
         return Group(*parts)
 
@@ -125,15 +130,15 @@ class LiveDisplay:
         self.console.line()
 
 
-def summary_lines(stats: StreamStats) -> list[str]:
-    """The summary printed when a stream stops."""
+def summary_lines(stats: StreamStats, detector: EventDetector | None = None) -> list[str]:
+    """The summary printed when a stream stops (with ``detector``: its events)."""
+    gated = f", gated (quiet) {stats.gated}" if stats.gated else ""
     lines = [
-        f"windows {stats.windows}, dropped {stats.dropped}, input overflows {stats.overflows}, "
+        f"windows {stats.windows}{gated}, dropped {stats.dropped}, input overflows {stats.overflows}, "
         f"audio {stats.audio_seconds:.2f} s",
         f"latency mean {stats.mean_latency_ms:.1f} ms, p95 {stats.p95_latency_ms:.1f} ms; "
         f"real-time factor {stats.rtf:.3f} (inference time per second of audio)",
     ]
-    detector = stats.events
     if detector is not None:
         happened = [label for label in detector.labels if detector.counts[label]]
         if happened:
@@ -141,5 +146,6 @@ def summary_lines(stats: StreamStats) -> list[str]:
                 f"{label} x{detector.counts[label]} ({detector.durations[label]:.1f} s, "
                 f"peak {detector.peaks[label]:.2f})" for label in happened))
         else:
-            lines.append(f"events: none above {detector.threshold:g}")
+            thresholds = set(detector.thresholds.values())
+            lines.append(f"events: none above {thresholds.pop():g}" if len(thresholds) == 1 else "events: none")
     return lines

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from ..model.constants import FRAME_LENGTH, SAMPLE_RATE
+from ..model.constants import SAMPLE_RATE
+from ..model.labels import ParameterError
 from .buffer import WindowScheduler
+from .config import StreamConfig
 from .engine import Classifier, InferenceWorker, StreamStats
 from .postprocess import Event, EventDetector, WindowResult
 from .resample import StreamResampler, to_mono
@@ -26,34 +28,44 @@ class Source(Protocol):
     def blocks(self) -> Iterator[tuple[np.ndarray, float]]: ...
 
 
-def window_samples(window: float, hop: float) -> tuple[int, int]:
-    """Window and hop in whole 44.1 kHz samples, with a ``ValueError`` for unusable values."""
-    win, hop_n = int(round(window * SAMPLE_RATE)), int(round(hop * SAMPLE_RATE))
-    if not win >= FRAME_LENGTH:
-        raise ValueError(f"window must be at least {FRAME_LENGTH / SAMPLE_RATE:.3f} s (one FBSP frame), got {window}")
-    if not hop_n >= 1:
-        raise ValueError(f"hop must be positive, got {hop}")
-    return win, hop_n
+def check_window(classifier: Classifier, config: StreamConfig) -> None:
+    """``ParameterError`` when ``classifier`` (an ONNX export of one window length) cannot take ``config.window``."""
+    fixed = getattr(classifier, "window_samples", None)
+    if fixed is not None and fixed != config.window_samples:
+        seconds = f"{fixed / SAMPLE_RATE:g}"
+        raise ParameterError("window", f"{{window}}: this export takes windows of exactly {seconds} s: pass "
+                                       f"{{window}} {seconds}, or export with a dynamic length")
+
+
+def event_detector(config: StreamConfig, labels: Sequence[str]) -> EventDetector | None:
+    """The detector ``config`` asks for over ``labels`` (one threshold for all), or None without events."""
+    if not config.events:
+        return None
+    return EventDetector(labels, config.threshold, config.hysteresis, min_windows=config.min_windows)
 
 
 def run_stream(*, source: Source, classifier: Classifier, on_result: Callable[[WindowResult], None],
-               window: float = 5.0, hop: float = 0.5, smooth: int = 1, events: EventDetector | None = None,
-               duration: float | None = None, stats: StreamStats | None = None) -> tuple[StreamStats, list[Event]]:
-    """Stream ``source`` through ``classifier`` until the input ends, ``duration`` seconds of audio
-    have been read, or KeyboardInterrupt; return the counters and the events closed at the end.
+               config: StreamConfig | None = None, events: EventDetector | None = None,
+               stats: StreamStats | None = None) -> tuple[StreamStats, list[Event]]:
+    """Stream ``source`` through ``classifier`` until the input ends, ``config.duration`` seconds of
+    audio have been read, or KeyboardInterrupt; return the counters and the events closed at the end.
 
     ``on_result`` is called on the inference thread, once per classified window, in order. Live
-    sources drop stale windows (newest wins); other sources wait for the engine. ``stats`` (new
-    when not given) is updated as the stream runs.
+    sources drop stale windows (newest wins); other sources wait for the engine. ``events``: a
+    detector of one's own (per-label thresholds); without one, ``config.events`` builds
+    :func:`event_detector`. ``stats`` (new when not given) is updated as the stream runs.
     """
-    win, hop_n = window_samples(window, hop)
-    if duration is not None and not duration > 0:
-        raise ValueError(f"duration must be positive, got {duration}")
-    limit = None if duration is None else int(round(duration * SAMPLE_RATE))
+    config = StreamConfig() if config is None else config
+    check_window(classifier, config)
+    win, hop_n = config.window_samples, config.hop_samples
+    limit = None if config.duration is None else int(round(config.duration * SAMPLE_RATE))
+    if events is None:
+        events = event_detector(config, classifier.labels)
     scheduler = WindowScheduler(win, hop_n)
     resampler = StreamResampler(source.rate)
     stats = StreamStats() if stats is None else stats
-    worker = InferenceWorker(classifier, on_result, smooth=smooth, events=events, stats=stats).start()
+    worker = InferenceWorker(classifier, on_result, smooth=config.smooth, events=events, stats=stats,
+                             min_dbfs=config.min_dbfs).start()
     live = source.live
     log.info("streaming %s: window %.3f s, hop %.3f s, %s", source.name, win / SAMPLE_RATE, hop_n / SAMPLE_RATE,
              "newest window wins" if live else "every window")
