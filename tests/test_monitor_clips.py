@@ -96,7 +96,7 @@ def test_privacy_mutes_zero_the_audio_before_during_and_after_writing(tmp_path):
     clip = decode(path)  # the clip is [3, 10)
     seconds = lambda a, b: clip[round((a - 3) * SR):round((b - 3) * SR)]  # noqa: E731
     assert not seconds(4.0, 5.0).any() and not seconds(5.5, 7.0).any()
-    assert np.abs(seconds(3.0, 4.0)).min() >= 0 and np.abs(seconds(3.0, 4.0)).mean() > 0.1
+    assert np.abs(seconds(3.0, 4.0)).mean() > 0.1  # the audio around the mutes is kept
     np.testing.assert_allclose(seconds(5.0, 5.5), signal[5 * SR:round(5.5 * SR)], atol=LSB)
     np.testing.assert_allclose(seconds(7.0, 10.0), signal[7 * SR:10 * SR], atol=LSB)
     recorder.mute("porch", 9.0, 9.5)  # a privacy window classified after the clip was written
@@ -216,7 +216,9 @@ def test_check_writable_refuses_a_folder_that_cannot_be_written(tiny_tmpfs, tmp_
     a_file.write_text("x")
     with pytest.raises(ClipFolderError) as err:
         check_writable(a_file)
-    assert str(err.value).startswith(f"{a_file}: clip folder is not writable") and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{a_file}: clip folder is a file") and "\n" not in str(err.value)
+    with pytest.raises(ClipFolderError, match="not writable"):
+        check_writable(a_file / "clips")  # a folder inside a file cannot be made
     if tiny_tmpfs is not None:
         subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
         with pytest.raises(ClipFolderError, match="Read-only file system"):

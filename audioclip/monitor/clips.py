@@ -61,6 +61,8 @@ class ClipFolderError(ValueError):
 def check_writable(root: str | Path) -> Path:
     """Create ``root`` if needed and prove a file can be written in it; return its absolute path."""
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ClipFolderError(f"{root}: clip folder is a file, not a folder; set [store] clips to a folder")
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-", suffix=TEMP_SUFFIX):
