@@ -1,0 +1,223 @@
+"""Network and resilient sources against real local servers: GStreamer RTSP, an ffmpeg HTTP MP3 stream.
+
+The servers (tests/servers.py) run on 127.0.0.1 free ports; tests kill, pause and restart them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from servers import HttpStream, RtspServer, free_port
+
+from audioclip.monitor.sources import SourceError, UrlSource, redact
+from audioclip.monitor.supervisor import BACKING_OFF, CONNECTING, UP, Block, ResilientSource, StreamGap, file_opener, \
+    url_opener
+
+SUPERVISOR_LOG = "audioclip.monitor.supervisor"
+
+
+class Reader:
+    """Consumes a ResilientSource on a thread, recording ``(time.monotonic(), item)``."""
+
+    def __init__(self, source: ResilientSource):
+        self.source, self.items = source, []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for item in self.source:
+            self.items.append((time.monotonic(), item))
+
+    def blocks(self, after: float = 0.0) -> list[Block]:
+        return [item for t, item in list(self.items) if isinstance(item, Block) and t >= after]
+
+    def gaps(self) -> list[StreamGap]:
+        return [item for _, item in list(self.items) if isinstance(item, StreamGap)]
+
+    def wait_for(self, condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"{what} within {timeout} s; state {self.source.state}, " \
+                                                f"last error {self.source.last_error}"
+            time.sleep(0.05)
+
+    def close(self) -> float:
+        """Close the source; the seconds close() took."""
+        t0 = time.monotonic()
+        self.source.close()
+        took = time.monotonic() - t0
+        self.thread.join(3)
+        assert not self.thread.is_alive(), "the iteration did not end after close()"
+        return took
+
+
+def _resilient(url: str, name: str, **kwargs) -> ResilientSource:
+    timeouts = {"open_timeout": kwargs.pop("open_timeout", 5.0), "read_timeout": kwargs.pop("read_timeout", 5.0)}
+    return ResilientSource(url_opener(url, name=name, **timeouts), name=name, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def second_rtsp(stream_wav):
+    with RtspServer(stream_wav) as server:
+        yield server
+
+
+def test_unsupported_scheme_is_a_one_line_error_without_credentials():
+    for url in ("ftp://user:hunter2@example.org/a.mp3", "camera.local/stream"):
+        with pytest.raises(ValueError) as caught:
+            UrlSource(url, name="x")
+        message = str(caught.value)
+        assert "\n" not in message and "hunter2" not in message, message
+        assert ("'ftp'" in message or "no URL scheme" in message) and "rtsp" in message, message
+    with pytest.raises(ValueError, match="unsupported URL scheme 'gopher'"):
+        url_opener("gopher://x/", name="x")  # at configuration time, not at the first retry
+
+
+def test_redact_removes_user_and_password_from_every_url_in_a_text():
+    text = "rtsp://admin:pa55@cam.local:554/s1 failed; then http://bob@radio/x and https://plain.org/"
+    assert redact(text) == "rtsp://***@cam.local:554/s1 failed; then http://***@radio/x and https://plain.org/"
+
+
+def test_rtsp_source_decodes_48k_stereo_float32(rtsp_server, stream_wav):
+    source = UrlSource(rtsp_server.url, name="cam", open_timeout=5.0, read_timeout=5.0)
+    assert (source.rate, source.channels) == (None, None)  # known once connected
+    blocks = []
+    for block, arrival in source.blocks():
+        assert block.dtype == np.float32 and block.ndim == 2 and block.shape[1] == 2
+        blocks.append(block)
+        if sum(len(b) for b in blocks) >= 48000:
+            break
+    source.close()
+    assert (source.rate, source.channels) == (48000.0, 2)
+    audio = np.concatenate(blocks)
+    # the mono file, duplicated by the server (audioconvert dithers each channel: a few LSB apart)
+    np.testing.assert_allclose(audio[:, 0], audio[:, 1], rtol=0, atol=4 / 32768)
+    # the file's first second, resampled by GStreamer to 48 kHz: the same loudness
+    original = sf.read(stream_wav, frames=44100, dtype="float32")[0]
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+    assert rms(audio[:, 0]) == pytest.approx(rms(original), rel=0.1)
+    assert np.abs(audio).max() <= 1.0
+
+
+def test_rtsp_server_killed_for_5s_reconnects_once_while_another_source_keeps_delivering(
+        rtsp_server, second_rtsp, caplog):
+    caplog.set_level(logging.DEBUG, logger=SUPERVISOR_LOG)
+    cam = Reader(_resilient(rtsp_server.url, "cam"))
+    other = Reader(_resilient(second_rtsp.url, "other"))
+    try:
+        cam.wait_for(lambda: cam.source.up and other.source.up, 10, "both sources up")
+        time.sleep(1.0)
+        killed = time.monotonic()
+        rtsp_server.kill()
+        time.sleep(5.0)
+        rtsp_server.start()
+        cam.wait_for(lambda: cam.blocks(after=killed + 5.0), 15, "cam blocks after the restart")
+        time.sleep(0.5)
+    finally:
+        cam.close(), other.close()
+        rtsp_server.start()  # the session's server stays up for the tests that follow
+    assert cam.source.reconnects == 1
+    (gap,) = cam.gaps()
+    assert 5.0 <= gap.seconds < 20.0 and cam.source.seconds_lost == pytest.approx(gap.seconds)
+    items = [item for _, item in cam.items]
+    after = items[next(i for i, item in enumerate(items) if isinstance(item, StreamGap)) + 1:]
+    assert after and all(isinstance(b, Block) and (b.rate, b.channels) == (48000.0, 2) for b in after)
+    # the other source never paused: no gap, no reconnect, blocks arriving all along
+    assert other.source.reconnects == 0 and not other.gaps()
+    stamps = [t for t, item in other.items if isinstance(item, Block)]
+    assert stamps[0] < killed and stamps[-1] > killed + 5.0
+    assert max(np.diff(stamps)) < 1.0
+    # one line down, one line up; the retries in between only at DEBUG
+    cam_lines = [r for r in caplog.records if r.getMessage().startswith("cam:") and r.levelno >= logging.INFO]
+    assert [r.levelname for r in cam_lines] == ["INFO", "WARNING", "INFO"], [r.getMessage() for r in cam_lines]
+    assert "reconnecting" in cam_lines[1].getMessage() and "up again" in cam_lines[2].getMessage()
+
+
+def test_http_mp3_stream_reads_and_reconnects_after_the_server_restarts(stream_wav):
+    with HttpStream(stream_wav) as server:
+        radio = Reader(_resilient(server.url, "radio"))
+        try:
+            radio.wait_for(lambda: radio.blocks(), 15, "MP3 audio")
+            first = radio.blocks()[0]
+            assert (first.rate, first.channels) == (44100.0, 1) and first.samples.dtype == np.float32
+            restarted = time.monotonic()
+            server.kill()
+            server.start()
+            radio.wait_for(lambda: radio.blocks(after=restarted + 0.5), 20, "audio after the restart")
+        finally:
+            radio.close()
+    assert radio.source.reconnects == 1 and len(radio.gaps()) == 1
+
+
+def test_unreachable_rtsp_at_start_keeps_trying_and_comes_up_when_the_server_starts(stream_wav):
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live"
+    cam = Reader(_resilient(url, "late", backoff=(0.2, 1.0)))
+    try:
+        time.sleep(1.5)
+        assert cam.source.state in (CONNECTING, BACKING_OFF) and not cam.source.up
+        assert cam.thread.is_alive() and cam.source.last_error and not cam.items
+        with RtspServer(stream_wav, port):
+            cam.wait_for(lambda: cam.blocks(), 10, "audio once the server is up")
+            assert cam.source.state == UP and cam.source.reconnects == 0 and not cam.gaps()
+    finally:
+        cam.close()
+
+
+def test_a_silent_server_is_a_stall_and_close_returns_promptly(second_rtsp):
+    cam = Reader(_resilient(second_rtsp.url, "stalled", stall_seconds=1.5, read_timeout=1.5, open_timeout=3.0))
+    try:
+        cam.wait_for(lambda: cam.source.up, 10, "up")
+        os.killpg(second_rtsp.process.pid, signal.SIGSTOP)  # the connection stays open, nothing arrives
+        stopped = time.monotonic()
+        cam.wait_for(lambda: not cam.source.up, 5, "the stall detected")
+        assert time.monotonic() - stopped < 4.0
+        assert "no audio" in cam.source.last_error or "read failed" in cam.source.last_error
+        cam.wait_for(lambda: cam.source.state == CONNECTING, 5, "a new attempt")
+        assert cam.close() < 3.0  # while av.open waits on the paused server
+    finally:
+        os.killpg(second_rtsp.process.pid, signal.SIGCONT)
+        cam.source.close()
+
+
+def test_credentials_never_reach_the_log(caplog):
+    caplog.set_level(logging.DEBUG)
+    url = f"rtsp://admin:s3cr3t@127.0.0.1:{free_port()}/live"
+    cam = Reader(_resilient(url, "secret", backoff=(0.1, 0.2)))
+    try:
+        cam.wait_for(lambda: len([r for r in caplog.records if "secret:" in r.getMessage()]) >= 3, 10,
+                     "three failed attempts logged")
+    finally:
+        cam.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("s3cr3t" in m or "admin" in m for m in messages), messages
+    assert any("rtsp://***@127.0.0.1" in m for m in messages) and "s3cr3t" not in cam.source.last_error
+    with pytest.raises(SourceError) as caught:
+        next(UrlSource(url, name="x", open_timeout=2.0).blocks())
+    assert "s3cr3t" not in str(caught.value) and "***@" in str(caught.value)
+
+
+def test_looped_file_plays_on_and_a_consumer_that_falls_behind_gets_a_gap(tmp_path):
+    clip = tmp_path / "short.wav"
+    sf.write(clip, np.full((4410, 1), 0.25, np.float32), 44100)  # 0.1 s
+    looped = ResilientSource(file_opener(clip, loop=True, realtime=True), name="loop", max_blocks=4)
+    looped.start()
+    time.sleep(0.8)  # about 16 blocks of 50 ms while nobody reads: the oldest are dropped
+    items = []
+    for item in looped:
+        items.append(item)
+        if sum(len(i.samples) for i in items if isinstance(i, Block)) >= 44100:
+            break
+    looped.close()
+    assert isinstance(items[0], StreamGap) and "dropped" in items[0].reason
+    assert items[0].seconds == pytest.approx(looped.overflows * 0.05, abs=1e-6) and looped.overflows >= 8
+    blocks = [i for i in items[1:] if isinstance(i, Block)]
+    assert len(blocks) == len(items) - 1  # one second of a 0.1-s file: looping is no gap
+    assert all(np.all(b.samples == 0.25) for b in blocks) and looped.reconnects == 0
