@@ -68,3 +68,31 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def esc50(tmp_path_factory) -> Path:
     """A synthetic ESC-50 folder: 4 classes x 5 folds x 4 one-second clips in mixed formats."""
     return make_esc50(tmp_path_factory.mktemp("esc50"), per_class_per_fold=4)
+
+
+# Local servers (tests/servers.py), started once per session on free ports and stopped at its end.
+
+@pytest.fixture(scope="session")
+def stream_wav(tmp_path_factory, clips_dir) -> Path:
+    """The real clips repeated into a 5-minute 44.1 kHz mono WAV: what the test servers stream."""
+    from servers import long_wav
+
+    return long_wav(sorted(clips_dir.glob("*.wav")), tmp_path_factory.mktemp("stream") / "long.wav", 300.0)
+
+
+@pytest.fixture(scope="session")
+def rtsp_server(stream_wav):
+    """A GStreamer RTSP server at ``rtsp_server.url``; a test that kills it starts it again."""
+    from servers import RtspServer
+
+    with RtspServer(stream_wav) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mosquitto():
+    """A mosquitto broker on 127.0.0.1 (``mosquitto.host``, ``mosquitto.port``, ``mosquitto.url``)."""
+    from servers import Mosquitto
+
+    with Mosquitto() as broker:
+        yield broker
