@@ -1,4 +1,5 @@
-"""Event clips on real files: length, content, cap, privacy mutes, atomic writes on a full or read-only disk, retention."""
+"""Event clips on real files: length, content, cap, privacy mutes, atomic writes on a full or read-only disk,
+retention."""
 
 from __future__ import annotations
 

@@ -107,7 +107,8 @@ def test_start_then_end_is_one_row_and_idempotent(tmp_path):
         store.record(end(7, at=10.0, length=3.5, peak=0.95, mean=0.81))
         store.record(end(7, at=10.0, length=3.5, peak=0.95, mean=0.81))
         (row,) = store.events()
-        assert (row["end_utc"], row["end_s"], row["peak"], row["mean"]) == ("2026-12-01T12:00:13.500Z", 13.5, 0.95, 0.81)
+        ended = (row["end_utc"], row["end_s"], row["peak"], row["mean"])
+        assert ended == ("2026-12-01T12:00:13.500Z", 13.5, 0.95, 0.81)
         assert store.next_id() == 8
         store.record(end(9, at=20.0))  # an end whose start was lost inserts the whole row
         assert [(e["id"], e["start_s"], e["end_s"]) for e in store.events()] == [(9, 20.0, 22.0), (7, 10.0, 13.5)]

@@ -214,8 +214,8 @@ class EventStore:
                      len(ids), "at their last seen time" if at_last_seen else "at shutdown")
         return ids
 
-    def events(self, since: datetime | str | None = None, until: datetime | str | None = None,
-               source: str | None = None, label: str | None = None, limit: int = 100) -> list[dict]:
+    def events(self, since: datetime | str | None = None, source: str | None = None, label: str | None = None,
+               limit: int = 100, *, until: datetime | str | None = None) -> list[dict]:
         """Events that started in ``[since, until)``, newest first, as dicts of the table's columns."""
         where, params = [], []
         for clause, value in (("start_utc >= ?", _iso(since)), ("start_utc < ?", _iso(until)),
