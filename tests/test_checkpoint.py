@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import pickle
+import subprocess
+import sys
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
 
-from audioclip.model import CheckpointError, ZeroShotClassifier, atomic_save, finetuned_checkpoint, load_model
+from audioclip.model import (CheckpointError, CheckpointMeta, ZeroShotClassifier, atomic_save, finetuned_checkpoint,
+                             load_model)
 from audioclip.model import checkpoint as ckpt
 
 
@@ -32,19 +39,61 @@ def test_missing_file(tmp_path):
         load_model(tmp_path / "no-such.pt")
 
 
-def test_text_file_is_not_a_checkpoint(tmp_path):
-    path = tmp_path / "notes.pt"
-    path.write_text("these are not weights\n")
-    with pytest.raises(CheckpointError, match="notes.pt: not a readable PyTorch checkpoint"):
-        load_model(path)
+class _RunsAShellCommand:
+    """Pickles to a call of ``os.system``: what a malicious checkpoint holds. Never unpickled here."""
+
+    def __reduce__(self):
+        return os.system, ("touch pwned",)
 
 
-def test_truncated_checkpoint(tmp_path, tiny_file):
-    data = tiny_file.read_bytes()
+@pytest.fixture
+def bad_checkpoints(tmp_path, tiny_file) -> dict[str, tuple[Path, str]]:
+    """A text file, a truncated checkpoint and a pickle with code, each with what its error line must say."""
+    text = tmp_path / "notes.pt"
+    text.write_text("these are not weights\n")
     cut = tmp_path / "cut.pt"
+    data = tiny_file.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pt: not a readable PyTorch checkpoint"):
-        load_model(cut)
+    code = tmp_path / "code.pt"
+    with open(code, "wb") as f:
+        pickle.dump({"state_dict": _RunsAShellCommand()}, f)
+    zipped = tmp_path / "zipped.pt"
+    torch.save({"weight": torch.zeros(2), "hook": _RunsAShellCommand()}, zipped)
+    not_checkpoint = "not a PyTorch checkpoint, or a truncated one; download or write it again"
+    refused = "refused: it holds Python objects or code, not just weights"
+    return {"text": (text, not_checkpoint), "truncated": (cut, not_checkpoint), "code": (code, refused),
+            "zipped code": (zipped, refused)}
+
+
+def _assert_short_and_safe(line: str, path: Path, expected: str) -> None:
+    assert "\n" not in line.strip() and len(line.strip()) <= 200, line
+    assert str(path) in line and expected in line, line
+    assert "weights_only" not in line and "arbitrary code" not in line and "Error:" not in line, line
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "code", "zipped code"])
+def test_bad_file_gives_one_short_line_without_torch_advice(bad_checkpoints, kind, caplog, tmp_path, monkeypatch):
+    path, expected = bad_checkpoints[kind]
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.DEBUG, logger="audioclip.model.checkpoint")
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    _assert_short_and_safe(str(info.value), path, expected)
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no torch traceback below it
+    assert f"torch.load({path}, weights_only=True) failed" in caplog.text  # torch's detail: debug log only
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_bad_file_on_the_stream_command_line_exits_2_with_one_line(bad_checkpoints, clips_dir, tmp_path):
+    clip = sorted(clips_dir.glob("*.wav"))[0]
+    for path, expected in bad_checkpoints.values():
+        done = subprocess.run([str(Path(sys.executable).with_name("audioclip-stream")), "--checkpoint", str(path),
+                               "--labels", "a,b", "--input", str(clip)], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        _assert_short_and_safe(lines[0], path, expected)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_wrong_shape_is_named(tmp_path, tiny_model):
@@ -125,7 +174,8 @@ def test_finetuned_checkpoint_round_trip(tmp_path, tiny_model):
                                      metrics={"val_acc": 0.5}), path)
     model = load_model(path)
     assert not model.has_text and not model.has_image
-    assert model.metadata["mode"] == "cooperative" and model.metadata["metrics"] == {"val_acc": 0.5}
+    assert model.metadata == CheckpointMeta(mode="cooperative", metrics={"val_acc": 0.5})
+    assert torch.load(path, weights_only=True)["meta"] == model.metadata.to_dict()
     x = torch.rand(2, 9000) * 2 - 1
     torch.testing.assert_close(ZeroShotClassifier(model).probs(x), ZeroShotClassifier(tiny_model, labels).probs(x))
     with pytest.raises(ValueError, match="no text tower"):
@@ -137,7 +187,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(monkeypatch, tmp_path
     atomic_save({"epoch": 1}, path)
 
     def broken(obj, f):
-        open(f, "wb").write(b"half")
+        f.write(b"half")
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", broken)
@@ -163,6 +213,62 @@ def test_standalone_head_is_not_a_zero_shot_classifier(tmp_path, tiny_model):
         embeddings = tiny_model.encode_text(["a", "b"])
     path = tmp_path / "standalone.pt"
     atomic_save(finetuned_checkpoint(tiny_model, ["a", "b"], embeddings, mode="standalone",
-                                     classifier={"weight": torch.zeros(2, 256), "bias": torch.zeros(2)}), path)
+                                     classifier=(torch.zeros(2, 256), torch.zeros(2))), path)
     with pytest.raises(ValueError, match="mode 'standalone'.*only 'cooperative' heads"):
         ZeroShotClassifier(load_model(path))
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("mode,logits", [("cooperative", [-10.817000389099121, -12.118912696838379]),
+                                         ("standalone", [-0.06535396724939346, -0.05016409605741501])])
+def test_checkpoints_written_by_0_1_0_still_load_and_score_the_same(mode, logits):
+    """The fixtures were written by 0.1.0's writer (metadata at the top level, the classifier inside it);
+    the logits are what 0.1.0 gave for them (load_model, AudioClassifier.for_labels) on this input."""
+    from audioclip.training.heads import AudioClassifier
+
+    model = load_model(DATA / f"finetuned-0.1.0-{mode}.pt")
+    meta = model.metadata
+    assert (meta.mode, meta.template, meta.dataset, meta.fold, meta.clip_samples) == (mode, "a {}", "folder", 2, 22050)
+    assert (meta.source_name, meta.source_sha256, meta.version, meta.epoch) == ("tiny.pt", "ab" * 32, "0.1.0", 3)
+    assert meta.metrics == {"epoch": 3, "val_acc": 0.75} and meta.recipe["seed"] == 7 and meta.recipe["mode"] == mode
+    assert model.label_bank.labels == ["dog bark", "siren"] and model.label_bank.template == "a {}"
+    assert (model.label_bank.linear is not None) == (mode == "standalone")
+    head = AudioClassifier.for_labels(model, ["dog bark", "siren"])
+    assert head.mode == mode
+    with torch.inference_mode():
+        got = head(torch.linspace(-0.5, 0.5, 6000)[None])
+    torch.testing.assert_close(got, torch.tensor([logits]), rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_meta_round_trips_and_reads_the_0_1_0_layout():
+    meta = CheckpointMeta(mode="standalone", template="a {}", dataset="esc50", fold=3, clip_samples=220500,
+                          epoch=4, recipe={"lr": 5e-5}, metrics={"val_acc": 0.9}, source_name="full",
+                          source_sha256="00" * 32, version="0.2.0")
+    assert CheckpointMeta.from_dict(meta.to_dict()) == meta
+    assert CheckpointMeta.from_dict({**meta.to_dict(), "written_by_a_later_version": 1}) == meta
+    legacy = {"mode": "standalone", "template": "a {}", "dataset": "esc50", "fold": 3, "clip_samples": 220500,
+              "epoch": 4, "recipe": {"lr": 5e-5}, "metrics": {"val_acc": 0.9}, "sample_rate": 44100,
+              "source": {"name": "full", "sha256": "00" * 32}, "package_version": "0.2.0"}
+    assert CheckpointMeta.from_dict(legacy) == meta
+    with pytest.raises(ValueError, match="'metrics' must be a dict"):
+        CheckpointMeta.from_dict({"metrics": 0.9})
+
+
+def test_standalone_checkpoint_without_its_classifier_is_refused(tmp_path, tiny_model):
+    with torch.inference_mode():
+        embeddings = tiny_model.encode_text(["a", "b"])
+    path = tmp_path / "headless.pt"
+    atomic_save(finetuned_checkpoint(tiny_model, ["a", "b"], embeddings, mode="standalone"), path)
+    with pytest.raises(CheckpointError, match="headless.pt: standalone checkpoint lacks its classifier weights"):
+        load_model(path)
+
+
+def test_checkpoint_of_a_newer_format_asks_for_an_upgrade(tmp_path, tiny_model):
+    with torch.inference_mode():
+        embeddings = tiny_model.encode_text(["a"])
+    path = tmp_path / "future.pt"
+    atomic_save({**finetuned_checkpoint(tiny_model, ["a"], embeddings), "format_version": 99}, path)
+    with pytest.raises(CheckpointError, match="future.pt: fine-tuned checkpoint format 99 .*upgrade audioclip-stream"):
+        load_model(path)

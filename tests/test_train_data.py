@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from audioclip.model import SAMPLE_RATE
-from audioclip.training.audio_io import AudioFileError, DecodeCache, decode_audio
+from audioclip.audio import AudioFileError
+from audioclip.audio import load_audio as decode_audio
+from audioclip.training.audio_io import DecodeCache
 from audioclip.training.datasets import DatasetError, load_dataset
 from audioclip.training.loader import ClipDataset, prepare_clips
 
 from helpers import FORMATS, make_esc50, make_folder, make_us8k, write_clip
+
 
 @pytest.fixture(scope="module")
 def us8k(tmp_path_factory) -> Path:
@@ -84,8 +87,8 @@ def test_cache_decodes_each_clip_once(esc50, tmp_path, monkeypatch):
 
     data = load_dataset("esc50", esc50, clip_seconds=1.0)
     calls = []
-    real = audio_io.decode_audio
-    monkeypatch.setattr(audio_io, "decode_audio", lambda p: calls.append(p) or real(p))
+    real = audio_io.load_audio
+    monkeypatch.setattr(audio_io, "load_audio", lambda p: calls.append(p) or real(p))
     cache = DecodeCache(tmp_path / "cache")
     kept = prepare_clips(data.clips, cache)
     assert len(kept) == 80 and len(calls) == 80 and len(list((tmp_path / "cache").glob("*.npy"))) == 80

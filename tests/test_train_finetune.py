@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import audioclip
 from audioclip import ZeroShotClassifier, load_model
 from audioclip.model.checkpoint import sha256_of
 from audioclip.training.audio_io import DecodeCache
@@ -54,10 +55,10 @@ def test_short_finetune_learns_and_checkpoint_scores_like_evaluate(tiny_checkpoi
     meta = model.metadata
     assert model.label_bank.labels == ["synthetic tone", "synthetic chirp", "synthetic noise", "synthetic clicks"]
     assert not model.has_text and not model.has_image
-    assert meta["mode"] == "cooperative" and meta["fold"] == 1 and meta["template"] == "{}"
-    assert meta["sample_rate"] == 44100 and meta["clip_samples"] == 22050 and meta["metrics"]["val_acc"] == best
-    assert meta["source"] == {"name": str(tiny_checkpoint), "sha256": sha256_of(tiny_checkpoint)}
-    assert isinstance(meta["package_version"], str)
+    assert meta.mode == "cooperative" and meta.fold == 1 and meta.template == "{}" and meta.dataset == "esc50"
+    assert meta.sample_rate == 44100 and meta.clip_samples == 22050 and meta.metrics["val_acc"] == best
+    assert (meta.source_name, meta.source_sha256) == (str(tiny_checkpoint), sha256_of(tiny_checkpoint))
+    assert meta.version == audioclip.__version__ and meta.recipe["lr"] == 0.02
 
     data = load_dataset("esc50", esc50, clip_seconds=0.5)
     test = [c for c in data.clips if c.fold == 1]
@@ -88,9 +89,11 @@ def test_standalone_mode_trains_a_linear_classifier_that_evaluate_uses(tiny_chec
                       recipe=Recipe(mode="standalone", epochs=2, batch_size=32, lr=0.02),
                       runtime=Runtime(progress=False))
     model = load_model(run / "best.pt")
-    classifier = model.metadata["classifier"]
-    assert model.metadata["mode"] == "standalone" and model.metadata["fold"] == 2
-    assert classifier["weight"].shape == (4, model.audio.feature_dim) and classifier["bias"].shape == (4,)
+    weight, bias = model.label_bank.linear
+    assert model.metadata.mode == "standalone" and model.metadata.fold == 2
+    assert weight.shape == (4, model.audio.feature_dim) and bias.shape == (4,)
+    saved = torch.load(run / "best.pt", weights_only=True)  # the classifier is in the state dict, not the metadata
+    assert torch.equal(saved["state_dict"]["classifier.weight"], weight) and "classifier" not in saved["meta"]
     source = load_model(tiny_checkpoint)
     assert torch.equal(model.audio.fc.weight, source.audio.fc.weight)  # the projection is unused and frozen
     assert not torch.equal(model.audio.layer1[0].conv1.weight, source.audio.layer1[0].conv1.weight)
@@ -177,7 +180,7 @@ def test_one_step_from_the_golden_checkpoint_saves_a_checkpoint_that_loads_and_s
     assert result["train_samples"] == 4 and result["epoch"] == 1
     model = load_model(tmp_path / "run" / "best.pt")
     golden = load_model(source)
-    assert model.config.audio == golden.config.audio and model.metadata["source"]["sha256"] == sha256_of(source)
+    assert model.config.audio == golden.config.audio and model.metadata.source_sha256 == sha256_of(source)
     assert not torch.equal(model.audio.fc.weight, golden.audio.fc.weight)  # one SGD step moved the head
     assert (model.audio.fc.weight - golden.audio.fc.weight).abs().max() < 1e-3  # ... by a small step (lr 5e-5)
     expected = torch.nn.functional.normalize(golden.encode_text(data.labels, "a sound of {}"), dim=-1)
@@ -204,7 +207,7 @@ def test_all_folds_cross_validation_reports_each_fold_and_the_mean(tiny_checkpoi
     assert summary["mean_val_acc"] == pytest.approx(np.mean(list(summary["val_acc"].values())))
     for k in range(1, 6):
         assert summary["val_acc"][str(k)] == metrics(out / f"fold{k}")[-1]["val_acc"]
-        assert load_model(out / f"fold{k}" / "best.pt").metadata["fold"] == k
+        assert load_model(out / f"fold{k}" / "best.pt").metadata.fold == k
     assert "mean" in text and "cross-validation" in text
 
 

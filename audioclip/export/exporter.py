@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..model import SAMPLE_RATE, ZeroShotClassifier, check_labels, load_model
-from ..model.checkpoint import RELEASES, resolve_release, sha256_of
+from ..model.checkpoint import source_info
 from ..model.constants import CONTEXT_LENGTH, FRAME_LENGTH
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
@@ -71,12 +71,6 @@ def _check_out_dir(out: Path, force: bool) -> None:
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not os.access(existing, os.W_OK | os.X_OK):
         raise ExportError(f"{out}: cannot write here ({existing} is not writable)")
-
-
-def _source_info(checkpoint: str | os.PathLike) -> tuple[str, str]:
-    path = resolve_release(checkpoint, download=False) if isinstance(checkpoint, str) and checkpoint in RELEASES \
-        else Path(checkpoint)
-    return str(checkpoint), sha256_of(path)
 
 
 def _export(module: torch.nn.Module, example: tuple, path: Path, *, input_name: str, output_names: list[str],
@@ -158,7 +152,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     if labels is None and model.label_bank is None:
         raise ExportError(f"{checkpoint}: carries no labels; pass --labels or --labels-file")
     classifier = ZeroShotClassifier(model, labels, template)
-    source, sha256 = _source_info(checkpoint)
+    source, sha256 = source_info(checkpoint)
     notes = []
     if precision == "int8" and len(check_clips) < MIN_INT8_CLIPS:
         notes.append(f"int8 was calibrated and checked on {len(check_clips)} clip(s) only: the blocks it quantises "
@@ -177,8 +171,9 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
         "embedding_size": model.config.embed_dim, "precision": precision, "source": source,
         "source_sha256": sha256, "version": __version__, "opset": opset,
     }
-    if model.metadata.get("source"):
-        metadata["base_checkpoint"] = json.dumps(model.metadata["source"], default=str)
+    if model.metadata.source_name:
+        metadata["base_checkpoint"] = json.dumps({"name": model.metadata.source_name,
+                                                  "sha256": model.metadata.source_sha256})
 
     try:  # permissions pass os.access as root, or on a read-only or virtual file system, yet fail here
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..model.waveform import check_waveform
+
 log = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.onnx"
@@ -26,9 +28,6 @@ TEXT_ENCODER_FILE = "text_encoder.onnx"
 def tensorrt_name(name: str) -> str:
     """File of the TensorRT flavour of an int8 graph: ``audio_encoder.onnx`` -> ``audio_encoder.trt.onnx``."""
     return name.removesuffix(".onnx") + ".trt.onnx"
-
-
-INT16_SCALE = 32768.0  # as audioclip.model.constants; repeated here so that this module needs no torch
 
 
 def _providers(requested: Sequence | None) -> list:
@@ -89,31 +88,14 @@ def as_mono_batch(waveform, *, min_samples: int, window_samples: int | None) -> 
     ``(B, 1, T)``, float in [-1, 1] or int16 (scaled by 1/32768). Several channels are refused:
     the exported graphs take mono input (average the channels first, or score each one).
     """
-    waveform = np.asarray(waveform)
-    if waveform.dtype == np.int16:
-        waveform = waveform.astype(np.float32) / INT16_SCALE
-    elif not np.issubdtype(waveform.dtype, np.floating):
-        raise ValueError(f"waveform must be float in [-1, 1] or int16, got numpy dtype {waveform.dtype}")
-    if waveform.ndim == 1:
-        waveform = waveform[None]
-    elif waveform.ndim == 3:
-        if waveform.shape[1] != 1:
-            raise ValueError(f"waveform has {waveform.shape[1]} channels, shape {waveform.shape}; the ONNX graphs "
-                             "take mono (B, T): average the channels or score each one")
-        waveform = waveform[:, 0]
-    elif waveform.ndim != 2:
-        raise ValueError(f"waveform must be shaped (T,), (B, T) or (B, 1, T), got {waveform.shape}")
-    if waveform.shape[0] == 0:
-        raise ValueError(f"waveform has an empty batch axis: {waveform.shape}")
-    if waveform.shape[-1] < min_samples:
-        raise ValueError(f"waveform has {waveform.shape[-1]} samples, fewer than this graph takes ({min_samples} "
-                         f"samples = {min_samples / 44100:.3f} s at 44.1 kHz); pad or pass longer audio")
+    waveform = check_waveform(waveform, min_samples=min_samples, needs="this graph takes")
+    if waveform.shape[1] != 1:
+        raise ValueError(f"waveform has {waveform.shape[1]} channels; the ONNX graphs take mono (B, T): average "
+                         "the channels or score each one")
     if window_samples is not None and waveform.shape[-1] != window_samples:
         raise ValueError(f"waveform has {waveform.shape[-1]} samples but this graph takes exactly {window_samples} "
                          "(exported with a fixed window); cut or pad it, or export with --dynamic-length")
-    waveform = np.ascontiguousarray(waveform, dtype=np.float32)
-    if not np.isfinite(waveform).all():
-        raise ValueError("waveform contains NaN or infinite samples; clean the input before encoding")
+    waveform = waveform[:, 0]
     return waveform
 
 

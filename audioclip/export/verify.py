@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..audio import AUDIO_EXTENSIONS, load_audio
 from ..model import SAMPLE_RATE, ZeroShotClassifier
 from ..model.esresnext import to_reference_scale
 from ..model.fbsp import power_spectrogram, power_to_db
@@ -40,7 +41,6 @@ INT8_MIN_COSINE = 0.99
 TOP1_TIE_LOGITS = 0.05
 """A top-1 disagreement is a tie when PyTorch ranks the two labels within this many logits (0.05 of
 a scale up to 100: cosines 5e-4 apart), as on a random checkpoint where all labels score alike."""
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
 @dataclass
@@ -60,31 +60,21 @@ class Check:
 
 
 def load_clips(paths: Sequence[str | Path]) -> list[tuple[str, np.ndarray]]:
-    """Mono float32 waveforms at 44.1 kHz from audio files or folders of them (sorted by name)."""
-    import soundfile as sf
-    import soxr
+    """Mono float32 waveforms at 44.1 kHz (:func:`audioclip.audio.load_audio`) from audio files or folders of them.
 
+    Files of a folder are taken in name order; an unreadable file raises ``AudioFileError`` (a ``ValueError``).
+    """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES)
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in AUDIO_EXTENSIONS)
         elif p.is_file():
             files.append(p)
         else:
             raise ValueError(f"{p}: no such audio file or folder")
     if not files:
-        raise ValueError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(map(str, paths))}")
-    clips = []
-    for f in files:
-        try:
-            audio, rate = sf.read(f, dtype="float32", always_2d=True)
-        except (RuntimeError, sf.LibsndfileError) as e:
-            raise ValueError(f"{f}: cannot read audio: {e}") from e
-        audio = audio.mean(axis=1)
-        if rate != SAMPLE_RATE:
-            audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
-        clips.append((f.stem, audio))
-    return clips
+        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {', '.join(map(str, paths))}")
+    return [(f.stem, load_audio(f)) for f in files]
 
 
 def synthetic_clips(seconds: float = 5.0, seed: int = 0) -> list[tuple[str, np.ndarray]]:

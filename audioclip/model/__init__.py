@@ -13,6 +13,7 @@ _LAZY = {
     "clamp_logit_scale": "audioclip", "normalize": "audioclip",
     "RELEASES": "checkpoint", "CheckpointError": "checkpoint", "atomic_save": "checkpoint",
     "finetuned_checkpoint": "checkpoint", "load_model": "checkpoint", "audio_head_state": "checkpoint",
+    "CheckpointMeta": "metadata", "source_info": "checkpoint",
     "ZeroShotClassifier": "classifier", "check_labels": "labels", "check_template": "labels",
     "AudioCLIPConfig": "config", "AudioConfig": "config", "TextConfig": "config", "VisionConfig": "config",
     "infer_config": "config",

@@ -12,6 +12,7 @@ from .audio import as_waveform_batch
 from .clip import LayerNorm, ModifiedResNet, Transformer, causal_mask
 from .config import AudioCLIPConfig
 from .esresnext import ESResNeXtFBSP
+from .metadata import CheckpointMeta
 from .tokenizer import tokenize
 
 LOGIT_SCALE_MIN = 1.0
@@ -41,11 +42,16 @@ class AudioCLIPOutput:
 
 @dataclass
 class LabelBank:
-    """Labels a fine-tuned checkpoint carries: texts, their normalised embeddings ``[L, D]``, template."""
+    """Labels a fine-tuned checkpoint carries: texts, their normalised embeddings ``[L, D]``, template.
+
+    A standalone head also carries its linear classifier over the pooled audio features:
+    ``linear = (weight [L, F], bias [L])``, one row per label.
+    """
 
     labels: list[str]
     embeddings: torch.Tensor
     template: str = "{}"
+    linear: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class AudioCLIP(nn.Module):
@@ -62,7 +68,7 @@ class AudioCLIP(nn.Module):
         self.logit_scale_ai = nn.Parameter(torch.log(torch.tensor(100.0)))
         self.logit_scale_at = nn.Parameter(torch.log(torch.tensor(100.0)))
         self.label_bank: LabelBank | None = None
-        self.metadata: dict = {}
+        self.metadata = CheckpointMeta()
         if config.vision is not None:
             v = config.vision
             self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_resolution, v.width)

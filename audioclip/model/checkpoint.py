@@ -5,21 +5,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
+import pickle
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from ..files import atomic_write, atomic_write_text
 from .audioclip import AudioCLIP, LabelBank
 from .config import AudioCLIPConfig, infer_config
+from .metadata import CheckpointMeta
 
 log = logging.getLogger(__name__)
 
 FINETUNED_FORMAT = "audioclip-stream/finetuned"
-FINETUNED_FORMAT_VERSION = 1
+FINETUNED_FORMAT_VERSION = 2
+"""1 (0.1.0): metadata at the top level, a standalone head's classifier in it; 2: ``meta`` and state dict."""
+CLASSIFIER_KEYS = ("classifier.weight", "classifier.bias")
+"""State-dict keys of a standalone head's linear classifier."""
 
 
 class CheckpointError(ValueError):
@@ -64,10 +70,8 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def _download(url: str, dest: Path, expected_size: int) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+    def copy(out) -> None:
+        with urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or expected_size)
             columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                        TransferSpeedColumn(), TimeRemainingColumn())
@@ -76,10 +80,8 @@ def _download(url: str, dest: Path, expected_size: int) -> None:
                 while block := response.read(1 << 20):
                     out.write(block)
                     progress.advance(task, len(block))
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(dest, copy)
 
 
 def resolve_release(name: str, download: bool = True) -> Path:
@@ -105,21 +107,30 @@ def resolve_release(name: str, download: bool = True) -> Path:
         raise CheckpointError(
             f"{path}: sha256 {digest} does not match release {name!r} ({release.sha256}); delete it and "
             f"fetch {release.url} again")
-    verified.write_text(release.sha256 + "\n")
+    atomic_write_text(verified, release.sha256 + "\n")
     return path
 
 
 def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
-    """``torch.load(weights_only=True)`` with one clear error for a missing or unreadable file."""
+    """``torch.load(weights_only=True)`` with one short error line for a missing or unreadable file.
+
+    torch's own explanation goes to the debug log only: for a file with pickled code it advises
+    loading it with ``weights_only=False``, which would run that code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file: wrap them all with the file's name
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or another kind of file); "
-                              f"fetch or write it again ({type(e).__name__}: {detail})") from e
+        log.debug("torch.load(%s, weights_only=True) failed: %s: %s", path, type(e).__name__, e)
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise CheckpointError(f"{path}: refused: it holds Python objects or code, not just weights; use a "
+                                  f"checkpoint written by audioclip-stream or a release") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a truncated one; download or write it "
+                              f"again") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or an audioclip-stream checkpoint")
     return obj
@@ -176,36 +187,47 @@ def load_model(source: str | os.PathLike = "full", device: str | torch.device = 
         model = _from_finetuned(obj, str(path))
     else:
         model = model_from_state_dict(obj, name=str(path))
-        model.metadata = {"source": {"name": str(source), "path": str(path)}}
     return model.to(device)
 
 
 def _from_finetuned(obj: Mapping[str, Any], name: str) -> AudioCLIP:
+    version = obj.get("format_version")
+    if version not in (1, FINETUNED_FORMAT_VERSION):
+        raise CheckpointError(f"{name}: fine-tuned checkpoint format {version!r} is newer than this audioclip-stream "
+                              f"reads ({FINETUNED_FORMAT_VERSION}); upgrade audioclip-stream")
     try:
+        state = dict(obj["state_dict"])
+        if version == 1:  # 0.1.0: metadata at the top level, a standalone classifier inside it
+            legacy = {k: v for k, v in obj.items() if k not in ("state_dict", "label_embeddings", "labels", "config")}
+            meta = CheckpointMeta.from_dict(legacy)
+            if isinstance(legacy.get("classifier"), Mapping):
+                state.update({key: legacy["classifier"][key.split(".")[1]] for key in CLASSIFIER_KEYS})
+        else:
+            meta = CheckpointMeta.from_dict(obj["meta"])
+        linear = tuple(state.pop(key).float() for key in CLASSIFIER_KEYS) if CLASSIFIER_KEYS[0] in state else None
         config = AudioCLIPConfig.from_dict(obj["config"])
-        model = model_from_state_dict(obj["state_dict"], config, name)
-        model.label_bank = LabelBank(list(obj["labels"]), obj["label_embeddings"].float(), obj.get("template", "{}"))
-    except KeyError as e:
-        raise CheckpointError(f"{name}: fine-tuned checkpoint lacks {e}") from e
-    model.metadata = {k: v for k, v in obj.items() if k not in ("state_dict", "label_embeddings")}
+        model = model_from_state_dict(state, config, name)
+        model.label_bank = LabelBank(list(obj["labels"]), obj["label_embeddings"].float(), meta.template, linear)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{name}: fine-tuned checkpoint is incomplete or damaged ({type(e).__name__}: {e}); "
+                              f"write it again") from e
+    if meta.mode == "standalone" and linear is None:
+        raise CheckpointError(f"{name}: standalone checkpoint lacks its classifier weights; write it again")
+    model.metadata = meta
     return model
+
+
+def source_info(source: str | os.PathLike) -> tuple[str, str]:
+    """``(name, sha256)`` of a checkpoint: a release name (from the cache) or a file."""
+    path = resolve_release(source, download=False) if isinstance(source, str) and source in RELEASES else Path(source)
+    return str(source), sha256_of(path)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the mode open() would
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def audio_head_state(model: AudioCLIP) -> tuple[AudioCLIPConfig, dict[str, torch.Tensor]]:
@@ -216,15 +238,21 @@ def audio_head_state(model: AudioCLIP) -> tuple[AudioCLIPConfig, dict[str, torch
     return config, state
 
 
-def finetuned_checkpoint(model: AudioCLIP, labels: list[str], label_embeddings: torch.Tensor, **metadata: Any) -> dict:
-    """The self-describing dict of a fine-tuned audio head (see ``save`` with ``atomic_save``).
+def finetuned_checkpoint(model: AudioCLIP, labels: list[str], label_embeddings: torch.Tensor,
+                         meta: CheckpointMeta | None = None, *,
+                         classifier: tuple[torch.Tensor, torch.Tensor] | None = None, **fields: Any) -> dict:
+    """The self-describing dict of a fine-tuned audio head (write it with ``atomic_save``).
 
-    Holds the audio head and logit scales, the labels with their normalised embeddings, and
-    ``metadata`` (template, sample rate, clip samples, mode, fold, metrics, package version, source).
+    Holds the audio head and logit scales, a standalone head's ``classifier`` (weight ``[L, F]``,
+    bias ``[L]``) under ``classifier.*`` in the state dict, the labels with their normalised
+    embeddings, and ``meta`` (or a :class:`CheckpointMeta` made of ``fields``) under ``meta``.
     """
+    meta = CheckpointMeta(**fields) if meta is None else meta
     config, state = audio_head_state(model)
     state = {k: v.detach().cpu() for k, v in state.items()}
+    if classifier is not None:
+        state.update({key: t.detach().float().cpu().clone() for key, t in zip(CLASSIFIER_KEYS, classifier)})
     embeddings = label_embeddings.detach().float().cpu()
     embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
     return {"format": FINETUNED_FORMAT, "format_version": FINETUNED_FORMAT_VERSION, "config": config.to_dict(),
-            "state_dict": state, "labels": list(labels), "label_embeddings": embeddings, **metadata}
+            "state_dict": state, "labels": list(labels), "label_embeddings": embeddings, "meta": meta.to_dict()}

@@ -19,7 +19,7 @@ class ZeroShotClassifier:
 
     def __init__(self, model: AudioCLIP, labels: Sequence[str] | None = None, template: str | None = None):
         self.model = model.eval()
-        mode = model.metadata.get("mode", "cooperative")
+        mode = model.metadata.mode
         if mode != "cooperative":
             raise ValueError(f"this fine-tuned head was trained in mode {mode!r}: its scores come from a linear "
                              "classifier, not from cosine similarity to label embeddings; only 'cooperative' heads "

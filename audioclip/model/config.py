@@ -59,7 +59,7 @@ class AudioCLIPConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "AudioCLIPConfig":
+    def from_dict(cls, d: Mapping) -> AudioCLIPConfig:
         audio = AudioConfig(**{**d["audio"], "layers": tuple(d["audio"]["layers"])})
         vision = None if d.get("vision") is None else VisionConfig(
             **{**d["vision"], "layers": tuple(d["vision"]["layers"])})

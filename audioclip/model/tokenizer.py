@@ -26,7 +26,7 @@ _PATTERN = regex.compile(
 )
 
 
-@functools.lru_cache()
+@functools.lru_cache
 def byte_to_unicode() -> dict[int, str]:
     """A reversible map from bytes to printable unicode characters (GPT-2's)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -55,7 +55,7 @@ class BPETokenizer:
         self._cache: dict[str, list[str]] = {}
 
     @classmethod
-    def from_package(cls) -> "BPETokenizer":
+    def from_package(cls) -> BPETokenizer:
         with resources.files(__package__).joinpath(BPE_FILE).open("rb") as f:
             lines = gzip.decompress(f.read()).decode("utf-8").split("\n")
         return cls([tuple(line.split()) for line in lines[1:_N_MERGES + 1]])
@@ -92,7 +92,7 @@ class BPETokenizer:
         return ids
 
 
-@functools.lru_cache()
+@functools.lru_cache
 def get_tokenizer() -> BPETokenizer:
     return BPETokenizer.from_package()
 

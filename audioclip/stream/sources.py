@@ -16,6 +16,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from ..audio import AudioFileError
 from ..model.constants import INT16_SCALE, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,6 @@ RING_SECONDS = 10.0
 
 PORTAUDIO_HINT = ("PortAudio library not found: install it (Debian/Ubuntu: apt-get install libportaudio2; "
                   "Fedora: dnf install portaudio; macOS: brew install portaudio), or stream a file with --input")
-
-
-class AudioFileError(ValueError):
-    """An input file is missing, unreadable or in a format libsndfile cannot decode."""
 
 
 class AudioDeviceError(RuntimeError):

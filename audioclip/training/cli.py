@@ -12,14 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from audioclip.cli_common import one_line_errors, setup_logging
-from audioclip.model import SAMPLE_RATE, load_model
-from audioclip.model.checkpoint import cache_dir
-
+from ..cli_common import one_line_errors, setup_logging
+from ..model import SAMPLE_RATE, load_model
+from ..model.checkpoint import cache_dir
 from .audio_io import DecodeCache
 from .datasets import load_dataset
 from .evaluate import EvalReport, evaluate, plot_confusion, require_matplotlib, write_json
-from .trainer import Recipe, Runtime, cross_validate, finetune, shutdown_distributed
+from .trainer import Recipe, Runtime, cross_validate, finetune, resolve_device, shutdown_distributed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune AudioCLIP's audio head on UrbanSound8K, ESC-50 or labelled folders, and evaluate.")
@@ -160,24 +159,23 @@ def evaluate_command(
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be at least 1, got {batch_size}")
     model = load_model(checkpoint)
-    if clip_seconds is None and model.metadata.get("clip_samples"):
-        clip_seconds = model.metadata["clip_samples"] / SAMPLE_RATE  # the length it was fine-tuned on
-    split_seed = model.metadata.get("recipe", {}).get("seed", 0)  # a folder's split is the one it was trained on
+    meta = model.metadata
+    if clip_seconds is None and meta.clip_samples:
+        clip_seconds = meta.clip_samples / SAMPLE_RATE  # the length it was fine-tuned on
+    split_seed = meta.recipe.get("seed", 0)  # a folder's split is the one it was trained on
     data = load_dataset(dataset.value, data_root, seed=split_seed, clip_seconds=clip_seconds)
     if fold is not None:
         folds = [fold]
     elif all_folds or model.label_bank is None:
         folds = list(range(1, data.folds + 1))
     else:
-        own = model.metadata.get("fold")
-        folds = [own] if isinstance(own, int) and model.metadata.get("dataset") == data.name else [1]
-    trained_on = model.metadata.get("fold") if model.metadata.get("dataset") == data.name else None
+        folds = [meta.fold] if meta.fold is not None and meta.dataset == data.name else [1]
+    trained_on = meta.fold if meta.dataset == data.name else None
     if trained_on is not None and any(k != trained_on for k in folds):
         logging.getLogger(__name__).warning("the checkpoint was trained on every fold but %d: other folds' accuracy "
                                             "is not held-out accuracy", trained_on)
-    dev = "cuda" if device.value == "auto" and _cuda() else ("cpu" if device.value == "auto" else device.value)
     report = evaluate(model=model, data=data, folds=folds, cache=_cache(cache_path, no_cache), template=template,
-                      batch_size=batch_size, workers=workers, device=dev, max_bad_share=max_bad,
+                      batch_size=batch_size, workers=workers, device=resolve_device(device.value), max_bad_share=max_bad,
                       progress=not quiet, name=checkpoint)
     _render(report)
     report_path = report_path or Path(f"eval-{data.name}.json")
@@ -187,12 +185,6 @@ def evaluate_command(
         png = report_path.with_suffix(".png")
         plot_confusion(report, png)
         console.print(f"confusion matrix: {png}")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main() -> None:

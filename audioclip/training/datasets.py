@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audioclip.model import SAMPLE_RATE
-
-from .audio_io import AUDIO_EXTENSIONS
+from ..audio import AUDIO_EXTENSIONS
+from ..model import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +60,6 @@ class DatasetIndex:
         if not test:
             raise DatasetError(f"{self.name} fold {fold}: no clips to test on")
         return train, test
-
-    def with_clips(self, clips: list[Clip]) -> "DatasetIndex":
-        return replace(self, clips=clips)
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -14,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
-from audioclip.model import AudioCLIP
-
+from ..files import atomic_write_text
+from ..model import AudioCLIP
 from .audio_io import DecodeCache
 from .datasets import DatasetIndex
 from .heads import AudioClassifier
@@ -74,7 +73,7 @@ class EvalReport:
 
 def checkpoint_mode(model: AudioCLIP) -> str:
     """``zero-shot`` for a release checkpoint, else the fine-tuned checkpoint's mode."""
-    return model.metadata.get("mode", "cooperative") if model.label_bank is not None else "zero-shot"
+    return model.metadata.mode if model.label_bank is not None else "zero-shot"
 
 
 def evaluate(*, model: AudioCLIP, data: DatasetIndex, folds: list[int], cache: DecodeCache, template: str | None = None,
@@ -110,18 +109,8 @@ def evaluate(*, model: AudioCLIP, data: DatasetIndex, folds: list[int], cache: D
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> None:
-    """Write ``obj`` as JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created with the user's umask, unlike mkstemp
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` as indented JSON atomically (temporary file, then rename)."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def require_matplotlib() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
-from audioclip.model import AudioCLIP, audio_head_state, clamp_logit_scale, finetuned_checkpoint, normalize
+from ..model import AudioCLIP, CheckpointMeta, audio_head_state, clamp_logit_scale, finetuned_checkpoint, normalize
 
 MODES = ("cooperative", "standalone")
 
@@ -15,7 +17,7 @@ def audio_only(model: AudioCLIP) -> AudioCLIP:
     config, state = audio_head_state(model)
     head = AudioCLIP(config)
     head.load_state_dict(state, strict=True)
-    head.label_bank, head.metadata = model.label_bank, dict(model.metadata)
+    head.label_bank, head.metadata = model.label_bank, model.metadata
     return head.to(model.device)
 
 
@@ -69,18 +71,16 @@ class AudioClassifier(nn.Module):
             self.classifier = None
 
     @classmethod
-    def for_labels(cls, model: AudioCLIP, labels: list[str], template: str = "{}") -> "AudioClassifier":
+    def for_labels(cls, model: AudioCLIP, labels: list[str], template: str = "{}") -> AudioClassifier:
         """Score ``labels`` with any checkpoint: zero-shot (release), its label bank, or its standalone classifier."""
         head = audio_only(model)
-        if model.metadata.get("mode") == "standalone":
-            stored = model.metadata.get("classifier")
-            if not isinstance(stored, dict) or "weight" not in stored or "bias" not in stored:
-                raise ValueError("standalone checkpoint lacks its classifier weights")
+        if model.metadata.mode == "standalone":
+            weight, bias = model.label_bank.linear  # load_model refuses a standalone head without them
             rows = _positions(labels, model.label_bank.labels, "the standalone checkpoint")
             linear = nn.Linear(head.audio.feature_dim, len(labels))
             with torch.no_grad():
-                linear.weight.copy_(stored["weight"][rows])
-                linear.bias.copy_(stored["bias"][rows])
+                linear.weight.copy_(weight[rows])
+                linear.bias.copy_(bias[rows])
             return cls(head, model.label_bank.embeddings[rows], "standalone", linear).eval()
         return cls(head, label_embeddings(model, labels, template), "cooperative").eval()
 
@@ -104,9 +104,8 @@ class AudioClassifier(nn.Module):
         return [{"params": [p for p in trainable if id(p) not in exempt], "weight_decay": weight_decay},
                 {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0}]
 
-    def checkpoint(self, labels: list[str], **metadata) -> dict:
+    def checkpoint(self, labels: list[str], meta: CheckpointMeta) -> dict:
         """The self-describing fine-tuned checkpoint (``audioclip.load_model`` reads it back)."""
-        if self.classifier is not None:
-            metadata["classifier"] = {"weight": self.classifier.weight.detach().cpu().clone(),
-                                      "bias": self.classifier.bias.detach().cpu().clone()}
-        return finetuned_checkpoint(self.model, labels, self.label_embeddings, mode=self.mode, **metadata)
+        linear = None if self.classifier is None else (self.classifier.weight, self.classifier.bias)
+        return finetuned_checkpoint(self.model, labels, self.label_embeddings, replace(meta, mode=self.mode),
+                                    classifier=linear)

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .audio_io import AudioFileError, DecodeCache
+from ..audio import AudioFileError
+from .audio_io import DecodeCache
 from .augment import Augmentation, crop_or_pad, sample_generator
 from .datasets import Clip, DatasetError
 

@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from audioclip.model import AudioCLIPOutput
-from audioclip.model.esresnext import ESResNeXtFBSP
+from ..model import AudioCLIPOutput
+from ..model.esresnext import ESResNeXtFBSP
 
 
 def contrastive_loss(output: AudioCLIPOutput) -> torch.Tensor:

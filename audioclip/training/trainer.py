@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -14,10 +14,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from audioclip import __version__
-from audioclip.model import SAMPLE_RATE, atomic_save, load_model
-from audioclip.model.checkpoint import RELEASES, read_checkpoint, resolve_release, sha256_of
-
+from .. import __version__
+from ..model import CheckpointMeta, atomic_save, load_model, source_info
+from ..model.checkpoint import read_checkpoint
 from .audio_io import DecodeCache
 from .augment import Augmentation
 from .datasets import DatasetIndex
@@ -50,7 +49,7 @@ class Recipe:
     seed: int = 0
     template: str = "{}"
 
-    def check(self) -> "Recipe":
+    def check(self) -> Recipe:
         if self.mode not in MODES:
             raise TrainingError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         for name in ("epochs", "batch_size"):
@@ -73,12 +72,18 @@ class Runtime:
     progress: bool = True
 
 
-def init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """``(rank, world size, device)``; joins the torchrun process group when ``WORLD_SIZE`` > 1."""
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` where PyTorch sees a CUDA GPU, else ``cpu``; a CUDA device without one is an error."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError("--device cuda asked for, but PyTorch sees no CUDA GPU")
+    return device
+
+
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)``; joins the torchrun process group when ``WORLD_SIZE`` > 1."""
+    device = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
@@ -104,11 +109,6 @@ def _sum(*values: float, device: torch.device) -> list[float]:
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
-
-
-def source_info(source: str) -> dict:
-    path = resolve_release(source) if source in RELEASES else Path(source)
-    return {"name": str(source), "sha256": sha256_of(path)}
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -194,7 +194,8 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
     rank, world, device = init_distributed(runtime.device)
     state = _check_out(out, resume)
     model = load_model(source)
-    source_meta = source_info(source)
+    source_name, source_sha256 = source_info(source)
+    source_meta = {"name": source_name, "sha256": source_sha256}
     if state is not None:
         _check_resumable(state, recipe, data, fold, source_meta, out / "last.pt")
 
@@ -237,9 +238,9 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
     test_loader = make_loader(ClipDataset(test_clips, cache, data.clip_samples), batch_size=recipe.batch_size,
                               shuffle=False, seed=recipe.seed, workers=runtime.workers, rank=rank, world_size=world,
                               pin_memory=pin)
-    meta = {"template": recipe.template, "sample_rate": SAMPLE_RATE, "clip_samples": data.clip_samples,
-            "dataset": data.name, "fold": fold, "package_version": __version__, "source": source_meta,
-            "recipe": asdict(recipe)}
+    meta = CheckpointMeta(mode=recipe.mode, template=recipe.template, dataset=data.name, fold=fold,
+                          clip_samples=data.clip_samples, recipe=asdict(recipe), source_name=source_name,
+                          source_sha256=source_sha256, version=__version__)
     record = records[-1] if records else {}
     try:
         for epoch in range(start, recipe.epochs):
@@ -271,7 +272,8 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
             if record["val_acc"] > best_acc:
                 best_acc, best_epoch = record["val_acc"], epoch + 1
                 if rank == 0:
-                    atomic_save(net.checkpoint(data.labels, **meta, epoch=epoch + 1, metrics=record), out / "best.pt")
+                    atomic_save(net.checkpoint(data.labels, replace(meta, epoch=epoch + 1, metrics=record)),
+                                out / "best.pt")
             if rank == 0:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
