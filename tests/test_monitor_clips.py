@@ -129,8 +129,10 @@ def test_flush_writes_pending_clips_and_names_are_safe_for_any_text(tmp_path):
         feed(recorder, noise(6), source=source)
         recorder.request(i, source, 3.0, 5.0, T0, label="dog/bark: ..")
     recorder.request(99, "nowhere", 1.0, 2.0, T0)
+    recorder.request(98, "Küche", 5.0, None, T0)  # still open at shutdown
     results = {r.event_id: r for r in recorder.flush()}
     assert results[99].path is None and "no audio" in results[99].reason
+    assert results.pop(98).reason == "the event was still open"
     assert len({Path(results[i].path).parent.parent for i in (1, 2, 3, 4)}) == 4  # "a/b" and "a:b" stay apart
     for r in results.values():
         if r.path:
