@@ -1,0 +1,108 @@
+"""Label prompt groups: CLIP-style prompt ensembling on both backends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from audioclip.model import ZeroShotClassifier
+from audioclip.monitor.labels import ensemble, onnx_group_classifier, torch_group_classifier
+
+from helpers import make_tiny_model
+
+GROUPS = [("dog", ["dog bark", "barking dog", "a dog growls"]), ("siren", ["siren"]), ("rain", ["rain on a roof"])]
+TEMPLATE = "the sound of {}"
+
+
+def waveforms(n: int = 2, seconds: float = 2.0) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return (rng.standard_normal((n, int(seconds * 44100))) * 0.1).astype(np.float32)
+
+
+def test_a_label_whose_prompt_is_its_name_scores_exactly_as_today(tiny_model):
+    x = waveforms()
+    today = ZeroShotClassifier(tiny_model, ["dog", "siren"], TEMPLATE)
+    grouped = torch_group_classifier(tiny_model, [("dog", ["dog"]), ("siren", ["siren"])], TEMPLATE)
+    assert grouped.labels == today.labels
+    assert torch.equal(grouped.label_embeddings, today.label_embeddings)
+    for a, b in zip(grouped.scores(x), today.scores(x)):
+        assert torch.equal(a, b)
+
+
+def test_the_ensemble_matches_a_hand_computation(tiny_model):
+    x = waveforms()
+    classifier = torch_group_classifier(tiny_model, GROUPS, TEMPLATE)
+    with torch.no_grad():
+        rows = []
+        for _, prompts in GROUPS:
+            e = torch.stack([tiny_model.encode_text([TEMPLATE.format(p)])[0] for p in prompts])
+            e = e / e.norm(dim=-1, keepdim=True)
+            mean = e.mean(dim=0)
+            rows.append(mean / mean.norm())
+        label_embeddings = torch.stack(rows)
+        audio = tiny_model.encode_audio(x)
+        audio = audio / audio.norm(dim=-1, keepdim=True)
+        sims = audio @ label_embeddings.T
+        scale = float(tiny_model.logit_scale_at.exp().clamp(1, 100))
+        probs = torch.softmax(scale * sims, dim=-1)
+    got_probs, got_sims = classifier.scores(x)
+    assert classifier.labels == ["dog", "siren", "rain"]
+    assert classifier.logit_scale == pytest.approx(scale)
+    torch.testing.assert_close(got_sims, sims, atol=2e-6, rtol=0)
+    torch.testing.assert_close(got_probs, probs, atol=2e-6, rtol=0)
+    # the ensemble is not the first prompt alone: it changes the scores
+    alone = torch_group_classifier(tiny_model, [("dog", ["dog bark"]), *GROUPS[1:]], TEMPLATE)
+    assert (alone.scores(x)[1][:, 0] - got_sims[:, 0]).abs().max() > 1e-3
+
+
+def test_ensemble_normalises_rows_then_means():
+    rows = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, 2.0]], np.float32)
+    out = ensemble(rows, [2, 1])
+    np.testing.assert_allclose(out, [[np.sqrt(0.5), np.sqrt(0.5)], [0.0, 1.0]], atol=1e-7)
+    with pytest.raises(ValueError, match="add up to 2, but there are 3"):
+        ensemble(rows, [1, 1])
+
+
+def test_an_empty_prompt_group_names_its_label(tiny_model):
+    with pytest.raises(ValueError, match="label 'dog': prompts must be a non-empty list"):
+        torch_group_classifier(tiny_model, [("dog", [])])
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")
+    tmp = tmp_path_factory.mktemp("groups")
+    checkpoint = tmp / "tiny.pt"
+    torch.save(make_tiny_model().state_dict(), checkpoint)
+    exporter.export_onnx(checkpoint=checkpoint, out=tmp / "export", labels=["x"], window=2.0, threads=1)
+    return tmp / "export"
+
+
+def test_onnx_groups_score_like_torch_groups_without_importing_torch(export_dir, tmp_path):
+    x = waveforms()
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import json, sys\n"
+        "sys.modules['torch'] = None  # any import of torch fails\n"
+        "import numpy as np\n"
+        "from audioclip.monitor.labels import onnx_group_classifier\n"
+        f"c = onnx_group_classifier({str(export_dir)!r}, {GROUPS!r}, {TEMPLATE!r}, threads=1)\n"
+        f"probs, sims = c.scores(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        "print(json.dumps({'labels': c.labels, 'probs': probs.tolist(), 'sims': sims.tolist()}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    onnx = json.loads(done.stdout.strip().splitlines()[-1])
+    by_torch = torch_group_classifier(make_tiny_model(), GROUPS, TEMPLATE)
+    probs, sims = (t.numpy() for t in by_torch.scores(x))
+    assert onnx["labels"] == ["dog", "siren", "rain"]
+    np.testing.assert_allclose(onnx["sims"], sims, atol=1e-4)
+    np.testing.assert_allclose(onnx["probs"], probs, atol=1e-4)
+    # in this process too: the group embeddings are the torch ones
+    in_process = onnx_group_classifier(export_dir, GROUPS, TEMPLATE, threads=1)
+    np.testing.assert_allclose(in_process.label_embeddings, by_torch.label_embeddings.numpy(), atol=1e-5)
