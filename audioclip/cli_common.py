@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -77,6 +78,12 @@ def setup_logging(*, verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("audioclip").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.captureWarnings(True)
+    warnings.formatwarning = _warning_line
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as its message alone: a user of the command has no use for the source line."""
+    return str(message)
 
 
 def read_labels_file(path: str | os.PathLike) -> list[str]:

@@ -87,7 +87,8 @@ def test_golden_stream_equals_offline(long_clip, golden_model):
     """The full-size audio head through the streaming path: every window equals offline slicing."""
     classifier = ZeroShotClassifier(golden_model, LABELS)
     rows = []
-    stats, _ = run_stream(source=FileSource(long_clip), classifier=classifier, on_result=rows.append, config=StreamConfig(hop=1.0))
+    stats, _ = run_stream(source=FileSource(long_clip), classifier=classifier, on_result=rows.append,
+                          config=StreamConfig(hop=1.0))
     starts, probs, sims = offline(classifier, sf.read(long_clip, dtype="float32")[0], 5.0, 1.0)
     assert stats.dropped == 0 and [r.t_start for r in rows] == [s / SAMPLE_RATE for s in starts]
     assert np.abs(np.stack([r.probs for r in rows]) - probs).max() <= 1e-4
@@ -127,7 +128,8 @@ def test_stdin_s16le_equals_the_same_file(long_clip, tiny_checkpoint):
     classifier = ZeroShotClassifier(make_tiny_model(), LABELS)
     pcm = sf.read(long_clip, dtype="int16")[0]
     by_file, by_stdin = [], []
-    run_stream(source=FileSource(long_clip), classifier=classifier, on_result=by_file.append, config=StreamConfig(hop=2.0))
+    run_stream(source=FileSource(long_clip), classifier=classifier, on_result=by_file.append,
+               config=StreamConfig(hop=2.0))
     run_stream(source=StdinSource(io.BytesIO(pcm.astype("<i2").tobytes() + b"\x01")), classifier=classifier,
                on_result=by_stdin.append, config=StreamConfig(hop=2.0))
     assert len(by_file) == len(by_stdin) == 5

@@ -72,7 +72,7 @@ class StreamConfig:
                 raise ParameterError(changed[0], f"{{{changed[0]}}} applies to events: add {{events}}")
         if self.hop_samples > self.window_samples:
             warnings.warn(f"hop {self.hop:g} s is longer than window {self.window:g} s: "
-                          f"{self.hop - self.window:g} s of every {self.hop:g} s is never classified", stacklevel=4)
+                          f"{self.hop - self.window:g} s of every {self.hop:g} s is never classified", stacklevel=3)
 
     @property
     def window_samples(self) -> int:
