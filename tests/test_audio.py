@@ -1,4 +1,4 @@
-"""The audio contract: one decoder, one resampling quality for files and streams, one waveform check for both backends."""
+"""The audio contract: one decoder, one resampling quality for files and streams, one check for both backends."""
 
 from __future__ import annotations
 

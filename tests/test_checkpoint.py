@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from audioclip.model import (CheckpointError, CheckpointMeta, ZeroShotClassifier, atomic_save, finetuned_checkpoint,
-                             load_model)
+from audioclip.model import (
+    CheckpointError,
+    CheckpointMeta,
+    ZeroShotClassifier,
+    atomic_save,
+    finetuned_checkpoint,
+    load_model,
+)
 from audioclip.model import checkpoint as ckpt
 
 
@@ -101,7 +107,8 @@ def test_wrong_shape_is_named(tmp_path, tiny_model):
     state["audio.att3.conv_point.bias"] = torch.zeros(7)
     path = tmp_path / "bad.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"bad.pt: .*1 mis-shaped: audio.att3.conv_point.bias \(7,\) \(expected \(128,\)\)"):
+    expected = r"bad.pt: .*1 mis-shaped: audio.att3.conv_point.bias \(7,\) \(expected \(128,\)\)"
+    with pytest.raises(CheckpointError, match=expected):
         load_model(path)
 
 
@@ -118,7 +125,8 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, tiny_model):
 def test_foreign_state_dict(tmp_path):
     path = tmp_path / "resnet.pt"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
-    with pytest.raises(CheckpointError, match="resnet.pt: not an AudioCLIP checkpoint: .* missing: .*1 unexpected: conv1.weight"):
+    expected = "resnet.pt: not an AudioCLIP checkpoint: .* missing: .*1 unexpected: conv1.weight"
+    with pytest.raises(CheckpointError, match=expected):
         load_model(path)
 
 

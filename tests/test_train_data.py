@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audioclip.audio import AudioFileError, load_audio
 from audioclip.model import SAMPLE_RATE
-from audioclip.audio import AudioFileError
-from audioclip.audio import load_audio as decode_audio
 from audioclip.training.audio_io import DecodeCache
 from audioclip.training.datasets import DatasetError, load_dataset
 from audioclip.training.loader import ClipDataset, prepare_clips
@@ -27,7 +26,7 @@ def test_decode_any_format_gives_44k1_mono_float(tmp_path, rate, subtype, channe
     t = np.arange(int(0.5 * rate)) / rate
     x = (0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
     write_clip(tmp_path / "a.wav", x, rate, subtype, channels)
-    y = decode_audio(tmp_path / "a.wav")
+    y = load_audio(tmp_path / "a.wav")
     assert y.dtype == np.float32 and y.ndim == 1
     assert abs(len(y) - 0.5 * SAMPLE_RATE) <= 2
     spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
@@ -40,9 +39,9 @@ def test_decode_corrupt_and_missing_files_raise_with_the_path(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     with pytest.raises(AudioFileError, match="bad.wav"):
-        decode_audio(bad)
+        load_audio(bad)
     with pytest.raises(AudioFileError, match="absent.wav"):
-        decode_audio(tmp_path / "absent.wav")
+        load_audio(tmp_path / "absent.wav")
 
 
 def test_esc50_layout_labels_and_folds(esc50):

@@ -135,7 +135,8 @@ class AudioCLIP(nn.Module):
             raise ValueError(f"images must be [N, 3, {res}, {res}], got {tuple(images.shape)}")
         return self.visual(images.to(self.device, torch.float32))
 
-    def forward(self, audio=None, image: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> AudioCLIPOutput:
+    def forward(self, audio=None, image: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None) -> AudioCLIPOutput:
         """The reference's three-modality pass: normalised features and clamped-scale logits."""
         a = normalize(self.encode_audio(audio)) if audio is not None else None
         i = normalize(self.encode_image(image)) if image is not None else None

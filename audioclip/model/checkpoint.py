@@ -132,7 +132,8 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a truncated one; download or write it "
                               f"again") from None
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or an audioclip-stream checkpoint")
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict or an audioclip-stream "
+                              f"checkpoint")
     return obj
 
 
@@ -179,7 +180,8 @@ def load_model(source: str | os.PathLike = "full", device: str | torch.device = 
     if isinstance(source, str) and source in RELEASES:
         path = resolve_release(source)
     elif isinstance(source, str) and not Path(source).exists() and os.sep not in source and not source.endswith(".pt"):
-        raise CheckpointError(f"unknown checkpoint {source!r}: not a file, and the known releases are {', '.join(RELEASES)}")
+        raise CheckpointError(f"unknown checkpoint {source!r}: not a file, and the known releases are "
+                              f"{', '.join(RELEASES)}")
     else:
         path = Path(source)
     obj = read_checkpoint(path)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from .audioclip import AudioCLIP, clamp_logit_scale, normalize
-from .labels import check_labels, check_template
+from .labels import ParameterError, check_labels, check_template
 
 
 class ZeroShotClassifier:
@@ -26,7 +26,7 @@ class ZeroShotClassifier:
                              "can be streamed or exported (evaluate it with audioclip-train evaluate)")
         if labels is None:
             if model.label_bank is None:
-                raise ValueError("no labels given and the checkpoint carries none: pass labels")
+                raise ParameterError("labels", "no labels given and the checkpoint carries none: pass {labels}")
             bank = model.label_bank
             self.labels, self.template = list(bank.labels), bank.template
             embeddings = bank.embeddings

@@ -81,7 +81,8 @@ class LinearFBSP(nn.Module):
         kernel = torch.cat((torch.cos(fc * t), -torch.sin(fc * t)), dim=-1)
         scale = fb.sqrt()
         win = _sinc(fb * t / (m + _EPS))
-        win = _complex_power(torch.cat((win, torch.zeros_like(win)), dim=-1), torch.cat((m, torch.zeros_like(m)), dim=-1))
+        win = _complex_power(torch.cat((win, torch.zeros_like(win)), dim=-1),
+                             torch.cat((m, torch.zeros_like(m)), dim=-1))
         weights = scale * torch.cat((
             win[..., :1] * kernel[..., :1] - win[..., 1:] * kernel[..., 1:],
             win[..., :1] * kernel[..., 1:] + win[..., 1:] * kernel[..., :1],
@@ -120,7 +121,7 @@ def power_spectrogram(x: torch.Tensor, kernel: torch.Tensor, window: torch.Tenso
 
 
 def power_to_db(power: torch.Tensor) -> torch.Tensor:
-    """``10 log10`` of power ``[N, 1023, frames]`` with the reference's floor, split into bands ``[N, 3, 341, frames]``."""
+    """``10 log10`` of power ``[N, 1023, frames]`` with the reference's floor, in bands ``[N, 3, 341, frames]``."""
     power = torch.where(power > 0.0, power, torch.full_like(power, LOG10_FLOOR))
     db = torch.log10(power).mul(10.0)
     return db.reshape(db.shape[0], N_BANDS, BAND_HEIGHT, db.shape[-1])

@@ -1,4 +1,4 @@
-"""The waveform checks both backends share (PyTorch's ``encode_audio``, ONNX Runtime's ``OnnxClassifier``): numpy only."""
+"""The waveform checks both backends share (PyTorch's ``encode_audio``, ONNX Runtime's ``OnnxClassifier``)."""
 
 from __future__ import annotations
 

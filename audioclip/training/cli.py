@@ -175,7 +175,8 @@ def evaluate_command(
         logging.getLogger(__name__).warning("the checkpoint was trained on every fold but %d: other folds' accuracy "
                                             "is not held-out accuracy", trained_on)
     report = evaluate(model=model, data=data, folds=folds, cache=_cache(cache_path, no_cache), template=template,
-                      batch_size=batch_size, workers=workers, device=resolve_device(device.value), max_bad_share=max_bad,
+                      batch_size=batch_size, workers=workers, device=resolve_device(device.value),
+                      max_bad_share=max_bad,
                       progress=not quiet, name=checkpoint)
     _render(report)
     report_path = report_path or Path(f"eval-{data.name}.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -92,13 +93,13 @@ def evaluate(*, model: AudioCLIP, data: DatasetIndex, folds: list[int], cache: D
         for fold in folds:
             test = [c for c in data.clips if c.fold == fold]
             task = bar.add_task(f"decoding fold {fold}", total=len(test))
-            test = prepare_clips(test, cache, max_bad_share=max_bad_share, workers=workers,
-                                 on_progress=lambda k: bar.advance(task, k))
+            advance = functools.partial(bar.advance, task)
+            test = prepare_clips(test, cache, max_bad_share=max_bad_share, workers=workers, on_progress=advance)
             bar.reset(task, total=len(test), description=f"evaluating fold {fold}")
             loader = make_loader(ClipDataset(test, cache, data.clip_samples), batch_size=batch_size, shuffle=False,
                                  seed=0, workers=workers)
             predicted, true = predict(classifier, loader, device, amp=device.type == "cuda",
-                                      on_batch=lambda k: bar.advance(task, k))
+                                      on_batch=advance)
             confusion += torch.bincount(true * n + predicted, minlength=n * n).reshape(n, n)
             accuracy[fold] = float((predicted == true).float().mean())
             counts[fold] = len(true)

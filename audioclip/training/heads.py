@@ -7,7 +7,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..model import AudioCLIP, CheckpointMeta, audio_head_state, clamp_logit_scale, finetuned_checkpoint, normalize
+from ..model import (AudioCLIP, CheckpointMeta, audio_head_state, check_template, clamp_logit_scale,
+                     finetuned_checkpoint, normalize)
 
 MODES = ("cooperative", "standalone")
 
@@ -32,8 +33,7 @@ def _positions(wanted: list[str], available: list[str], what: str) -> list[int]:
 
 def label_embeddings(model: AudioCLIP, labels: list[str], template: str = "{}") -> torch.Tensor:
     """Normalised text embeddings ``[L, D]`` of ``labels``: from the text tower, else from the model's label bank."""
-    if "{}" not in template:
-        raise ValueError(f"template {template!r} has no '{{}}' where the label goes")
+    check_template(template)
     if model.has_text:
         with torch.no_grad():
             return normalize(model.encode_text(labels, template).float())

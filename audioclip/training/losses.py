@@ -16,7 +16,8 @@ def contrastive_loss(output: AudioCLIPOutput) -> torch.Tensor:
 
     The reference divides the sum by 1, 2 or 6 for one, two or three pairs.
     """
-    pairs = [x for x in (output.logits_audio_image, output.logits_audio_text, output.logits_image_text) if x is not None]
+    logits = (output.logits_audio_image, output.logits_audio_text, output.logits_image_text)
+    pairs = [x for x in logits if x is not None]
     if not pairs:
         raise ValueError("contrastive loss needs at least two modalities")
     target = torch.arange(pairs[0].shape[0], device=pairs[0].device)

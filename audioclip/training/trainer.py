@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
-from ..model import CheckpointMeta, atomic_save, load_model, source_info
+from ..model import CheckpointMeta, atomic_save, check_template, load_model, source_info
 from ..model.checkpoint import read_checkpoint
 from .audio_io import DecodeCache
 from .augment import Augmentation
@@ -57,8 +57,7 @@ class Recipe:
                 raise TrainingError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 < self.gamma <= 1:
             raise TrainingError(f"need lr > 0 and 0 < gamma <= 1, got lr {self.lr}, gamma {self.gamma}")
-        if "{}" not in self.template:
-            raise TrainingError(f"template {self.template!r} has no '{{}}' where the label goes")
+        check_template(self.template)
         return self
 
 
