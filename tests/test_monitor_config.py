@@ -220,6 +220,8 @@ def test_single_builds_the_one_source_configuration_of_the_flags():
     mic = MonitorConfig.single(device="USB", labels=None)
     assert (mic.sources[0].kind, mic.sources[0].device, mic.labels) == ("device", "USB", ())
     assert MonitorConfig.single().sources[0].device is None  # the default microphone
+    literal = "mqtt://u:pa${ss}@broker"  # the shell expanded the flags already: no second expansion
+    assert MonitorConfig.single(input="x.wav", labels=["a"], mqtt=literal).mqtt.url == literal
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -205,12 +205,17 @@ class MonitorConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], origin: str = "monitor.toml", *,
-                  environ: Mapping[str, str] | None = None) -> MonitorConfig:
-        """Validate a parsed configuration; ``ConfigError`` names ``origin`` and the key."""
+                  environ: Mapping[str, str] | None = None, expand: bool = True) -> MonitorConfig:
+        """Validate a parsed configuration; ``ConfigError`` names ``origin`` and the key.
+
+        ``${VAR}`` in strings expand from ``environ`` (``os.environ`` by default) unless ``expand``
+        is false (values the shell has expanded already).
+        """
         from .config_parse import parse_config
 
         try:
-            d = expand_env(d, os.environ if environ is None else environ)
+            if expand:
+                d = expand_env(d, os.environ if environ is None else environ)
             config = parse_config(cls, Reader(d), origin)
             config._check_streams()
         except ConfigError as e:

@@ -372,7 +372,7 @@ def single(cls, *, input: str | None = None, device: str | int | None = None, la
     if metrics is not None:
         table["metrics"] = {"listen": metrics}
     try:
-        config = cls.from_dict(table, origin="command line", environ={})
+        config = cls.from_dict(table, origin="command line", expand=False)
     except ConfigError as e:
         raise ConfigError(_FLAGS.get(re.sub(r"\[\d+\]", "", e.key).split(".prompts")[0], e.key), e.reason,
                           "command line") from None

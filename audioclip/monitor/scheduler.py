@@ -7,8 +7,9 @@ round-robin order, starting after the source it served last, so a source that su
 often as another cannot starve it. With ``batch > 1`` up to that many windows of the same length,
 from different sources, go through the classifier in one call.
 
-Batch 1 is the default: on the 2-core development machine a batch was not faster per window than
-separate calls (see docs/monitor.md for the measurement); on a GPU it is.
+Batch 1 is the default: on the 2-core development machine, golden checkpoint, 5-s windows, a batch
+of 2, 3 or 4 windows was not faster per window than separate calls (2026-12-01, under load from
+other processes; the figures are in the monitor's docs). A GPU is another matter: measure there.
 """
 
 from __future__ import annotations
