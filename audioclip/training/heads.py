@@ -7,8 +7,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..model import (AudioCLIP, CheckpointMeta, audio_head_state, check_template, clamp_logit_scale,
-                     finetuned_checkpoint, normalize)
+from ..model import AudioCLIP, CheckpointMeta, audio_head_state, clamp_logit_scale, finetuned_checkpoint, normalize
+from ..model.labels import check_template
 
 MODES = ("cooperative", "standalone")
 
