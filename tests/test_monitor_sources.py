@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -17,8 +19,17 @@ import soundfile as sf
 from servers import HttpStream, RtspServer, free_port
 
 from audioclip.monitor.sources import SourceError, UrlSource, redact
-from audioclip.monitor.supervisor import BACKING_OFF, CONNECTING, UP, Block, ResilientSource, StreamGap, file_opener, \
-    url_opener
+from audioclip.monitor.supervisor import (
+    BACKING_OFF,
+    CONNECTING,
+    UP,
+    Block,
+    ResilientSource,
+    StreamGap,
+    device_opener,
+    file_opener,
+    url_opener,
+)
 
 SUPERVISOR_LOG = "audioclip.monitor.supervisor"
 
@@ -89,7 +100,7 @@ def test_rtsp_source_decodes_48k_stereo_float32(rtsp_server, stream_wav):
     source = UrlSource(rtsp_server.url, name="cam", open_timeout=5.0, read_timeout=5.0)
     assert (source.rate, source.channels) == (None, None)  # known once connected
     blocks = []
-    for block, arrival in source.blocks():
+    for block, _ in source.blocks():
         assert block.dtype == np.float32 and block.ndim == 2 and block.shape[1] == 2
         blocks.append(block)
         if sum(len(b) for b in blocks) >= 48000:
@@ -221,3 +232,97 @@ def test_looped_file_plays_on_and_a_consumer_that_falls_behind_gets_a_gap(tmp_pa
     blocks = [i for i in items[1:] if isinstance(i, Block)]
     assert len(blocks) == len(items) - 1  # one second of a 0.1-s file: looping is no gap
     assert all(np.all(b.samples == 0.25) for b in blocks) and looped.reconnects == 0
+
+
+class TwoRates:
+    """A source whose rate changes mid-connection (a camera that switches codec): 0.5 s at 16 kHz, then 48 kHz."""
+
+    def __init__(self):
+        self.rate, self.channels, self.live, self.name, self.overflows = 16000.0, 1, True, "two-rates", 0
+
+    def blocks(self):
+        for rate in (16000.0, 48000.0):
+            self.rate = rate
+            for _ in range(5):
+                time.sleep(0.1)
+                yield np.zeros((int(rate) // 10, 1), np.float32), time.monotonic()
+        while True:
+            time.sleep(0.1)
+            yield np.zeros((4800, 1), np.float32), time.monotonic()
+
+    def close(self):
+        pass
+
+
+def test_a_rate_change_within_a_connection_is_a_gap_of_no_seconds():
+    source = ResilientSource(TwoRates, name="two-rates")
+    items = []
+    for item in source:
+        items.append(item)
+        if len(items) == 12:
+            break
+    source.close()
+    assert [type(i).__name__ for i in items] == ["Block"] * 5 + ["StreamGap"] + ["Block"] * 6
+    assert items[5] == StreamGap(0.0, "format changed to 48000 Hz, 1 ch")
+    assert {b.rate for b in items[:5]} == {16000.0} and {b.rate for b in items[6:]} == {48000.0}
+    assert source.reconnects == 0 and source.seconds_lost == 0.0
+
+
+def _null_sink_module() -> tuple[str, str]:
+    """The index and arguments of the PulseAudio null sink module (.ci/pulseaudio.sh loads one)."""
+    listing = subprocess.run(["pactl", "list", "short", "modules"], capture_output=True, text=True, check=True)
+    for line in listing.stdout.splitlines():
+        fields = line.split("\t")
+        if fields[1] == "module-null-sink":
+            return fields[0], fields[2]
+    raise AssertionError(f"no module-null-sink loaded: {listing.stdout}")
+
+
+@pytest.fixture
+def pulse_null_sink():
+    problem = None
+    if not os.environ.get("PULSE_SERVER"):
+        problem = "PULSE_SERVER is not set: start the null sink with `eval \"$(.ci/pulseaudio.sh start)\"`"
+    elif shutil.which("pactl") is None or subprocess.run(["pactl", "info"], capture_output=True).returncode:
+        problem = f"no PulseAudio server answers at {os.environ['PULSE_SERVER']} (or pactl is missing)"
+    if problem:
+        if os.environ.get("AUDIOCLIP_REQUIRE_DEVICE") == "1":
+            pytest.fail(f"AUDIOCLIP_REQUIRE_DEVICE=1 but {problem}")
+        pytest.skip(problem)
+    index, arguments = _null_sink_module()
+    yield index, arguments
+    modules = subprocess.run(["pactl", "list", "short", "modules"], capture_output=True, text=True).stdout
+    if "module-null-sink" not in modules:
+        _load_null_sink(arguments)  # a failed test leaves the device tests that follow their input
+
+
+def _load_null_sink(arguments: str) -> None:
+    subprocess.run(["pactl", "load-module", "module-null-sink", *arguments.split()], check=True, capture_output=True)
+    sink = arguments.split("sink_name=")[1].split()[0]
+    subprocess.run(["pactl", "set-default-sink", sink], check=True)
+    subprocess.run(["pactl", "set-default-source", f"{sink}.monitor"], check=True)
+
+
+@pytest.mark.audio_device
+def test_pulseaudio_device_comes_back_after_its_sink_is_unloaded_and_loaded_again(pulse_null_sink, tmp_path):
+    index, arguments = pulse_null_sink
+    sink = arguments.split("sink_name=")[1].split()[0]
+    tone = tmp_path / "tone.wav"
+    sf.write(tone, 0.5 * np.sin(2 * np.pi * 440 * np.arange(22050) / 44100), 44100, subtype="PCM_16")
+    mic = Reader(ResilientSource(device_opener("pulse"), name="mic", stall_seconds=3.0, backoff=(0.5, 2.0)))
+    try:
+        mic.wait_for(lambda: mic.blocks(), 10, "audio from the null sink's monitor")
+        subprocess.run(["pactl", "unload-module", index], check=True)
+        mic.wait_for(lambda: not mic.source.up, 5, "the device lost")
+        time.sleep(2.0)  # attempts while the device is gone fail quietly
+        assert not mic.source.up and mic.source.reconnects == 0
+        reloaded = time.monotonic()
+        _load_null_sink(arguments)
+        mic.wait_for(lambda: mic.blocks(after=reloaded), 15, "audio after the sink is back")
+        played = time.monotonic()
+        subprocess.run(["paplay", f"--device={sink}", str(tone)], check=True, timeout=20)
+        mic.wait_for(lambda: any(np.abs(b.samples).max() > 0.1 for b in mic.blocks(after=played)), 5,
+                     "the tone played into the reloaded sink")
+    finally:
+        mic.close()
+    assert mic.source.reconnects == 1 and len(mic.gaps()) == 1 and mic.gaps()[0].seconds >= 2.0

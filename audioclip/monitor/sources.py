@@ -26,7 +26,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SCHEMES = ("rtsp", "rtsps", "http", "https", "hls", "srt", "rtmp", "rtmps", "rtp", "udp", "tcp", "file")
+SUPPORTED_SCHEMES = ("rtsp", "rtsps", "http", "https", "srt", "rtmp", "rtmps", "rtp", "udp", "tcp", "file")
 """URL schemes a ``url`` source accepts (FFmpeg's protocols for network audio, and local files)."""
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")

@@ -114,7 +114,7 @@ class ResilientSource:
         if stall_seconds <= 0:
             raise ValueError(f"stall_seconds must be > 0, got {stall_seconds}")
         if not 0 < backoff[0] <= backoff[1]:
-            raise ValueError(f"backoff must be (first, longest) wait in seconds with 0 < first <= longest, got {backoff}")
+            raise ValueError(f"backoff must be (first, longest) waits in seconds, 0 < first <= longest; got {backoff}")
         if max_blocks < 2:
             raise ValueError(f"max_blocks must be at least 2, got {max_blocks}")
         self.open_fn, self.name = open_fn, name
