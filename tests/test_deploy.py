@@ -31,8 +31,8 @@ def settings(text: str) -> dict[str, dict[str, list[str]]]:
 def test_the_unit_runs_the_configured_service_as_a_sandboxed_user():
     service = settings(UNIT.read_text())["Service"]
     one = {key: values[-1] for key, values in service.items()}
-    assert one["ExecStart"].split() == [INSTALLED, "--config", "/etc/audioclip/monitor.toml", "--format", "jsonl",
-                                        "--quiet"]
+    assert one["ExecStart"].split() == [INSTALLED, "--config", "/etc/audioclip/monitor.toml", "--format", "jsonl"]
+    assert one["StandardOutput"] == "null"  # not a line per window in the journal
     assert one["Restart"] == "on-failure" and one["User"] == "audioclip" and one["User"] != "root"
     assert one["EnvironmentFile"] == "-/etc/audioclip/env"  # secrets, optional
     assert one["SupplementaryGroups"] == "audio"

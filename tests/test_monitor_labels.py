@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from audioclip.model import ZeroShotClassifier
-from audioclip.monitor.labels import ensemble, onnx_group_classifier, torch_group_classifier
+from audioclip.monitor.config import MonitorConfig
+from audioclip.monitor.labels import config_classifier, ensemble, onnx_group_classifier, torch_group_classifier
 
 from helpers import make_tiny_model
 
@@ -71,6 +72,24 @@ def test_ensemble_normalises_rows_then_means():
 def test_an_empty_prompt_group_names_its_label(tiny_model):
     with pytest.raises(ValueError, match="label 'dog': prompts must be a non-empty list"):
         torch_group_classifier(tiny_model, [("dog", [])])
+
+
+def test_a_configuration_builds_its_classifier_from_its_model_and_groups(tmp_path):
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(make_tiny_model().state_dict(), checkpoint)
+    config = MonitorConfig.from_dict({
+        "model": {"checkpoint": str(checkpoint), "threads": 1},
+        "defaults": {"template": TEMPLATE},
+        "labels": [{"name": name, "prompts": prompts} for name, prompts in GROUPS],
+        "sources": [{"name": "in", "stdin": True}]})
+    threads = torch.get_num_threads()
+    try:
+        classifier = config_classifier(config)
+    finally:
+        torch.set_num_threads(threads)
+    expected = torch_group_classifier(make_tiny_model(), GROUPS, TEMPLATE)
+    assert classifier.labels == ["dog", "siren", "rain"] and classifier.template == TEMPLATE
+    torch.testing.assert_close(classifier.label_embeddings, expected.label_embeddings, atol=1e-6, rtol=0)
 
 
 @pytest.fixture(scope="module")

@@ -104,9 +104,12 @@ def onnx_group_classifier(directory: str | os.PathLike, groups: PromptGroups, te
 def load_group_classifier(*, groups: PromptGroups, template: str | None = None, checkpoint: str | os.PathLike = "full",
                           onnx: str | os.PathLike | None = None, threads: int | None = None):
     """The stream's classifier for prompt groups: PyTorch over ``checkpoint``, or the ONNX export
-    in ``onnx``. ``threads`` as ``audioclip.stream.backends.load_classifier``."""
-    from ..stream.backends import default_threads
+    in ``onnx``. ``threads`` as ``audioclip.stream.backends.load_classifier``. No groups: the
+    labels the checkpoint or export carries (a fine-tuned head)."""
+    from ..stream.backends import default_threads, load_classifier
 
+    if not groups:
+        return load_classifier(checkpoint=checkpoint, onnx=onnx, labels=None, threads=threads)
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
@@ -118,3 +121,12 @@ def load_group_classifier(*, groups: PromptGroups, template: str | None = None, 
 
     torch.set_num_threads(threads)
     return torch_group_classifier(load_model(checkpoint), groups, template)
+
+
+def config_classifier(config):
+    """The classifier a :class:`~audioclip.monitor.config.MonitorConfig` describes: its model, its
+    labels' prompt groups in label order, the defaults' template."""
+    groups = [(label.name, label.prompts) for label in config.labels]
+    return load_group_classifier(groups=groups, template=config.defaults.template if groups else None,
+                                 checkpoint=config.model.checkpoint, onnx=config.model.onnx,
+                                 threads=config.model.threads)
