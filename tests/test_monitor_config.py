@@ -238,3 +238,12 @@ def test_single_errors_name_the_flag(flags, expected):
     with pytest.raises(ConfigError) as info:
         MonitorConfig.single(**flags)
     assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_hop_longer_than_a_sources_window_is_warned_about_once_at_load(tmp_path):
+    text = MINIMAL + "hop = 6.0\n[[sources]]\nname = \"other\"\nstdin = true\n"
+    with pytest.warns(UserWarning) as caught:
+        config = load_config(write(tmp_path, text))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "source 'mic': hop 6 s is longer than its window 5 s" in messages[0]
+    assert config.stream_config("mic").hop == 6.0

@@ -314,7 +314,9 @@ class MonitorConfig:
             for j, label in enumerate(self.labels):
                 values = {k: base_or(getattr(label, k), getattr(base, k)) for k in LABEL_OVERRIDES}
                 try:
-                    dataclasses.replace(base, **values)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # warned once per source below
+                        dataclasses.replace(base, **values)
                 except ValueError as e:
                     name, reason = _field_error(e)
                     if getattr(label, name, None) is not None:
@@ -324,9 +326,10 @@ class MonitorConfig:
                     if len(self.sources) > 1 and not key.startswith("sources"):
                         reason += f" (with source {source.name!r})"
                     raise ConfigError(key, reason) from None
-        if self.defaults.hop > self.defaults.window:
-            warnings.warn(f"defaults.hop {self.defaults.hop:g} s is longer than the window {self.defaults.window:g} s: "
-                          "some audio is never classified", stacklevel=4)
+            if base.hop_samples > base.window_samples:
+                warnings.warn(f"{self.origin}: source {source.name!r}: hop {base.hop:g} s is longer than its window "
+                              f"{base.window:g} s: {base.hop - base.window:g} s of every {base.hop:g} s is never "
+                              "classified", stacklevel=4)
 
 
 def _field_error(e: ValueError) -> tuple[str, str]:
