@@ -117,6 +117,11 @@ def test_plain_string_labels_and_defaults(tmp_path):
     assert config.defaults.min_dbfs == -90.0 and config.defaults.template == "{}"
 
 
+def test_zero_retention_limits_mean_none(tmp_path):
+    store = load_config(write(tmp_path, MINIMAL + "[store]\nkeep_days = 0\n")).store
+    assert (store.db, store.clips, store.keep_days, store.max_gb) == ("audioclip.sqlite", None, None, 5.0)
+
+
 def test_environment_variables_expand_with_defaults(tmp_path):
     text = MINIMAL + '[mqtt]\nurl = "mqtt://${MQTT_HOST:-localhost}:${MQTT_PORT}"\nprefix = "${PREFIX:-home}"\n'
     config = load_config(write(tmp_path, text), environ={"MQTT_PORT": "1884", "PREFIX": "garden"})
@@ -155,6 +160,7 @@ def test_environment_variables_expand_with_defaults(tmp_path):
     (MINIMAL + "[metrics]\nlisten = \"9108\"\n", "metrics.listen: must be host:port"),
     (MINIMAL + "[mqtt]\nprefix = \"a\"\n", "mqtt.url: missing"),
     (MINIMAL + "[store]\nmax_gb = -1\n", "store.max_gb: must be at least 0, got -1"),
+    (MINIMAL + "[mqtt]\nurl = \"mqtt://broker:18x3\"\n", "mqtt.url: the port of broker is not a number 0-65535"),
     (MINIMAL.replace('["siren"]', '[{name = "a", prompts = []}]'), "labels[0].prompts: must be a non-empty list"),
     (MINIMAL.replace('"mic"', '"porch/1"'), "sources[0].name: 'porch/1': use letters, digits"),
 ])

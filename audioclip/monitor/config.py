@@ -133,15 +133,15 @@ class SourceConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     """``db``: the SQLite file; ``clips``: the clips folder (None: no clips). ``keep_days`` /
-    ``max_gb``: clip retention, 0 for no limit."""
+    ``max_gb``: clip retention, None for no limit (``0`` in the file)."""
 
     db: str = "audioclip.sqlite"
     clips: str | None = None
     pre_roll: float = 2.0
     post_roll: float = 2.0
     max_clip_seconds: float = 60.0
-    keep_days: float = 30.0
-    max_gb: float = 5.0
+    keep_days: float | None = 30.0
+    max_gb: float | None = 5.0
 
 
 @dataclass(frozen=True, repr=False)

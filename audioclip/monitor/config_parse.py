@@ -129,8 +129,13 @@ class Reader:
         if scheme not in schemes:
             got = f"scheme {scheme!r}" if scheme else f"{redact_url(value)!r} (no scheme://)"
             raise self.error(name, f"unsupported {got}; use one of {', '.join(s + '://' for s in schemes)}")
-        if host and not urlsplit(value).hostname:
+        parts = urlsplit(value)
+        if host and not parts.hostname:
             raise self.error(name, f"{redact_url(value)!r} has no host")
+        try:
+            _ = parts.port  # urlsplit checks the port lazily
+        except ValueError:
+            raise self.error(name, f"the port of {parts.hostname} is not a number 0-65535") from None
         return value
 
     def done(self) -> None:
@@ -218,8 +223,8 @@ def parse_config(cls, root: Reader, origin: str):
                             post_roll=r.number("post_roll", base.post_roll, low=0.0),
                             max_clip_seconds=r.number("max_clip_seconds", base.max_clip_seconds, low=0.0,
                                                       open_low=True),
-                            keep_days=r.number("keep_days", base.keep_days, low=0.0),
-                            max_gb=r.number("max_gb", base.max_gb, low=0.0))
+                            keep_days=r.number("keep_days", base.keep_days, low=0.0) or None,
+                            max_gb=r.number("max_gb", base.max_gb, low=0.0) or None)
         r.done()
     if (r := root.table_of("mqtt")) is not None:
         url = r.url("url", MQTT_SCHEMES)
