@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..stream.sources import BLOCK_SECONDS
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_SCHEMES = ("rtsp", "rtsps", "http", "https", "srt", "rtmp", "rtmps", "rtp", "udp", "tcp", "file")
@@ -73,7 +75,7 @@ class UrlSource:
         self.read_timeout = read_timeout
         self.rate: float | None = None
         self.channels: int | None = None
-        self.live = True
+        self.live = self.scheme != "file"  # a file URL is read as fast as it is consumed, not paced
         self.overflows = 0  # FFmpeg buffers network input itself; nothing here drops audio
         self._container = None
         self._interrupted = threading.Event()
@@ -106,12 +108,13 @@ class UrlSource:
         log.debug("%s: %s, %g Hz, %d ch", self.name, context.name, self.rate, self.channels)
 
     def blocks(self) -> Iterator[tuple[np.ndarray, float]]:
+        """Blocks of at least ``BLOCK_SECONDS`` (RTSP packs a few milliseconds per packet)."""
         import av
 
         if self._container is None:
             self.open()
         container = self._container
-        converter, shape = None, None
+        converter, shape, pending, frames = None, None, [], 0
         try:
             for frame in container.decode(container.streams.audio[0]):
                 if self._interrupted.is_set():
@@ -119,12 +122,18 @@ class UrlSource:
                 if frame.samples == 0:
                     continue
                 if (frame.sample_rate, frame.layout.name) != shape:
+                    if pending:  # the blocks of the old format go out before it changes
+                        yield np.concatenate(pending), time.monotonic()
+                        pending, frames = [], 0
                     shape = frame.sample_rate, frame.layout.name
                     converter = av.AudioResampler(format="flt", layout=frame.layout.name, rate=frame.sample_rate)
                     self.rate, self.channels = float(frame.sample_rate), frame.layout.nb_channels
                 for converted in converter.resample(frame):
-                    samples = converted.to_ndarray().reshape(-1, self.channels)
-                    yield samples, time.monotonic()
+                    pending.append(converted.to_ndarray().reshape(-1, self.channels))
+                    frames += converted.samples
+                if frames >= BLOCK_SECONDS * self.rate:
+                    yield (np.concatenate(pending) if len(pending) > 1 else pending[0]), time.monotonic()
+                    pending, frames = [], 0
         except (av.error.FFmpegError, OSError) as e:
             raise self._fail("interrupted" if self._interrupted.is_set() else "read failed", e) from e
         finally:

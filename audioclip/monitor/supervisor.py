@@ -20,12 +20,14 @@ resets them. One log line when the source goes down (with the reason, credential
 one when it is up again; the retries in between log at DEBUG only.
 
 Counters: ``state``, ``up``, ``reconnects`` (times it came back after having been up),
-``seconds_lost`` (sum of the gaps' seconds), ``overflows`` (the sources' own overflows plus blocks
-dropped here). ``close()`` from any thread returns within about two seconds and ends the iteration;
-a source that blocks is interrupted through its ``interrupt()`` if it has one, else its ``close()``.
-The stall watchdog runs in the consuming iterator, which wakes at least every 0.2 s; a
-:class:`UrlSource` blocked on a silent server ends at its own ``read_timeout``, so give
-:func:`url_opener` a ``read_timeout`` no longer than ``stall_seconds``.
+``seconds_lost`` (audio lost to outages: the reconnect gaps' seconds), ``overflows`` (the sources'
+own overflows plus blocks dropped here because the consumer fell behind).
+
+``close()`` from any thread returns within about two seconds and ends the iteration; a source that
+blocks is interrupted through its ``interrupt()`` if it has one, else its ``close()``. The stall
+watchdog runs in the consuming iterator, which wakes at least every 0.2 s; a :class:`UrlSource`
+blocked on a silent server ends at its own ``read_timeout``, so give :func:`url_opener` a
+``read_timeout`` no longer than ``stall_seconds``.
 """
 
 from __future__ import annotations
