@@ -186,3 +186,13 @@ def test_quiet_windows_are_gated_counted_and_end_open_events(tmp_path):
     ungated, _ = run_stream(source=FileSource(path), classifier=LevelEngine(), on_result=lambda r: None,
                             config=dataclasses.replace(config, min_dbfs=None))
     assert (ungated.gated, ungated.windows) == (0, 6)
+
+
+def test_the_exporter_checks_windows_with_the_same_rule(tmp_path):
+    exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")
+    for window, message in [(100.0, "window: must be at most 60 s"), (0.1, "window 0.1 s is 4410 samples, shorter "
+                                                                            "than a dynamic-length graph takes")]:
+        with pytest.raises(ParameterError) as caught:
+            exporter.export_onnx(checkpoint="full", out=tmp_path / "out", window=window, dynamic_length=True)
+        assert str(caught.value).startswith(message) and error_line(caught.value).startswith("--" + message)
+    assert list(tmp_path.iterdir()) == []

@@ -23,13 +23,15 @@ import torch
 from .. import __version__
 from ..model import SAMPLE_RATE, ZeroShotClassifier, check_labels, load_model
 from ..model.checkpoint import source_info
-from ..model.constants import CONTEXT_LENGTH, FRAME_LENGTH
+from ..model.constants import CONTEXT_LENGTH
+from ..model.labels import ParameterError, check_template
+from ..model.labels import window_samples as check_window
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .layout import widen_grouped_convs
 from .logs import dropping
-from .runtime import gpu_providers, tensorrt_name
 from .report import readme_text, tensorrt_files, trtexec_lines
+from .runtime import gpu_providers, tensorrt_name
 from .trt_check import tensorrt_problems
 from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
 
@@ -130,16 +132,12 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET} (torch's exporter writes "
                           f"{MIN_OPSET} at the least; TensorRT 8.6 and later read it)")
-    window_samples = int(round(window * SAMPLE_RATE))
-    if window_samples < FRAME_LENGTH or (dynamic_length and window_samples < DYNAMIC_MIN_SAMPLES):
-        least = DYNAMIC_MIN_SAMPLES if dynamic_length else FRAME_LENGTH
-        raise ExportError(f"--window {window:g} s is {window_samples} samples, shorter than "
-                          f"{'a dynamic-length graph takes' if dynamic_length else 'one FBSP frame'} "
-                          f"({least} samples = {least / SAMPLE_RATE:.4f} s)")
+    window_samples = (check_window(window, least=DYNAMIC_MIN_SAMPLES, least_is="a dynamic-length graph takes")
+                      if dynamic_length else check_window(window))
     if labels is not None:
         labels = check_labels(labels)
-    if template is not None and "{}" not in template:
-        raise ExportError(f"template {template!r} has no '{{}}' where the label goes")
+    if template is not None:
+        check_template(template)
     if precision == "int8" and not clips:
         raise ExportError("int8 needs real recordings to calibrate on: pass --clips FILE_OR_DIR")
     _check_out_dir(out, force)
@@ -147,10 +145,11 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
 
     model = load_model(checkpoint)
     if labels is not None and not model.has_text:
-        raise ExportError(f"{checkpoint}: has no text tower, so it can only classify the labels it carries "
-                          f"({', '.join(model.label_bank.labels) if model.label_bank else 'none'}); drop --labels")
+        carried = ", ".join(model.label_bank.labels) if model.label_bank else "none"
+        raise ParameterError("labels", f"{checkpoint}: has no text tower, so it can only classify the labels it "
+                                       f"carries ({carried}); drop {{labels}}")
     if labels is None and model.label_bank is None:
-        raise ExportError(f"{checkpoint}: carries no labels; pass --labels or --labels-file")
+        raise ParameterError("labels", f"{checkpoint}: carries no labels; pass {{labels}}")
     classifier = ZeroShotClassifier(model, labels, template)
     source, sha256 = source_info(checkpoint)
     notes = []
