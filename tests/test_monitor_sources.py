@@ -326,3 +326,21 @@ def test_pulseaudio_device_comes_back_after_its_sink_is_unloaded_and_loaded_agai
     finally:
         mic.close()
     assert mic.source.reconnects == 1 and len(mic.gaps()) == 1 and mic.gaps()[0].seconds >= 2.0
+
+
+def test_retries_back_off_doubling_with_jitter_up_to_the_longest_wait(caplog):
+    caplog.set_level(logging.DEBUG, logger=SUPERVISOR_LOG)
+    source = Reader(_resilient(f"rtsp://127.0.0.1:{free_port()}/live", "refused", backoff=(0.1, 0.4)))
+    try:
+        source.wait_for(lambda: len([r for r in caplog.records if r.getMessage().startswith("refused:")]) >= 8, 10,
+                        "eight failed attempts")
+    finally:
+        source.close()
+    stamps = [r.created for r in caplog.records if r.getMessage().startswith("refused:")][:8]
+    waits = np.diff(stamps)
+    # 0.1, 0.2, 0.4, 0.4, ... each within +-20 % (a refused connect takes milliseconds)
+    for wait, nominal in zip(waits, [0.1, 0.2, 0.4, 0.4, 0.4, 0.4, 0.4]):
+        assert 0.8 * nominal - 0.01 <= wait <= 1.2 * nominal + 0.1, (list(waits), nominal)
+    assert len(set(np.round(waits[2:], 3))) > 1  # jittered, not in lockstep with other sources
+    levels = [r.levelname for r in caplog.records if r.getMessage().startswith("refused:")]
+    assert levels[0] == "WARNING" and set(levels[1:]) == {"DEBUG"}

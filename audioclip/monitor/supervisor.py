@@ -15,9 +15,10 @@ it (from any one thread) yields, in order:
 
 The source is a small state machine: ``connecting`` -> ``up`` -> (failure, end of stream, or no
 audio for ``stall_seconds``) -> ``backing off`` -> ``connecting`` ... Waits between attempts are
-jittered and double from ``backoff[0]`` to ``backoff[1]`` seconds; the first block of a connection
-resets them. One log line when the source goes down (with the reason, credentials redacted) and
-one when it is up again; the retries in between log at DEBUG only.
+jittered and double from ``backoff[0]`` to ``backoff[1]`` seconds; a connection that stayed up for
+``STABLE_SECONDS`` resets them (a source that fails right after each connect keeps backing off).
+One log line when the source goes down (with the reason, credentials redacted) and one when it is
+up again; the retries in between log at DEBUG only.
 
 Counters: ``state``, ``up``, ``reconnects`` (times it came back after having been up),
 ``seconds_lost`` (audio lost to outages: the reconnect gaps' seconds), ``overflows`` (the sources'
@@ -47,6 +48,9 @@ from .sources import SourceError, UrlSource, check_url, redact
 log = logging.getLogger(__name__)
 
 CONNECTING, UP, BACKING_OFF, CLOSED = "connecting", "up", "backing off", "closed"
+
+STABLE_SECONDS = 30.0
+"""Time up after which a failure counts as a first failure again (the backoff restarts at its shortest)."""
 
 
 class Block(NamedTuple):
@@ -130,6 +134,7 @@ class ResilientSource:
         self._dropped = 0
         self._closed_overflows = 0
         self._failures = 0
+        self._up_since = 0.0
         self._been_up = False
         self._broken: str | None = None  # why the next block is not continuous with the last one
         self._last_arrival: float | None = None
@@ -227,7 +232,7 @@ class ResilientSource:
                          _seconds(arrival - (self._last_arrival or arrival)), rate, channels)
             else:
                 log.info("%s: up (%g Hz, %d ch)", self.name, rate, channels)
-            self.state, self._been_up, self._failures = UP, True, 0
+            self.state, self._been_up, self._up_since = UP, True, time.monotonic()
         if self._last_arrival is not None:
             if self._broken:
                 lost = max(0.0, arrival - len(samples) / rate - self._last_arrival)
@@ -271,6 +276,8 @@ class ResilientSource:
             log.debug("%s: closing: %s", self.name, redact(str(e)))
 
     def _back_off(self, reason: str) -> None:
+        if self.state == UP and time.monotonic() - self._up_since >= STABLE_SECONDS:
+            self._failures = 0
         self._failures += 1
         self._broken = self._broken or reason
         if self.state == UP or (self._failures == 1 and not self._been_up):
