@@ -100,3 +100,25 @@ def test_onnx_backend_streams_new_labels_like_the_torch_backend(exported, clips_
     for a, b in zip(rows_t, rows_o):
         assert list(b["probs"]) == ["thunder", "rain on a roof", "a car horn"] and a["top"] == b["top"]
         assert np.abs(np.array(list(a["similarity"].values())) - np.array(list(b["similarity"].values()))).max() <= 1e-4
+
+
+def test_load_classifier_is_one_interface_over_both_backends(exported, clips_dir):
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    import audioclip
+
+    checkpoint, export_dir = exported
+    audio = sf.read(clips_dir / "cat_3-95694-A-5.wav", dtype="float32")[0][:2 * 44100]
+    by_torch = audioclip.load_classifier(checkpoint=checkpoint, labels=LABELS, threads=1)
+    by_onnx = audioclip.load_classifier(onnx=export_dir, threads=1)
+    assert list(by_torch.labels) == list(by_onnx.labels) == LABELS
+    (p_t, s_t), (p_o, s_o) = by_torch.scores(audio[None]), by_onnx.scores(audio[None])
+    np.testing.assert_allclose(np.asarray(s_o), s_t.numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(p_o), p_t.numpy(), atol=1e-4)
+    code = (f"import sys, audioclip\nc = audioclip.load_classifier(onnx={str(export_dir)!r})\n"
+            "print(c.labels, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"{LABELS} False", done.stderr
