@@ -1,0 +1,249 @@
+"""One source inside the monitor: its reading thread (mixdown, resampling, windows, gating, clip
+audio) and what becomes of its classified windows (smoothing, events, privacy, sinks).
+
+A :class:`SourcePipeline` reads its source on a thread of its own and hands windows to the shared
+:class:`~audioclip.monitor.scheduler.InferenceScheduler`; the scheduler calls :meth:`on_result`
+on the inference thread. Stream time (``start_s`` / ``end_s``) counts seconds of this source from
+its start and keeps counting through outages (the seconds lost are added), so clips and events of
+a source never overlap across a gap; after a gap the resampler and the windows start afresh.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE, to_mono
+from ..stream.buffer import Window, WindowScheduler
+from ..stream.config import StreamConfig
+from ..stream.engine import level_db
+from ..stream.postprocess import Event, EventDetector, Smoother, WindowResult
+from ..stream.resample import StreamResampler
+from .config import LabelParams
+from .events import DetectionEvent
+from .supervisor import Block, StreamGap
+
+log = logging.getLogger(__name__)
+
+TOUCH_SECONDS = 1.0
+"""How often an open event's last-seen time reaches the database (what a crash leaves)."""
+
+
+def utc_at(monotonic: float) -> datetime:
+    """The wall-clock UTC time of a ``time.monotonic()`` reading."""
+    return datetime.now(timezone.utc) - timedelta(seconds=time.monotonic() - monotonic)
+
+
+class IdCounter:
+    """Event ids for every source, continuing the database's (``start``: its next id)."""
+
+    def __init__(self, start: int = 1):
+        self._next = itertools.count(start)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            return next(self._next)
+
+
+def detectors_for(labels: list[str], params: LabelParams) -> list[EventDetector]:
+    """One detector per distinct (hysteresis, min_windows), each watching the event labels that use them."""
+    groups: dict[tuple[float, int], list[bool]] = {}
+    for i, key in enumerate(zip(params.hysteresis.tolist(), params.min_windows.tolist())):
+        mask = groups.setdefault(key, [False] * len(labels))
+        mask[i] = bool(params.event[i])
+    return [EventDetector(labels, params.thresholds.tolist(), hysteresis, min_windows=int(min_windows), events=mask)
+            for (hysteresis, min_windows), mask in groups.items() if any(mask)]
+
+
+class SourcePipeline:
+    """A source's thread and the handling of its results. ``emit(kind, payload)`` receives
+    ``("window", (source, WindowResult))``, ``("event", DetectionEvent)`` and ``("touch", the
+    arguments of EventStore.touch)`` for the outputs and sinks;
+    ``clips`` (a ClipRecorder or None) and ``clip_done(results)`` handle the event audio."""
+
+    def __init__(self, name: str, source, *, config: StreamConfig, labels: list[str], params: LabelParams,
+                 scheduler, emit: Callable[[str, object], None], next_id: IdCounter, clips=None,
+                 clip_lock: threading.Lock | None = None, clip_done: Callable[[list], None] | None = None,
+                 metrics=None):
+        self.name, self.source, self.config = name, source, config
+        self.scheduler, self.emit, self.next_id = scheduler, emit, next_id
+        self.clips, self.clip_lock, self.clip_done = clips, clip_lock or threading.Lock(), clip_done
+        self.metrics = metrics
+        self.live = bool(getattr(source, "live", True))
+        self.windows = self.gated = 0
+        self.level = -np.inf
+        self.last: WindowResult | None = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        self._lock = threading.Lock()  # the detectors and open events: the inference and source threads
+        self._t = 0.0  # stream seconds of the newest window handled
+        self.set_labels(labels, params)
+        self._thread = threading.Thread(target=self._read, name=f"pipeline {name}", daemon=True)
+
+    # -- labels (start and reload) -------------------------------------------------------------
+    def set_labels(self, labels: list[str], params: LabelParams) -> None:
+        """New labels and thresholds: open events end now; smoothing starts afresh."""
+        with self._lock:
+            if hasattr(self, "_open"):
+                self._emit_events(self._close_all(self._t), self._t)
+            self.labels, self.params = list(labels), params
+            self.detectors = detectors_for(self.labels, params)
+            self.smoother = Smoother(self.config.smooth)
+            self._open: dict[str, tuple[int, datetime, float]] = {}  # label -> (id, start_utc, start_s)
+            self._touched: dict[str, float] = {}
+
+    # -- the reading thread ---------------------------------------------------------------------
+    def start(self) -> SourcePipeline:
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _read(self) -> None:
+        cfg = self.config
+        base = 0  # samples of stream time before the current run of continuous audio
+        scheduler = resampler = None
+        rate = None
+        try:
+            for item in self._items():
+                if isinstance(item, StreamGap):
+                    if scheduler is not None:
+                        base += scheduler.total + int(round(item.seconds * SAMPLE_RATE))
+                    scheduler = resampler = None
+                    continue
+                samples, arrival, block_rate = item
+                if resampler is None or block_rate != rate:
+                    if scheduler is not None:  # a rate change without a gap marker: start afresh too
+                        base += scheduler.total
+                    rate, resampler = block_rate, StreamResampler(block_rate)
+                    scheduler = WindowScheduler(cfg.window_samples, cfg.hop_samples)
+                mono = resampler.process(to_mono(samples))
+                if self.clips is not None and len(mono):
+                    with self.clip_lock:
+                        done = self.clips.push(self.name, mono, (base + scheduler.total + len(mono)) / SAMPLE_RATE)
+                    if done and self.clip_done is not None:
+                        self.clip_done(done)
+                for i in range(0, len(mono), cfg.hop_samples):
+                    ready = scheduler.push(mono[i:i + cfg.hop_samples], arrival)
+                    for index in ready[:-1] if self.live else []:
+                        scheduler.skip(index)
+                        self.scheduler.drop(self.name)
+                        if self.metrics is not None:
+                            self.metrics.dropped_windows(self.name)
+                    for index in ready[-1:] if self.live else ready:
+                        self._offer(scheduler.take(index), base)
+                if cfg.duration is not None and (base + scheduler.total) >= cfg.duration * SAMPLE_RATE:
+                    break
+            if scheduler is not None:
+                padded = scheduler.finish()
+                if padded is not None:
+                    self._offer(padded, base)
+        except Exception as e:  # a source that cannot be read at all (a file source fails for good)
+            self.error = e
+            log.error("source %s stopped: %s", self.name, e)
+        finally:
+            self.finished.set()
+
+    def _items(self):
+        """Blocks as ``(samples, arrival, rate)`` and :class:`StreamGap` markers, from any source."""
+        for item in self.source.blocks():
+            if isinstance(item, StreamGap):
+                yield item
+            elif isinstance(item, Block):
+                yield item.samples, item.arrival, item.rate
+            else:  # a plain source (a file read once, stdin): one rate for ever
+                yield item[0], item[1], self.source.rate
+
+    def _offer(self, window: Window, base: int) -> None:
+        window = replace(window, start=window.start + base)
+        self.windows += 1
+        level = level_db(window.samples)
+        self.level = level
+        if self.config.min_dbfs is not None and level < self.config.min_dbfs:
+            self.gated += 1
+            if self.metrics is not None:
+                self.metrics.window(self.name, level_dbfs=max(level, -200.0), inference_s=None)
+            with self._lock:
+                t = (window.start + len(window.samples)) / SAMPLE_RATE
+                self._emit_events(self._quiet(t), t)
+            return
+        replaced = self.scheduler.submit(self.name, window, wait=not self.live)
+        if replaced and self.metrics is not None:
+            self.metrics.dropped_windows(self.name)
+
+    # -- results (the inference thread) ---------------------------------------------------------
+    def on_result(self, window: Window, probs: np.ndarray, sims: np.ndarray, seconds: float) -> None:
+        t_start = window.start / SAMPLE_RATE
+        t_end = (window.start + len(window.samples)) / SAMPLE_RATE
+        with self._lock:
+            if len(probs) != len(self.labels):  # a window classified just before a reload
+                return
+            probs = self.smoother(probs)
+            result = WindowResult(window.index, t_start, t_end, self.labels, probs, sims, inference_ms=seconds * 1e3,
+                                  level_db=level_db(window.samples))
+            result.latency_ms = (time.monotonic() - window.arrival) * 1e3
+            events = [e for detector in self.detectors for e in detector.update(t_end, probs)]
+            self._t = t_end
+            self.last = result
+            if self.metrics is not None:
+                self.metrics.window(self.name, level_dbfs=max(result.level_db, -200.0), inference_s=seconds)
+            if self.clips is not None and self.params.privacy[int(np.argmax(probs))]:
+                with self.clip_lock:
+                    self.clips.mute(self.name, t_start, t_end)
+            self.emit("window", (self.name, result))
+            self._emit_events(events, t_end, arrival=window.arrival)
+            self._touch(t_end, window.arrival)
+
+    def _emit_events(self, events: list[Event], t: float, arrival: float | None = None) -> None:
+        now_utc = utc_at(arrival) if arrival is not None else datetime.now(timezone.utc)
+        for e in events:
+            if e.kind == "start":
+                event_id = self.next_id()
+                start_utc = now_utc - timedelta(seconds=max(t - e.t, 0.0))
+                self._open[e.label] = (event_id, start_utc, e.t)
+                record = DetectionEvent(event_id, "start", self.name, e.label, start_utc, e.t, e.peak, e.peak)
+                if self.metrics is not None:
+                    self.metrics.event(self.name, e.label)
+                if self.clips is not None:
+                    with self.clip_lock:
+                        self.clips.request(event_id, self.name, e.t, None, start_utc, label=e.label)
+            else:
+                event_id, start_utc, start_s = self._open.pop(e.label)
+                self._touched.pop(e.label, None)
+                record = DetectionEvent(event_id, "end", self.name, e.label, start_utc, start_s, e.peak,
+                                        e.peak if e.mean is None else e.mean, end_utc=now_utc, end_s=e.t)
+                if self.clips is not None:
+                    with self.clip_lock:
+                        self.clips.request(event_id, self.name, start_s, e.t, start_utc, label=e.label)
+            self.emit("event", record)
+
+    def _touch(self, t: float, arrival: float) -> None:
+        """Open events' last-seen time to the database, at most once a second each."""
+        for label, (event_id, _, _) in self._open.items():
+            if t - self._touched.get(label, -np.inf) < TOUCH_SECONDS:
+                continue
+            self._touched[label] = t
+            for detector in self.detectors:
+                state = detector.open_state(label)
+                if state is not None:
+                    self.emit("touch", (event_id, utc_at(arrival), t, state[0], state[1]))
+
+    def _quiet(self, t: float) -> list[Event]:
+        return [e for detector in self.detectors for e in detector.quiet(t)]
+
+    def _close_all(self, t: float) -> list[Event]:
+        return [e for detector in self.detectors for e in detector.close(t)]
+
+    def close_events(self) -> None:
+        """End the open events at the stream's current time (shutdown)."""
+        with self._lock:
+            self._emit_events(self._close_all(self._t), self._t)

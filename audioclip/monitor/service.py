@@ -1,0 +1,332 @@
+"""The monitor: every configured source through one model, events to the database, clips, MQTT,
+webhooks and metrics, until SIGTERM / SIGINT; SIGHUP reloads labels and thresholds.
+
+The inference path never waits on the outside world: each sink is a :class:`QueueSink` with its
+own thread, bounded queue and backoff (the database included), and every source is a
+:class:`SourcePipeline` on its own thread, reopened by its :class:`ResilientSource` when it fails.
+A housekeeping loop on the calling thread restarts dead sink threads, reports the sources' state to
+the metrics, writes finished clips and applies the clips' retention.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .clips import ClipRecorder, check_writable
+from .config import LabelParams, MonitorConfig, SourceConfig, load_config
+from .pipeline import IdCounter, SourcePipeline
+from .scheduler import InferenceScheduler
+from .sink import QueueSink
+from .store import EventStore
+from .supervisor import ResilientSource, device_opener, file_opener, url_opener
+
+log = logging.getLogger(__name__)
+
+RETENTION_SECONDS = 600.0
+"""How often the clips' retention (``keep_days``, ``max_gb``) is applied while running."""
+
+SHUTDOWN_SECONDS = 5.0
+"""The most a stop waits for the sinks to deliver what they hold."""
+
+
+class StoreSink(QueueSink):
+    """The detections database as a sink: events, open events' last-seen times, clip paths."""
+
+    def __init__(self, store: EventStore, *, queue_size: int = 10_000):
+        super().__init__(f"database {store.path}", queue_size=queue_size, backoff=(0.5, 30.0))
+        self.store = store
+
+    def deliver(self, item) -> None:
+        kind, payload = item
+        if kind == "event":
+            self.store.record(payload)
+        elif kind == "touch":
+            self.store.touch(*payload)
+        elif kind == "clip":
+            self.store.set_clip(*payload)
+        elif kind == "clear":
+            self.store.clear_clips(payload)
+
+    def shutdown(self, deadline: float) -> None:
+        self.store.close()
+
+
+def open_source(source: SourceConfig, *, stdin=None):
+    """The reader of one configured source: live ones reopen for ever, a file read once or stdin ends."""
+    if source.kind == "url":
+        opener = url_opener(source.url, name=source.name, read_timeout=min(10.0, source.stall_seconds))
+    elif source.kind == "device":
+        opener = device_opener(source.device)
+    elif source.kind == "file" and source.loop:
+        opener = file_opener(source.file, loop=True, realtime=source.realtime)
+    elif source.kind == "file":
+        from ..stream.sources import FileSource
+
+        return FileSource(source.file, realtime=source.realtime)
+    else:
+        from ..stream.sources import StdinSource
+
+        return StdinSource(stdin if stdin is not None else sys.stdin.buffer)
+    return ResilientSource(opener, name=source.name, stall_seconds=source.stall_seconds)
+
+
+def label_params(config: MonitorConfig, source: SourceConfig, n_labels: int) -> LabelParams:
+    """The configuration's per-label settings, or the defaults for a model's own labels."""
+    if config.labels:
+        return config.label_params(source)
+    base = config.stream_config(source)
+    return LabelParams(thresholds=np.full(n_labels, base.threshold), hysteresis=np.full(n_labels, base.hysteresis),
+                       min_windows=np.full(n_labels, base.min_windows, np.int64), event=np.ones(n_labels, bool),
+                       privacy=np.zeros(n_labels, bool))
+
+
+class Monitor:
+    """Runs a :class:`MonitorConfig`. ``output``: a JsonlOutput, CsvOutput or LiveOutput (or None).
+    ``classifier``: built from the configuration when not given. ``config_path``: what SIGHUP reloads.
+    ``stream_extra``: further StreamConfig fields from the command line (``duration``)."""
+
+    def __init__(self, config: MonitorConfig, *, output=None, classifier=None, config_path: str | None = None,
+                 stream_extra: dict | None = None, stdin=None):
+        self.config, self.output, self.config_path = config, output, config_path
+        self.stream_extra = stream_extra or {}
+        self._classifier, self._stdin = classifier, stdin
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.interrupted = False
+        self.store_sink: StoreSink | None = None
+        self.clips: ClipRecorder | None = None
+        self.sinks: list[QueueSink] = []
+        self.metrics = None
+        self.pipelines: list[SourcePipeline] = []
+        self._clip_lock = threading.Lock()
+
+    # -- control, from any thread or a signal handler -------------------------------------------
+    def stop(self) -> None:
+        self.interrupted = True
+        self._stop.set()
+
+    def reload(self) -> None:
+        self._reload.set()
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until stopped, or until every source has ended (files read once, stdin)."""
+        try:
+            self._open_outputs()
+            self._start_sources()
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _open_outputs(self) -> None:
+        config = self.config
+        if config.store is not None and config.store.clips is not None:
+            check_writable(config.store.clips)  # refused at start, before the model loads
+        if self._classifier is None:
+            from .labels import config_classifier
+
+            self._classifier = config_classifier(config)
+        self.labels = list(self._classifier.labels)
+        first_id = 1
+        if config.store is not None:
+            store = EventStore(config.store.db)
+            closed = store.close_open()
+            if closed:
+                log.info("closed %d event(s) left open by the last run at their last seen time", len(closed))
+            first_id = store.next_id()
+            self.store_sink = StoreSink(store).start()
+            if config.store.clips is not None:
+                self.clips = ClipRecorder(config.store.clips, pre_roll=config.store.pre_roll,
+                                          post_roll=config.store.post_roll, max_seconds=config.store.max_clip_seconds)
+                self._retention()
+        self.next_id = IdCounter(first_id)
+        if config.mqtt is not None:
+            from .mqtt import MqttSink
+
+            mqtt = MqttSink(config.mqtt.url, prefix=config.mqtt.prefix, homeassistant=config.mqtt.homeassistant,
+                            queue_size=config.mqtt.queue).start()
+            mqtt.announce([s.name for s in config.enabled_sources], self.labels)
+            self.sinks.append(mqtt)
+        for hook in config.webhooks:
+            from .webhooks import WebhookSink
+
+            self.sinks.append(WebhookSink(hook.url, secret=hook.secret, timeout=hook.timeout).start())
+        if config.metrics is not None:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(config.metrics.listen).start()
+            for sink in [self.store_sink, *self.sinks]:
+                if sink is not None:
+                    self.metrics.watch_sink(sink)
+
+    def _start_sources(self) -> None:
+        self.scheduler = InferenceScheduler(self._classifier).start()
+        for source in self.config.enabled_sources:
+            stream = self.config.stream_config(source, **self.stream_extra)
+            pipeline = SourcePipeline(
+                source.name, open_source(source, stdin=self._stdin), config=stream, labels=self.labels,
+                params=label_params(self.config, source, len(self.labels)), scheduler=self.scheduler,
+                emit=self._emit, next_id=self.next_id, clips=self.clips, clip_lock=self._clip_lock,
+                clip_done=self._clips_done, metrics=self.metrics)
+            self.scheduler.add_source(source.name, pipeline.on_result)
+            if self.metrics is not None:
+                self.metrics.add_source(source.name)
+            self.pipelines.append(pipeline)
+        for pipeline in self.pipelines:
+            pipeline.start()
+        log.info("monitoring %d source(s) with %d labels", len(self.pipelines), len(self.labels))
+
+    def _loop(self) -> None:
+        seen = {p.name: (0, 0, None) for p in self.pipelines}  # reconnects, overflows, up
+        next_retention = time.monotonic() + RETENTION_SECONDS
+        while not self._stop.wait(0.5):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._apply_reload()
+            for sink in [self.store_sink, *self.sinks]:
+                if sink is not None:
+                    sink.ensure_running()
+            for p in self.pipelines:
+                reconnects, overflows = getattr(p.source, "reconnects", 0), p.source.overflows
+                up = getattr(p.source, "up", not p.finished.is_set())
+                last_reconnects, last_overflows, last_up = seen[p.name]
+                if self.metrics is not None:
+                    for _ in range(reconnects - last_reconnects):
+                        self.metrics.reconnected(p.name)
+                    if overflows > last_overflows:
+                        self.metrics.input_overflows(p.name, overflows - last_overflows)
+                    if up != last_up:
+                        self.metrics.source_up(p.name, up)
+                seen[p.name] = (reconnects, overflows, up)
+            if self.clips is not None:
+                with self._clip_lock:
+                    done = self.clips.poll()
+                self._clips_done(done)
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + RETENTION_SECONDS
+                    self._retention()
+            if self.output is not None:
+                self.output.refresh(self.pipelines)
+            if all(p.finished.is_set() for p in self.pipelines):
+                break
+
+    def _shutdown(self) -> None:
+        for p in self.pipelines:
+            close = getattr(p.source, "close", None)
+            if close is not None and not p.finished.is_set():
+                close()
+        for p in self.pipelines:
+            p.join(2.0)
+        if self.pipelines:
+            self.scheduler.close(drain=not self.interrupted, timeout=None if not self.interrupted else 10.0)
+        for p in self.pipelines:
+            p.close_events()
+        if self.clips is not None:
+            with self._clip_lock:
+                done = self.clips.flush()
+            self._clips_done(done)
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        for sink in [*self.sinks, self.store_sink]:
+            if sink is not None:
+                sink.close(max(0.1, deadline - time.monotonic()))
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.output is not None:
+            self.output.refresh(self.pipelines)
+            self.output.close()
+
+    # -- what the pipelines hand over --------------------------------------------------------------
+    def _emit(self, kind: str, payload) -> None:
+        if kind == "window":
+            if self.output is not None:
+                self.output.window(*payload)
+            return
+        if kind == "touch":
+            if self.store_sink is not None:
+                self.store_sink.put(("touch", payload))
+            return
+        if self.store_sink is not None:
+            self.store_sink.put(("event", payload))
+        for sink in self.sinks:
+            sink.put(payload)
+        if self.output is not None:
+            self.output.event(payload)
+
+    def _clips_done(self, results) -> None:
+        for result in results:
+            if self.store_sink is not None:
+                self.store_sink.put(("clip", (result.event_id, result.path)))
+
+    def _retention(self) -> None:
+        store = self.config.store
+        if self.clips is None or self.store_sink is None or (store.keep_days is None and store.max_gb is None):
+            return
+        ids = self.clips.enforce_retention(self.store_sink.store.clips_by_age(), store.keep_days, store.max_gb)
+        if ids:
+            self.store_sink.put(("clear", ids))
+            log.info("clip retention deleted %d clip(s)", len(ids))
+
+    # -- SIGHUP --------------------------------------------------------------------------------------
+    def _apply_reload(self) -> None:
+        if self.config_path is None:
+            log.warning("SIGHUP: nothing to reload (no --config file)")
+            return
+        try:
+            config = load_config(self.config_path)
+            if [s for s in config.enabled_sources] != [s for s in self.config.enabled_sources]:
+                log.warning("%s: sources changed; they apply at the next start (labels and thresholds apply now)",
+                            self.config_path)
+            classifier = self._relabel(config)
+        except Exception as e:  # a bad file: the running configuration stays
+            log.error("reload refused, the running configuration stays: %s", e)
+            return
+        self.scheduler.set_classifier(classifier)
+        self._classifier, self.labels = classifier, list(classifier.labels)
+        for p in self.pipelines:
+            source = next((s for s in config.enabled_sources if s.name == p.name), None)
+            p.set_labels(self.labels, label_params(config, source or self.config.source(p.name), len(self.labels)))
+        for sink in self.sinks:
+            if hasattr(sink, "announce"):
+                sink.announce([p.name for p in self.pipelines], self.labels)
+        self.config = config
+        log.info("reloaded %s: %d labels", self.config_path, len(self.labels))
+
+    def _relabel(self, config: MonitorConfig):
+        """A classifier over ``config``'s labels that reuses the loaded model."""
+        from .labels import onnx_group_classifier, torch_group_classifier
+
+        groups = [(label.name, label.prompts) for label in config.labels]
+        if not groups:
+            return self._classifier
+        if config.model.onnx is not None:
+            return onnx_group_classifier(config.model.onnx, groups, config.defaults.template,
+                                         threads=config.model.threads or 2)
+        return torch_group_classifier(self._classifier.model, groups, config.defaults.template)
+
+
+def install_signals(monitor: Monitor) -> None:
+    """SIGTERM / SIGINT stop the monitor (exit 0 after the shutdown); SIGHUP reloads it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, lambda *_: monitor.stop())
+    signal.signal(signal.SIGINT, lambda *_: monitor.stop())
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: monitor.reload())
+
+
+def run_monitor(config: MonitorConfig | str | Path, *, output=None, stream_extra: dict | None = None) -> Monitor:
+    """Load (when given a path) and run a configuration in this thread; return the stopped monitor."""
+    path = None
+    if not isinstance(config, MonitorConfig):
+        path, config = str(config), load_config(config)
+    monitor = Monitor(config, output=output, config_path=path, stream_extra=stream_extra)
+    install_signals(monitor)
+    monitor.run()
+    return monitor
