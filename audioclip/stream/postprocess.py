@@ -151,6 +151,11 @@ class EventDetector:
         self.peaks[label] = max(self.peaks[label], event.peak)
         return Event("end", label, t, event.peak, event.total / event.windows)
 
+    def open_state(self, label: str) -> tuple[float, float] | None:
+        """``(peak, mean)`` of ``label``'s open event so far, or None when none is open."""
+        event = self._open.get(label)
+        return None if event is None else (event.peak, event.total / event.windows)
+
     def close(self, t: float) -> list[Event]:
         """End the events still open when the stream stops."""
         return [self._end(label, t) for label in list(self._open)]
