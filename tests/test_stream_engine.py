@@ -111,3 +111,27 @@ def test_duration_stops_a_stream():
                           config=StreamConfig(window=1.0, hop=0.5, duration=2.0))
     assert stats.audio_seconds == 2.0
     assert rows[-1].t_end <= 2.0
+
+
+def test_live_display_keeps_only_the_latest_events_and_the_summary_counts_gated_windows():
+    import io
+
+    from rich.console import Console
+
+    from audioclip.stream import Event, EventDetector, StreamStats, WindowResult
+    from audioclip.stream.outputs import RECENT_EVENTS, LiveDisplay, summary_lines
+
+    out = io.StringIO()
+    stats = StreamStats(windows=3, gated=2)
+    display = LiveDisplay(Console(file=out, width=200), stats, source="test")
+    result = WindowResult(0, 0.0, 1.0, ["a", "b"], np.array([0.9, 0.1]), np.array([0.3, 0.1]))
+    result.events = [Event("start", "a", float(t), 0.9) for t in range(1000)]
+    display(result)
+    display.close()
+    last_frame = out.getvalue().rsplit("audioclip-stream", 1)[1]
+    assert last_frame.count("start a @") == RECENT_EVENTS and "@ 999.00 s" in last_frame
+    assert len(display._recent_events) == RECENT_EVENTS  # memory stays bounded over a long stream
+    detector = EventDetector(["a", "b"], [0.6, 0.7])
+    lines = summary_lines(stats, detector)
+    assert lines[0].startswith("windows 3, gated (quiet) 2, dropped 0") and lines[-1] == "events: none"
+    assert summary_lines(StreamStats(), EventDetector(["a"], 0.6))[-1] == "events: none above 0.6"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..model.constants import SAMPLE_RATE
 from ..model.labels import ParameterError, window_samples
@@ -66,8 +66,8 @@ class StreamConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(name, f"{{{name}}}: must be true or false, got {getattr(self, name)!r}")
         if not self.events:
-            changed = [name for name in ("threshold", "hysteresis", "min_windows")
-                       if getattr(self, name) != _DEFAULTS[name]]
+            changed = [f.name for f in fields(self)
+                       if f.name in ("threshold", "hysteresis", "min_windows") and getattr(self, f.name) != f.default]
             if changed:
                 raise ParameterError(changed[0], f"{{{changed[0]}}} applies to events: add {{events}}")
         if self.hop_samples > self.window_samples:
@@ -94,5 +94,3 @@ def _whole(name: str, value) -> None:
     if value < 1:
         raise ParameterError(name, f"{{{name}}}: must be at least 1, got {value}")
 
-
-_DEFAULTS = {"threshold": 0.5, "hysteresis": 0.05, "min_windows": 1}
