@@ -344,3 +344,21 @@ def test_retries_back_off_doubling_with_jitter_up_to_the_longest_wait(caplog):
     assert len(set(np.round(waits[2:], 3))) > 1  # jittered, not in lockstep with other sources
     levels = [r.levelname for r in caplog.records if r.getMessage().startswith("refused:")]
     assert levels[0] == "WARNING" and set(levels[1:]) == {"DEBUG"}
+
+
+def test_a_corrupt_packet_is_skipped_and_counted_not_the_end_of_the_stream(clips_dir, tmp_path):
+    mp3 = tmp_path / "cat.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(clips_dir / "cat_3-95694-A-5.wav"),
+                    "-f", "mp3", str(mp3)], check=True)
+    data = bytearray(mp3.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    mp3.write_bytes(bytes(data))
+    source = UrlSource(mp3.as_uri(), name="glitchy")
+    assert not source.live  # a file URL is read as fast as it is consumed
+    frames = 0
+    with pytest.raises(SourceError, match="stream ended"):
+        for block, _ in source.blocks():
+            frames += len(block)
+    assert source.decode_errors >= 1
+    assert 4.0 < frames / source.rate < 5.0  # the 5-s clip less the damaged packets

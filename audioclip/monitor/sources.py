@@ -77,6 +77,7 @@ class UrlSource:
         self.channels: int | None = None
         self.live = self.scheme != "file"  # a file URL is read as fast as it is consumed, not paced
         self.overflows = 0  # FFmpeg buffers network input itself; nothing here drops audio
+        self.decode_errors = 0
         self._container = None
         self._interrupted = threading.Event()
 
@@ -116,11 +117,9 @@ class UrlSource:
         container = self._container
         converter, shape, pending, frames = None, None, [], 0
         try:
-            for frame in container.decode(container.streams.audio[0]):
+            for frame in self._frames(container):
                 if self._interrupted.is_set():
                     break
-                if frame.samples == 0:
-                    continue
                 if (frame.sample_rate, frame.layout.name) != shape:
                     if pending:  # the blocks of the old format go out before it changes
                         yield np.concatenate(pending), time.monotonic()
@@ -139,6 +138,20 @@ class UrlSource:
         finally:
             self.close()
         raise self._fail("interrupted" if self._interrupted.is_set() else "stream ended")
+
+    def _frames(self, container) -> Iterator:
+        """Decoded frames; a packet the decoder refuses (a glitch in a radio stream) is skipped and counted."""
+        import av
+
+        stream = container.streams.audio[0]
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError as e:
+                self.decode_errors += 1
+                log.debug("%s: packet skipped: %s", self.name, redact(str(e)))
+                continue
+            yield from (frame for frame in frames if frame.samples)
 
     def interrupt(self) -> None:
         """End ``blocks()`` at the next frame, or when a connect or read under way times out. Any thread."""
