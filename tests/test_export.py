@@ -258,7 +258,7 @@ def test_finetuned_head_exports_its_own_labels_without_text_encoder(tmp_path):
     embeddings = torch.randn(4, 32)
     path = tmp_path / "head.pt"
     atomic_save(finetuned_checkpoint(model, ["cat", "dog", "bird", "car"], embeddings, mode="cooperative",
-                                     template="a {}", source={"name": "tiny", "sha256": "0" * 64}), path)
+                                     template="a {}", source_name="tiny", source_sha256="0" * 64), path)
     result = export_onnx(checkpoint=path, out=tmp_path / "out", window=0.5, precision="fp16")
     assert not (result.out / "text_encoder.onnx").exists() and "no text tower" in result.notes[0]
     assert "no text tower" in (result.out / "README.txt").read_text()
