@@ -22,7 +22,7 @@ RESAMPLE_QUALITY = "VHQ"
 
 The audio head's dB spectrogram reaches 22 kHz and reacts to how the filter treats the band above
 its passband, so a head fine-tuned on one quality and streamed on another scores differently; with
-one quality, a streamed file matches the file decoded whole (docs/training.md has the figures).
+one quality, a streamed file matches the file decoded whole.
 """
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
