@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from servers import Mosquitto, free_port
 
 from audioclip.monitor.events import DetectionEvent
 from audioclip.monitor.metrics import Metrics
@@ -23,16 +24,14 @@ from audioclip.monitor.mqtt import MqttSink, parse_broker_url, topic_slug
 from audioclip.monitor.sink import QueueSink
 from audioclip.monitor.webhooks import WebhookSink
 
-from servers import Mosquitto, free_port
-
 FAST = (0.02, 0.1)  # backoff for the tests: the production default is (1, 60)
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
+def wait_until(predicate, timeout: float, what: str, seen=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; seen: {seen()}")
         time.sleep(0.02)
 
 
@@ -229,12 +228,13 @@ def test_mqtt_last_will_and_retained_state_back_on_a_restarted_broker_without_pe
         wait_until(lambda: sink.delivered == 1, 10, "the event")
         sub = Subscriber(bare.port, ["t4/status"], "t4-sub")
         sink._client.socket().shutdown(socket.SHUT_RDWR)  # the link dies without a DISCONNECT
-        wait_until(lambda: sub.payloads("t4/status")[-2:] == ["offline", "online"], 10, "the will, then online")
+        wait_until(lambda: sub.payloads("t4/status")[-2:] == ["offline", "online"], 10, "the will, then online",
+                   lambda: sub.messages)
         sub.close()
         bare.kill()
         bare.start()  # forgot every retained message
         late = Subscriber(bare.port, ["t4/#", "homeassistant/binary_sensor/t4/#"], "t4-late")
-        wait_until(lambda: len(late.messages) >= 3, 10, "retained messages published again")
+        wait_until(lambda: len(late.messages) >= 3, 10, "retained messages published again", lambda: late.messages)
         retained = {t: p for t, p, r in late.messages}
         assert retained["t4/porch/dog_bark"] == "ON" and retained["t4/status"] == "online"
         assert "homeassistant/binary_sensor/t4/porch_dog_bark/config" in retained

@@ -39,8 +39,8 @@ class _SinkCollector:
         self.sinks: dict[str, object] = {}
 
     def collect(self):
-        family = CounterMetricFamily("audioclip_sink_dropped", "Items a sink dropped: queue full or left at close",
-                                     labels=["sink"])
+        family = CounterMetricFamily("audioclip_sink_dropped",
+                                     "Items a sink dropped: queue full or left at close", labels=["sink"])
         for name, sink in list(self.sinks.items()):
             family.add_metric([name], sink.dropped)
         yield family
@@ -53,16 +53,17 @@ class Metrics:
         self.host, self.port = parse_listen(listen)
         self.registry = CollectorRegistry()
         r = self.registry
-        self.windows = Counter("audioclip_windows", "Windows formed (gated ones included)", ["source"], registry=r)
-        self.gated = Counter("audioclip_gated_windows", "Windows below min_dbfs, not classified", ["source"], registry=r)
-        self.dropped = Counter("audioclip_dropped_windows", "Windows replaced by a newer one before inference",
+        self._windows = Counter("audioclip_windows", "Windows formed (gated ones included)", ["source"], registry=r)
+        self._gated = Counter("audioclip_gated_windows", "Windows below min_dbfs, not classified", ["source"],
+                              registry=r)
+        self._dropped = Counter("audioclip_dropped_windows", "Windows replaced by a newer one before inference",
                                ["source"], registry=r)
-        self.overflows = Counter("audioclip_input_overflows", "Input buffer overflows", ["source"], registry=r)
-        self.reconnects = Counter("audioclip_reconnects", "Times the source was reopened", ["source"], registry=r)
-        self.up = Gauge("audioclip_source_up", "1 while the source delivers audio", ["source"], registry=r)
-        self.level = Gauge("audioclip_input_level_dbfs", "Level of the last window", ["source"], registry=r)
-        self.events = Counter("audioclip_events", "Events started", ["source", "label"], registry=r)
-        self.inference = Histogram("audioclip_inference_seconds", "Time to classify one window",
+        self._overflows = Counter("audioclip_input_overflows", "Input buffer overflows", ["source"], registry=r)
+        self._reconnects = Counter("audioclip_reconnects", "Times the source was reopened", ["source"], registry=r)
+        self._up = Gauge("audioclip_source_up", "1 while the source delivers audio", ["source"], registry=r)
+        self._level = Gauge("audioclip_input_level_dbfs", "Level of the last window", ["source"], registry=r)
+        self._events = Counter("audioclip_events", "Events started", ["source", "label"], registry=r)
+        self._inference = Histogram("audioclip_inference_seconds", "Time to classify one window",
                                    buckets=INFERENCE_BUCKETS, registry=r)
         self._sinks = _SinkCollector()
         r.register(self._sinks)
@@ -72,34 +73,34 @@ class Metrics:
     # -- what the service reports ------------------------------------------------------------
     def add_source(self, source: str) -> None:
         """Create the source's series at zero (down) so that they exist before anything happens."""
-        for counter in (self.windows, self.gated, self.dropped, self.overflows, self.reconnects):
+        for counter in (self._windows, self._gated, self._dropped, self._overflows, self._reconnects):
             counter.labels(source)
-        self.up.labels(source).set(0)
+        self._up.labels(source).set(0)
 
     def window(self, source: str, *, level_dbfs: float, inference_s: float | None) -> None:
         """A window was formed; ``inference_s`` is None when it was gated (not classified)."""
-        self.windows.labels(source).inc()
-        self.level.labels(source).set(level_dbfs)
+        self._windows.labels(source).inc()
+        self._level.labels(source).set(level_dbfs)
         if inference_s is None:
-            self.gated.labels(source).inc()
+            self._gated.labels(source).inc()
         else:
-            self.inference.observe(inference_s)
+            self._inference.observe(inference_s)
 
     def dropped_windows(self, source: str, n: int = 1) -> None:
-        self.dropped.labels(source).inc(n)
+        self._dropped.labels(source).inc(n)
 
     def input_overflows(self, source: str, n: int = 1) -> None:
-        self.overflows.labels(source).inc(n)
+        self._overflows.labels(source).inc(n)
 
     def reconnected(self, source: str) -> None:
-        self.reconnects.labels(source).inc()
+        self._reconnects.labels(source).inc()
 
     def source_up(self, source: str, up: bool) -> None:
-        self.up.labels(source).set(1 if up else 0)
+        self._up.labels(source).set(1 if up else 0)
 
     def event(self, source: str, label: str) -> None:
         """An event started."""
-        self.events.labels(source, label).inc()
+        self._events.labels(source, label).inc()
 
     def watch_sink(self, sink) -> None:
         """Export ``sink.dropped`` (read at each scrape) as ``audioclip_sink_dropped_total{sink=sink.name}``."""

@@ -135,18 +135,18 @@ class MqttSink(QueueSink):
         configs = {}
         for source in sources:
             for label in labels:
-                s, l = topic_slug(source), topic_slug(label)
-                configs[f"homeassistant/binary_sensor/{node}/{s}_{l}/config"] = json.dumps({
+                src, lab = topic_slug(source), topic_slug(label)
+                configs[f"homeassistant/binary_sensor/{node}/{src}_{lab}/config"] = json.dumps({
                     "name": label,
-                    "unique_id": f"{node}_{s}_{l}",
-                    "state_topic": f"{self.prefix}/{s}/{l}",
+                    "unique_id": f"{node}_{src}_{lab}",
+                    "state_topic": f"{self.prefix}/{src}/{lab}",
                     "payload_on": "ON",
                     "payload_off": "OFF",
                     "availability_topic": self.status_topic,
                     "payload_available": "online",
                     "payload_not_available": "offline",
                     "device_class": "sound",
-                    "device": {"identifiers": [f"{node}_{s}"], "name": f"audioclip {source}",
+                    "device": {"identifiers": [f"{node}_{src}"], "name": f"audioclip {source}",
                                "manufacturer": "audioclip-stream", "model": "AudioCLIP"},
                 })
         with self._retained_lock:

@@ -44,7 +44,7 @@ class WebhookSink(QueueSink):
             shown = f"{parts.scheme}://{parts.hostname or ''}" if parts.scheme else "no scheme"
             raise ValueError(f"webhooks.url: {shown} is not an http(s) URL; write https://host/path")
         try:
-            parts.port
+            _ = parts.port  # urlsplit parses the port only when asked
         except ValueError:
             raise ValueError(f"webhooks.url: the port of {parts.hostname} is not a number 0-65535") from None
         netloc = parts.netloc.rpartition("@")[2]
