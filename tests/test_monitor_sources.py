@@ -362,3 +362,27 @@ def test_a_corrupt_packet_is_skipped_and_counted_not_the_end_of_the_stream(clips
             frames += len(block)
     assert source.decode_errors >= 1
     assert 4.0 < frames / source.rate < 5.0  # the 5-s clip less the damaged packets
+
+
+@pytest.mark.audio_device
+def test_a_suspended_device_is_a_stall_the_source_comes_back_and_close_never_blocks(pulse_null_sink):
+    _, arguments = pulse_null_sink
+    sink = arguments.split("sink_name=")[1].split()[0]
+    mic = Reader(ResilientSource(device_opener("pulse"), name="mic", stall_seconds=1.5, backoff=(0.5, 1.0)))
+    try:
+        mic.wait_for(lambda: mic.blocks(), 10, "audio from the null sink's monitor")
+        subprocess.run(["pactl", "suspend-sink", sink, "true"], check=True)
+        suspended = time.monotonic()
+        mic.wait_for(lambda: not mic.source.up, 4, "the stall detected")  # PortAudio blocks in stop() meanwhile
+        assert time.monotonic() - suspended < 3.0 and "no audio for 1.5 s" in mic.source.last_error
+        time.sleep(1.0)
+        resumed = time.monotonic()
+        subprocess.run(["pactl", "suspend-sink", sink, "false"], check=True)
+        mic.wait_for(lambda: mic.blocks(after=resumed + 0.2), 10, "audio after the sink resumed")
+        subprocess.run(["pactl", "suspend-sink", sink, "true"], check=True)
+        time.sleep(2.0)  # stalled again: close() must not wait for the device
+        assert mic.close() < 3.0
+    finally:
+        subprocess.run(["pactl", "suspend-sink", sink, "false"], check=True)
+        mic.source.close()
+    assert mic.source.reconnects == 1 and len(mic.gaps()) == 1

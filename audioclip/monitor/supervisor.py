@@ -134,7 +134,7 @@ class ResilientSource:
         self._dropped = 0
         self._closed_overflows = 0
         self._failures = 0
-        self._up_since = 0.0
+        self._up_since: float | None = None
         self._been_up = False
         self._broken: str | None = None  # why the next block is not continuous with the last one
         self._last_arrival: float | None = None
@@ -224,6 +224,8 @@ class ResilientSource:
             self._back_off(redact(self._stall or error or "the stream ended"))
 
     def _deliver(self, samples: np.ndarray, arrival: float, rate: float, channels: int) -> None:
+        if self._stall:
+            return  # a connection given up for stalling: it is being closed
         gap = None
         if self.state != UP:
             if self._been_up:
@@ -276,11 +278,13 @@ class ResilientSource:
             log.debug("%s: closing: %s", self.name, redact(str(e)))
 
     def _back_off(self, reason: str) -> None:
-        if self.state == UP and time.monotonic() - self._up_since >= STABLE_SECONDS:
+        was_up, self._up_since = self._up_since, None  # when this connection's first block came
+        if was_up is not None and time.monotonic() - was_up >= STABLE_SECONDS:
             self._failures = 0
         self._failures += 1
         self._broken = self._broken or reason
-        if self.state == UP or (self._failures == 1 and not self._been_up):
+        # the watchdog has logged a stall already (and left UP)
+        if (was_up is not None and self.state == UP) or (self._failures == 1 and not self._been_up):
             log.warning("%s: %s; reconnecting with backoff", self.name, reason)
         else:
             log.debug("%s: attempt %d failed: %s", self.name, self._failures, reason)
@@ -293,13 +297,22 @@ class ResilientSource:
     # the consuming thread
 
     def _watch(self) -> None:
-        """Interrupt an open source that delivered no audio for ``stall_seconds``."""
+        """Give up on an open source that delivered no audio for ``stall_seconds``: it is down now."""
         source = self._source
         if source is not None and self._stall is None and time.monotonic() - self._alive_at > self.stall_seconds:
             self._stall = f"no audio for {self.stall_seconds:g} s"
+            if self.state == UP:
+                log.warning("%s: %s; reconnecting with backoff", self.name, self._stall)
+            self.state, self.last_error = BACKING_OFF, self._stall
             self._interrupt(source)
 
     def _interrupt(self, source: Any) -> None:
+        """Ask ``source`` to stop, on a thread of its own: a stalled device can block ``close()`` for as
+        long as it stalls (PortAudio waits for its audio thread), and nobody else may wait with it."""
+        threading.Thread(target=self._interrupt_now, args=(source,), name=f"interrupt {self.name}",
+                         daemon=True).start()
+
+    def _interrupt_now(self, source: Any) -> None:
         try:
             if hasattr(source, "interrupt"):
                 source.interrupt()
