@@ -96,6 +96,15 @@ def test_failures_are_retried_in_order_and_logged_once(caplog):
     sink.close()
 
 
+def test_a_plain_callable_is_wrapped():
+    delivered = []
+    sink = QueueSink("list", deliver=delivered.append).start()
+    for i in range(100):
+        sink.put(i)
+    sink.close()
+    assert delivered == list(range(100)) and sink.delivered == 100 and sink.dropped == 0
+
+
 def test_a_dead_thread_is_restarted_and_its_item_kept(caplog):
     sink = Recorder(die=1).start()
     sink.put("a")

@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 import time
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +26,24 @@ log = logging.getLogger(__name__)
 class QueueSink:
     """Deliver items (any objects) from a bounded queue on a thread of its own.
 
+    Subclass it and write ``deliver()``, or wrap an existing object's method:
+    ``QueueSink("database", deliver=store.write_event)``.
+
     ``backoff`` is ``(first, longest)`` seconds between retries: the delay doubles from ``first``
     up to ``longest`` and each wait is drawn in ``[delay / 2, delay]`` so that sinks failing
     together do not retry together. Counters: ``delivered``, ``dropped`` (queue full or left at
     close), ``failures`` (failed delivery attempts), ``restarts`` (dead threads replaced).
     """
 
-    def __init__(self, name: str, *, queue_size: int = 1000,
-                 backoff: tuple[float, float] = (1.0, 60.0)) -> None:
+    def __init__(self, name: str, *, queue_size: int = 1000, backoff: tuple[float, float] = (1.0, 60.0),
+                 deliver: Callable[[Any], None] | None = None) -> None:
         if queue_size < 1:
             raise ValueError(f"{name}: queue_size must be at least 1, got {queue_size}")
         if not 0 < backoff[0] <= backoff[1]:
             raise ValueError(f"{name}: backoff must be (first, longest) with 0 < first <= longest, got {backoff}")
         self.name = name
+        if deliver is not None:
+            self.deliver = deliver
         self.queue_size = queue_size
         self.backoff = backoff
         self.delivered = 0
