@@ -14,6 +14,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable
@@ -85,6 +86,7 @@ class SourcePipeline:
         self.finished = threading.Event()
         self._lock = threading.Lock()  # the detectors and open events: the inference and source threads
         self._t = 0.0  # stream seconds of the newest window handled
+        self._order: deque[tuple[str, int]] = deque()  # windows in flight and gated ones behind them, by end sample
         self.set_labels(labels, params)
         self._thread = threading.Thread(target=self._read, name=f"pipeline {name}", daemon=True)
 
@@ -165,6 +167,7 @@ class SourcePipeline:
 
     def _offer(self, window: Window, base: int) -> None:
         window = replace(window, start=window.start + base)
+        end = window.start + len(window.samples)
         self.windows += 1
         level = level_db(window.samples)
         self.level = level
@@ -173,18 +176,42 @@ class SourcePipeline:
             if self.metrics is not None:
                 self.metrics.window(self.name, level_dbfs=max(level, -200.0), inference_s=None)
             with self._lock:
-                t = (window.start + len(window.samples)) / SAMPLE_RATE
-                self._emit_events(self._quiet(t), t)
+                if any(kind == "window" for kind, _ in self._order):
+                    self._order.append(("quiet", end))  # after the windows still being classified
+                else:
+                    self._quiet_at(end)
             return
+        with self._lock:
+            self._order.append(("window", end))
         replaced = self.scheduler.submit(self.name, window, wait=not self.live)
         if replaced and self.metrics is not None:
             self.metrics.dropped_windows(self.name)
+
+    def _quiet_at(self, end: int) -> None:
+        t = end / SAMPLE_RATE
+        self._emit_events(self._quiet(t), t)
+
+    def _catch_up(self, end: int | None) -> None:
+        """Handle, in stream order, the gated windows before sample ``end`` (None: all that lead the
+        queue) and forget windows that were replaced before their turn."""
+        while self._order:
+            kind, at = self._order[0]
+            if end is None and kind == "window":
+                return
+            if end is not None and at >= end:
+                if kind == "window" and at == end:
+                    self._order.popleft()
+                return
+            self._order.popleft()
+            if kind == "quiet":
+                self._quiet_at(at)
 
     # -- results (the inference thread) ---------------------------------------------------------
     def on_result(self, window: Window, probs: np.ndarray, sims: np.ndarray, seconds: float) -> None:
         t_start = window.start / SAMPLE_RATE
         t_end = (window.start + len(window.samples)) / SAMPLE_RATE
         with self._lock:
+            self._catch_up(window.start + len(window.samples))
             if len(probs) != len(self.labels):  # a window classified just before a reload
                 return
             probs = self.smoother(probs)
@@ -202,6 +229,7 @@ class SourcePipeline:
             self.emit("window", (self.name, result))
             self._emit_events(events, t_end, arrival=window.arrival)
             self._touch(t_end, window.arrival)
+            self._catch_up(None)
 
     def _emit_events(self, events: list[Event], t: float, arrival: float | None = None) -> None:
         now_utc = utc_at(arrival) if arrival is not None else datetime.now(timezone.utc)
@@ -246,4 +274,6 @@ class SourcePipeline:
     def close_events(self) -> None:
         """End the open events at the stream's current time (shutdown)."""
         with self._lock:
+            self._catch_up(None)
+            self._order.clear()
             self._emit_events(self._close_all(self._t), self._t)

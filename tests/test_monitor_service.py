@@ -1,0 +1,229 @@
+"""The monitor end to end, in process: several sources through one tiny model into a real SQLite
+file, FLAC clips, a real mosquitto broker and a scraped metrics endpoint; privacy, reload, outages."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
+
+from audioclip.monitor.clips import ClipFolderError
+from audioclip.monitor.config import MonitorConfig, load_config
+from audioclip.monitor.output import JsonlOutput
+from audioclip.monitor.service import Monitor
+
+SR = 44100
+
+
+def burst_wav(path: Path, pattern=((2.0, 0.0), (3.0, 0.3), (5.0, 0.0)), seed: int = 0) -> Path:
+    """Silence and white-noise bursts: ``pattern`` is (seconds, amplitude) pieces."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([amp * rng.standard_normal(int(s * SR)).astype(np.float32) for s, amp in pattern])
+    sf.write(path, np.clip(x, -1, 1), SR, subtype="FLOAT")
+    return path
+
+
+def config(tmp_path: Path, checkpoint: Path, sources: list[dict], **sections) -> MonitorConfig:
+    d = {
+        "model": {"checkpoint": str(checkpoint)},
+        "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
+        "labels": [{"name": "cat", "prompts": ["cat", "meowing cat"]}, {"name": "rain"}],
+        "sources": sources,
+        **sections,
+    }
+    return MonitorConfig.from_dict(d, origin="test.toml")
+
+
+def run(cfg: MonitorConfig, **kwargs) -> tuple[Monitor, list[dict]]:
+    out = io.StringIO()
+    monitor = Monitor(cfg, output=JsonlOutput(out), **kwargs)
+    monitor.run()
+    return monitor, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def rows(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM events ORDER BY id")]
+
+
+def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
+    a, b = burst_wav(tmp_path / "a.wav", seed=1), burst_wav(tmp_path / "b.wav", seed=2)
+    db, clips = tmp_path / "d.sqlite", tmp_path / "clips"
+    cfg = config(tmp_path, tiny_checkpoint,
+                 [{"name": "porch", "file": str(a), "realtime": False}, {"name": "yard", "file": str(b), "realtime": False}],
+                 store={"db": str(db), "clips": str(clips), "pre_roll": 2.0, "post_roll": 2.0})
+    monitor, lines = run(cfg)
+
+    windows = [x for x in lines if "t_start" in x]
+    events = [x for x in lines if "event" in x]
+    assert {w["source"] for w in windows} == {"porch", "yard"}
+    for name in ("porch", "yard"):
+        ts = [w["t_end"] for w in windows if w["source"] == name]
+        assert ts == [2.5 + 0.5 * k for k in range(7)]  # windows with sound; the silent ones are gated
+    assert monitor.pipelines[0].gated == 19 - 7
+
+    stored = rows(db)
+    assert sorted((r["source"], r["label"]) for r in stored) == [("porch", "cat"), ("yard", "cat")]
+    for r in stored:
+        assert r["start_s"] == 2.5 and r["end_s"] == 6.0  # first window with sound .. first silent window
+        assert r["end_utc"] is not None and r["end_utc"] > r["start_utc"]
+        starts = [e for e in events if e["id"] == r["id"] and e["event"] == "start"]
+        ends = [e for e in events if e["id"] == r["id"] and e["event"] == "end"]
+        assert len(starts) == 1 and len(ends) == 1 and ends[0]["mean"] == pytest.approx(r["mean"], abs=1e-6)
+        audio, rate = sf.read(r["clip"], dtype="float32")
+        assert rate == SR and r["clip"].endswith(".flac") and Path(r["clip"]).is_relative_to(clips / r["source"])
+        assert len(audio) / SR == pytest.approx(2.0 + (6.0 - 2.5) + 2.0, abs=0.5)  # within one hop
+        source = sf.read(a if r["source"] == "porch" else b, dtype="float32")[0]
+        lo = int(0.5 * SR)
+        np.testing.assert_allclose(audio, source[lo:lo + len(audio)], atol=1 / 32768)
+
+
+def test_privacy_label_mutes_the_clip(tmp_path, tiny_checkpoint):
+    """The tiny model's top label is 'cat' on noise: with privacy on it, the clip holds no sound of it."""
+    a = burst_wav(tmp_path / "a.wav")
+    db = tmp_path / "d.sqlite"
+    d = {"model": {"checkpoint": str(tiny_checkpoint)},
+         "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
+         "labels": [{"name": "cat", "privacy": True}, {"name": "rain"}],
+         "sources": [{"name": "porch", "file": str(a), "realtime": False}],
+         "store": {"db": str(db), "clips": str(tmp_path / "clips")}}
+    run(MonitorConfig.from_dict(d))
+    (r,) = rows(db)
+    audio, _ = sf.read(r["clip"], dtype="float32")
+    assert np.abs(audio).max() == 0.0  # every window with sound was won by the private label
+
+
+def test_event_false_labels_are_scored_not_events(tmp_path, tiny_checkpoint):
+    a = burst_wav(tmp_path / "a.wav")
+    d = {"model": {"checkpoint": str(tiny_checkpoint)},
+         "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
+         "labels": [{"name": "cat", "event": False}, {"name": "rain"}],
+         "sources": [{"name": "porch", "file": str(a), "realtime": False}]}
+    _, lines = run(MonitorConfig.from_dict(d))
+    assert any("t_start" in x and x["top"] == "cat" for x in lines)
+    assert not [x for x in lines if "event" in x]
+
+
+def test_reload_changes_labels_and_refuses_a_bad_file(tmp_path, tiny_checkpoint, caplog):
+    a = burst_wav(tmp_path / "a.wav", pattern=((3.0, 0.3),))
+    toml = tmp_path / "monitor.toml"
+
+    def write(labels: str) -> None:
+        toml.write_text(f'labels = {labels}\n[model]\ncheckpoint = "{tiny_checkpoint}"\n[defaults]\nwindow = 1.0\n'
+                        'hop = 0.5\n'
+                        f'[[sources]]\nname = "loop"\nfile = "{a}"\nloop = true\nrealtime = true\n')
+
+    write('["cat", "rain"]')
+    out = io.StringIO()
+    monitor = Monitor(load_config(toml), output=JsonlOutput(out), config_path=str(toml))
+    thread = threading.Thread(target=monitor.run)
+    thread.start()
+    try:
+        def labels_seen():
+            return [tuple(json.loads(x)["probs"]) for x in out.getvalue().splitlines() if '"t_start"' in x]
+
+        deadline = time.monotonic() + 60
+        while not labels_seen() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert labels_seen()[0] == ("cat", "rain")
+        write('["dog bark", "siren", "rain"]')
+        monitor.reload()
+        while labels_seen()[-1] != ("dog bark", "siren", "rain") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert labels_seen()[-1] == ("dog bark", "siren", "rain")
+        toml.write_text(toml.read_text() + "[defaults]\n")  # a duplicate table: not valid TOML
+        monitor.reload()
+        time.sleep(1.5)
+        assert "reload refused" in caplog.text
+        n = len(labels_seen())
+        time.sleep(1.5)
+        assert len(labels_seen()) > n and labels_seen()[-1] == ("dog bark", "siren", "rain")
+    finally:
+        monitor.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+
+
+def test_mqtt_and_metrics_from_a_running_monitor(tmp_path, tiny_checkpoint, mosquitto):
+    import paho.mqtt.client as mqtt
+    from servers import free_port
+
+    got: list[tuple[str, str, bool]] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.append((m.topic, m.payload.decode(), m.retain))
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe([("svc/#", 1), ("homeassistant/#", 1)])
+    sub.loop_start()
+    try:
+        a = burst_wav(tmp_path / "a.wav")
+        db = tmp_path / "d.sqlite"
+        cfg = config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(a), "realtime": True}],
+                     store={"db": str(db)}, mqtt={"url": mosquitto.url, "prefix": "svc", "homeassistant": True},
+                     metrics={"listen": f"127.0.0.1:{free_port()}"})
+        monitor = Monitor(cfg, output=None)
+        thread = threading.Thread(target=monitor.run)
+        thread.start()
+        scraped = None
+        deadline = time.monotonic() + 60
+        while thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+            if monitor.metrics is not None and monitor.pipelines and monitor.pipelines[0].windows >= 6:
+                with urllib.request.urlopen(f"http://127.0.0.1:{monitor.metrics.port}/metrics", timeout=5) as r:
+                    scraped = r.read().decode()
+                break
+        thread.join(60)
+        time.sleep(1.0)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+    assert scraped is not None
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(scraped) for s in family.samples}
+    assert samples[("audioclip_windows_total", (("source", "porch"),))] >= 6
+    assert samples[("audioclip_gated_windows_total", (("source", "porch"),))] >= 3
+    assert ("audioclip_inference_seconds_count", ()) in samples
+
+    (r,) = rows(db)
+    states = [p for t, p, _ in got if t == "svc/porch/cat"]
+    assert states[:1] == ["OFF"] or "ON" in states
+    assert states[-2:] == ["ON", "OFF"]
+    events = [json.loads(p) for t, p, _ in got if t == "svc/porch/events"]
+    assert [(e["event"], e["id"]) for e in events] == [("start", r["id"]), ("end", r["id"])]
+    assert events[1]["end_s"] == r["end_s"]
+    assert any(t.startswith("homeassistant/binary_sensor/") and t.endswith("porch_cat/config") for t, _, _ in got)
+    assert [p for t, p, _ in got if t == "svc/status"][-1] == "offline"
+
+
+def test_unwritable_clip_folder_refused_at_start(tmp_path, tiny_checkpoint):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    cfg = config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(burst_wav(tmp_path / "a.wav"))}],
+                 store={"db": str(tmp_path / "d.sqlite"), "clips": str(blocker / "clips")})
+    with pytest.raises(ClipFolderError, match="not-a-folder"):
+        Monitor(cfg).run()
+    assert not (tmp_path / "d.sqlite").exists()
+
+
+def test_unreachable_broker_at_start_does_not_stop_the_service(tmp_path, tiny_checkpoint):
+    from servers import free_port
+
+    db = tmp_path / "d.sqlite"
+    burst_wav(tmp_path / "a.wav")
+    cfg = config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(tmp_path / "a.wav"), "realtime": False}],
+                 store={"db": str(db)}, mqtt={"url": f"mqtt://127.0.0.1:{free_port()}"})
+    t0 = time.monotonic()
+    monitor, lines = run(cfg)
+    assert time.monotonic() - t0 < 60
+    assert len(rows(db)) == 1 and rows(db)[0]["end_utc"] is not None  # the database got the event regardless
+    assert monitor.sinks[0].dropped >= 2  # the broker never came: its messages were dropped at close, counted
