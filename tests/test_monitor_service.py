@@ -60,7 +60,8 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
     a, b = burst_wav(tmp_path / "a.wav", seed=1), burst_wav(tmp_path / "b.wav", seed=2)
     db, clips = tmp_path / "d.sqlite", tmp_path / "clips"
     cfg = config(tmp_path, tiny_checkpoint,
-                 [{"name": "porch", "file": str(a), "realtime": False}, {"name": "yard", "file": str(b), "realtime": False}],
+                 [{"name": "porch", "file": str(a), "realtime": False},
+                  {"name": "yard", "file": str(b), "realtime": False}],
                  store={"db": str(db), "clips": str(clips), "pre_roll": 2.0, "post_roll": 2.0})
     monitor, lines = run(cfg)
 
@@ -156,6 +157,7 @@ def test_reload_changes_labels_and_refuses_a_bad_file(tmp_path, tiny_checkpoint,
 
 def test_mqtt_and_metrics_from_a_running_monitor(tmp_path, tiny_checkpoint, mosquitto):
     import paho.mqtt.client as mqtt
+
     from servers import free_port
 
     got: list[tuple[str, str, bool]] = []
