@@ -16,13 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from servers import Mosquitto, free_port
 
 from audioclip.monitor.events import DetectionEvent
 from audioclip.monitor.metrics import Metrics
 from audioclip.monitor.mqtt import MqttSink, parse_broker_url, topic_slug
-from audioclip.monitor.sink import QueueSink
+from audioclip.monitor.sink import QueueSink, Undeliverable
 from audioclip.monitor.webhooks import WebhookSink
+
+from servers import Mosquitto, free_port
 
 FAST = (0.02, 0.1)  # backoff for the tests: the production default is (1, 60)
 
@@ -103,6 +104,21 @@ def test_a_plain_callable_is_wrapped():
         sink.put(i)
     sink.close()
     assert delivered == list(range(100)) and sink.delivered == 100 and sink.dropped == 0
+
+
+def test_an_undeliverable_item_is_dropped_and_the_rest_go_on(caplog):
+    def deliver(item):
+        if item == "poison":
+            raise Undeliverable("rejected by the target")
+        delivered.append(item)
+
+    delivered = []
+    sink = QueueSink("picky", deliver=deliver, backoff=FAST).start()
+    for item in ("a", "poison", "b"):
+        sink.put(item)
+    sink.close()
+    assert delivered == ["a", "b"] and sink.dropped == 1 and sink.failures == 1
+    assert "picky: dropped an item that cannot be delivered: rejected by the target" in caplog.text
 
 
 def test_a_dead_thread_is_restarted_and_its_item_kept(caplog):

@@ -2,9 +2,10 @@
 
 The inference path hands a sink its items with ``put()``, which never blocks: the queue is
 bounded and, when full, its oldest item is dropped and counted. One thread per sink takes the
-items in order and calls ``deliver(item)`` (the subclass's job). An exception keeps the item and
-retries it after a jittered exponential backoff; the fault is logged once when an outage starts
-and once when deliveries succeed again, never once per retry.
+items in order and calls ``deliver(item)`` (the subclass's job, or a callable given). An exception
+keeps the item and retries it after a jittered exponential backoff (``Undeliverable`` drops it
+instead); the fault is logged once when an outage starts and once when deliveries succeed again,
+never once per retry.
 
 A delivery thread that dies (a bug, not a failed delivery) is restarted by ``ensure_running()``,
 which ``put()`` calls and a service calls periodically. ``close(timeout)`` delivers what it can
@@ -21,6 +22,10 @@ import time
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+
+class Undeliverable(Exception):
+    """Raised by ``deliver()`` for an item that no retry can deliver: it is dropped (and counted)."""
 
 
 class QueueSink:
@@ -167,7 +172,10 @@ class QueueSink:
                     return
                 try:
                     self.deliver(item)
-                except Exception as e:  # noqa: BLE001 - any failure keeps the item for a retry
+                except Undeliverable as e:
+                    self._give_up(e)
+                    continue
+                except Exception as e:  # noqa: BLE001 - any other failure keeps the item for a retry
                     self._failed(e)
                     continue
                 self._succeeded()
@@ -189,6 +197,14 @@ class QueueSink:
             while not self._woken and not self._closed and (left := end - time.monotonic()) > 0:
                 self._cond.wait(left)
             self._woken = False
+
+    def _give_up(self, error: Undeliverable) -> None:
+        with self._cond:
+            self.failures += 1
+            if not self._closed:
+                self._current, self._has_current = None, False
+                self.dropped += 1
+        log.warning("%s: dropped an item that cannot be delivered: %s", self.name, error)
 
     def _succeeded(self) -> None:
         with self._cond:
