@@ -78,7 +78,9 @@ class Server:
         self.port = port or free_port()
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
-        self.log = Path(tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")[1])
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))  # its log and configuration
+        self.log = self.folder / "server.log"
+        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -172,14 +174,20 @@ class HttpStream(Server):
 
 
 class Mosquitto(Server):
+    """A broker; with ``persistent=True`` it keeps sessions and queued QoS 1 messages across a stop."""
+
     name = "mosquitto"
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, *, persistent: bool = False):
         super().__init__(port)
         self.host = "127.0.0.1"
         self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.config = self.log.with_suffix(".conf")
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.config = self.folder / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"persistence {str(persistent).lower()}"]
+        if persistent:  # started as root, mosquitto drops to its own user: it must write the folder
+            self.folder.chmod(0o777)
+            lines.append(f"persistence_location {self.folder}/")
+        self.config.write_text("\n".join(lines) + "\n")
 
     def command(self) -> list[str]:
         return [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(self.config)]
