@@ -255,6 +255,15 @@ def test_mqtt_last_will_and_retained_state_back_on_a_restarted_broker_without_pe
         sink._client.socket().shutdown(socket.SHUT_RDWR)  # the link dies without a DISCONNECT
         wait_until(lambda: sub.payloads("t4/status")[-2:] == ["offline", "online"], 10, "the will, then online",
                    lambda: sub.messages)
+        stale = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t4-stale")
+        stale.connect("127.0.0.1", bare.port)
+        stale.loop_start()
+        seen = len(sub.payloads("t4/status"))
+        stale.publish("t4/status", "offline", qos=1, retain=True).wait_for_publish(5)  # a will landing late
+        wait_until(lambda: sub.payloads("t4/status")[seen:] == ["offline", "online"], 10, "online again",
+                   lambda: sub.messages)
+        stale.disconnect()
+        stale.loop_stop()
         sub.close()
         bare.kill()
         bare.start()  # forgot every retained message

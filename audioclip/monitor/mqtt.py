@@ -5,7 +5,8 @@ characters other than ``a-z0-9`` becomes ``_``: label "Dog bark" is ``dog_bark``
 
 - ``<prefix>/<source>/<label>``: ``ON`` when an event starts, ``OFF`` when it ends (retained);
 - ``<prefix>/<source>/events``: ``DetectionEvent.to_json()`` per start and end (not retained);
-- ``<prefix>/status``: ``online`` on connect, ``offline`` at close and as the last will (retained);
+- ``<prefix>/status``: ``online`` on connect, ``offline`` at close and as the last will (retained;
+  the sink subscribes to it and answers a stale ``offline`` while it is connected with ``online``);
 - with ``homeassistant=True``, ``homeassistant/binary_sensor/<prefix>/<source>_<label>/config``
   (retained) for each source and label given to :meth:`MqttSink.announce`.
 
@@ -105,6 +106,7 @@ class MqttSink(QueueSink):
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self._client = client
         self._link = "starting"           # logged once per change
         self._retained_lock = threading.Lock()
@@ -215,8 +217,15 @@ class MqttSink(QueueSink):
             for topic, state in self._states.items():
                 if topic != self._inflight_topic:
                     self._publish_unclaimed(topic, state)
+        client.subscribe(self.status_topic, qos=1)
         self._change_link("up", logging.INFO, "connected")
         self.wake()
+
+    def _on_message(self, client, userdata, message) -> None:
+        # A will can land after our "online": the broker ends a half-open old connection late.
+        if message.topic == self.status_topic and message.payload == b"offline" and not self._closing:
+            log.debug("%s: %s said offline while connected; publishing online again", self.name, self.status_topic)
+            self._publish_unclaimed(self.status_topic, "online")
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._change_link("unreachable", logging.WARNING,
