@@ -189,7 +189,7 @@ class QueueSink:
                 return  # close() counts the item as dropped and logs it
             if self._attempt == 0:
                 log.warning("%s: delivery failed (%s); keeping %d items and retrying with backoff",
-                            self.name, error or type(error).__name__,
+                            self.name, str(error) or type(error).__name__,
                             len(self._queue) + self._has_current)
             delay = min(self.backoff[1], self.backoff[0] * 2 ** min(self._attempt, 30))
             self._attempt += 1
