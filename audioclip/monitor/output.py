@@ -110,3 +110,17 @@ class LiveOutput:
 
     def close(self) -> None:
         self._live.stop()
+
+
+def summary_lines(monitor) -> list[str]:
+    """What a stopped monitor did, a line per source: windows, drops, gating, outages, events."""
+    lines = []
+    for p in monitor.pipelines:
+        counters = monitor.scheduler.counters(p.name)
+        source = p.source
+        outage = ""
+        if hasattr(source, "reconnects"):
+            outage = f", reconnects {source.reconnects}, {source.seconds_lost:.1f} s lost"
+        lines.append(f"{p.name}: windows {p.windows}, classified {counters.processed}, dropped {counters.dropped}, "
+                     f"gated {p.gated}, input overflows {source.overflows}{outage}, events {p.events}")
+    return lines

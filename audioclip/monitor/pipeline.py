@@ -79,7 +79,7 @@ class SourcePipeline:
         self.clips, self.clip_lock, self.clip_done = clips, clip_lock or threading.Lock(), clip_done
         self.metrics = metrics
         self.live = bool(getattr(source, "live", True))
-        self.windows = self.gated = 0
+        self.windows = self.gated = self.events = 0
         self.level = -np.inf
         self.last: WindowResult | None = None
         self.error: BaseException | None = None
@@ -239,6 +239,7 @@ class SourcePipeline:
                 start_utc = now_utc - timedelta(seconds=max(t - e.t, 0.0))
                 self._open[e.label] = (event_id, start_utc, e.t)
                 record = DetectionEvent(event_id, "start", self.name, e.label, start_utc, e.t, e.peak, e.peak)
+                self.events += 1
                 if self.metrics is not None:
                     self.metrics.event(self.name, e.label)
                 if self.clips is not None:

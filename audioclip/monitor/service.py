@@ -106,6 +106,7 @@ class Monitor:
         self.metrics = None
         self.pipelines: list[SourcePipeline] = []
         self._clip_lock = threading.Lock()
+        self.output_factory = None  # labels -> output, for outputs that need the labels (CSV columns)
 
     # -- control, from any thread or a signal handler -------------------------------------------
     def stop(self) -> None:
@@ -134,6 +135,8 @@ class Monitor:
 
             self._classifier = config_classifier(config)
         self.labels = list(self._classifier.labels)
+        if self.output is None and self.output_factory is not None:
+            self.output = self.output_factory(self.labels)
         first_id = 1
         if config.store is not None:
             store = EventStore(config.store.db)

@@ -66,12 +66,23 @@ def stream(
     threads: int | None = typer.Option(None, "--threads",
                                           help="Inference threads (default 2; 1 is steadier beside other busy work)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+    config_file: Path | None = typer.Option(None, "--config", help="Run the monitor a monitor.toml describes."),
+    db: Path | None = typer.Option(None, "--db", help="Store events in this SQLite file (the monitor)."),
+    clips: Path | None = typer.Option(None, "--clips", help="Write each event's audio as FLAC here (needs --db)."),
+    mqtt: str | None = typer.Option(None, "--mqtt", help="Publish events to mqtt://[user:pass@]host[:port]."),
+    metrics: str | None = typer.Option(None, "--metrics", help="Serve Prometheus metrics on HOST:PORT."),
+    loop: bool = typer.Option(False, "--loop", help="Play --input FILE again at its end (the monitor)."),
 ) -> None:
     """Classify overlapping windows of live or recorded audio against text labels."""
     setup_logging(verbose=not quiet)
     if list_devices:
         for d in list_input_devices():
             typer.echo(d.describe())
+        return
+    from ..monitor.cli import run_monitor_cli, wants_monitor
+
+    if loop or wants_monitor(config=config_file, input=input, db=db, clips=clips, mqtt=mqtt, metrics=metrics):
+        _monitor(locals(), run_monitor_cli)
         return
     given = {"threshold": threshold, "hysteresis": hysteresis, "min_windows": min_windows}
     config = StreamConfig(window=window, hop=hop, smooth=smooth, events=events, min_dbfs=min_dbfs, top_k=top_k,
@@ -103,6 +114,32 @@ def stream(
         writer.close()
     for line in summary_lines(stats, detector):
         out.print(line, highlight=False, soft_wrap=True)
+
+
+def _monitor(options: dict, run_monitor_cli) -> None:
+    """The monitor for ``--config`` or the one-source shortcuts; prints its summary at the end."""
+    from ..monitor.output import summary_lines as monitor_summary
+
+    o = options
+    defaults = {"labels": None, "labels_file": None, "template": None, "checkpoint": None, "onnx": None,
+                "input": None, "device": None, "window": 5.0, "hop": 0.5, "smooth": 1, "threshold": None,
+                "hysteresis": None, "min_windows": None, "min_dbfs": None, "events": False, "realtime": False,
+                "threads": None, "db": None, "clips": None, "mqtt": None, "metrics": None, "loop": False}
+    given = ["--" + name.replace("_", "-") for name, value in defaults.items() if o[name] != value]
+    flags = {}
+    if o["config_file"] is None:
+        label_list = labels_from_options(o["labels"], o["labels_file"])
+        flags = {k: o[k] for k in ("input", "device", "template", "onnx", "threads", "window", "hop", "smooth",
+                                   "threshold", "min_dbfs", "realtime", "loop", "db", "clips", "mqtt", "metrics")}
+        flags.update(labels=label_list, checkpoint=o["checkpoint"] or "full",
+                     hysteresis=0.05 if o["hysteresis"] is None else o["hysteresis"],
+                     min_windows=1 if o["min_windows"] is None else o["min_windows"])
+        for name in ("db", "clips", "onnx"):
+            flags[name] = None if flags[name] is None else str(flags[name])
+    monitor = run_monitor_cli(config_path=o["config_file"], flags=flags, given=[g for g in given if g != "--events"],
+                              format=o["format"].value, duration=o["duration"], top_k=o["top_k"])
+    for line in monitor_summary(monitor):
+        errors.print(line, highlight=False, soft_wrap=True)
 
 
 def _open_source(input: str | None, device: str | None, realtime: bool):
