@@ -16,7 +16,6 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from servers import HttpStream, RtspServer, free_port
 
 from audioclip.monitor.sources import SourceError, UrlSource, redact
 from audioclip.monitor.supervisor import (
@@ -30,6 +29,8 @@ from audioclip.monitor.supervisor import (
     file_opener,
     url_opener,
 )
+
+from servers import HttpStream, RtspServer, free_port
 
 SUPERVISOR_LOG = "audioclip.monitor.supervisor"
 
