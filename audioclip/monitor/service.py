@@ -64,8 +64,8 @@ def open_source(source: SourceConfig, *, stdin=None):
         opener = url_opener(source.url, name=source.name, read_timeout=min(10.0, source.stall_seconds))
     elif source.kind == "device":
         opener = device_opener(source.device)
-    elif source.kind == "file" and source.loop:
-        opener = file_opener(source.file, loop=True, realtime=source.realtime)
+    elif source.kind == "file" and source.loop:  # looped, a file is a live source: always paced
+        opener = file_opener(source.file, loop=True, realtime=True)
     elif source.kind == "file":
         from ..stream.sources import FileSource
 
