@@ -152,18 +152,10 @@ def test_close_flushes_within_its_timeout_and_counts_the_rest():
 
 # -- MQTT ------------------------------------------------------------------------------------------
 
-class PersistentMosquitto(Mosquitto):
-    """Mosquitto keeping sessions across a stop (SIGTERM), so a QoS 1 subscriber misses nothing."""
-
-    def __init__(self, folder):
-        super().__init__()
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               f"persistence true\npersistence_location {folder}/\n")
-
-
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory):
-    with PersistentMosquitto(tmp_path_factory.mktemp("mosquitto")) as server:
+def broker():
+    """Keeps sessions across a stop (SIGTERM), so that a QoS 1 subscriber misses nothing of an outage."""
+    with Mosquitto(persistent=True) as server:
         yield server
 
 
