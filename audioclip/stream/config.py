@@ -14,8 +14,9 @@ from ..model.labels import ParameterError, window_samples
 class StreamConfig:
     """How a stream cuts, scores and reports its audio.
 
-    ``window`` / ``hop``: seconds per classified window and between window starts (a hop longer
-    than the window leaves audio unheard: a ``UserWarning`` says so once). ``smooth``: average the
+    ``window`` / ``hop``: seconds per classified window (one FBSP frame to
+    :data:`~audioclip.model.labels.MAX_WINDOW_SECONDS`, a bound set by memory) and between window
+    starts (a hop longer than the window leaves audio unheard: a ``UserWarning`` says so). ``smooth``: average the
     probabilities over the last N windows. ``events``: report label events; an event starts when
     a label's probability reaches ``threshold`` for ``min_windows`` windows in a row and ends when
     it falls below ``threshold - hysteresis``. ``min_dbfs``: windows whose RMS level is below this
