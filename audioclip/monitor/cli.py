@@ -36,7 +36,7 @@ def run_monitor_cli(*, config_path, flags: dict, given: list[str], format: str, 
         config = load_config(config_path)
     else:
         config = MonitorConfig.single(**flags)
-    log.info("configuration: %s", config.redacted())
+    log.debug("configuration: %s", config.redacted())
     if format == "jsonl":
         output = JsonlOutput(sys.stdout)
     elif format == "csv":
