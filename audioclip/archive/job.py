@@ -1,0 +1,150 @@
+"""One recording through the stream's pipeline: its windows, events and (optionally) embeddings.
+
+:func:`label_recording` runs :func:`audioclip.stream.runner.run_stream` over a
+:class:`~audioclip.archive.decode.RecordingSource`: the same resampler, window scheduler and
+inference thread as ``audioclip-stream --input FILE``, so a recording's rows equal the stream's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..audio import AudioFileError
+from ..stream.config import StreamConfig
+from ..stream.runner import run_stream
+from .decode import RecordingSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the classifier, in a form a worker process can receive.
+
+    ``groups``: ``[(label, [prompt, ...]), ...]``; empty for the labels a fine-tuned checkpoint or
+    export carries. ``checkpoint`` (a release name or path) or ``onnx`` (an export folder).
+    """
+
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    template: str | None = None
+    checkpoint: str = "full"
+    onnx: str | None = None
+    threads: int | None = None
+
+    @classmethod
+    def from_labels(cls, labels: Sequence[str] | None, **kwargs) -> ModelSpec:
+        return cls(groups=tuple((label, (label,)) for label in labels or ()), **kwargs)
+
+    @property
+    def source(self) -> str:
+        """What names the model in the outputs: the ONNX folder or the checkpoint."""
+        return f"onnx:{self.onnx}" if self.onnx is not None else str(self.checkpoint)
+
+    def load(self):
+        """The stream's classifier (``ZeroShotClassifier`` or ``OnnxClassifier``) with prompt ensembles."""
+        from ..monitor.labels import load_group_classifier
+
+        return load_group_classifier(groups=[(name, list(p)) for name, p in self.groups], template=self.template,
+                                     checkpoint=self.checkpoint, onnx=self.onnx, threads=self.threads)
+
+
+class EmbeddingTap:
+    """A classifier that also keeps each window's normalised audio embedding (float16).
+
+    Scores come from the same numbers as the wrapped classifier's ``scores``: PyTorch's
+    ``embed`` + ``scores_of``, or the ONNX audio encoder's ``embedding`` and the same softmax.
+    """
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+        self.labels = classifier.labels
+        self.window_samples = getattr(classifier, "window_samples", None)
+        self.embeddings: list[np.ndarray] = []
+        if hasattr(classifier, "scores_of"):
+            self._run = self._torch
+        elif getattr(classifier, "label_embeddings", None) is not None:
+            self._run = self._onnx
+        else:
+            raise ValueError("--embeddings needs the export's audio encoder: pass --labels with --onnx (an export "
+                             "scoring only its own labels through classifier.onnx gives no embeddings)")
+
+    def scores(self, waveform):
+        probs, sims, embedding = self._run(waveform)
+        self.embeddings.append(np.asarray(embedding, np.float16))
+        return probs, sims
+
+    def _torch(self, waveform):
+        embedding = self.classifier.embed(waveform)
+        probs, sims = self.classifier.scores_of(embedding)
+        return probs, sims, embedding.float().cpu().numpy()
+
+    def _onnx(self, waveform):
+        from ..export.runtime import as_mono_batch
+
+        c = self.classifier
+        x = as_mono_batch(waveform, min_samples=c.min_samples, window_samples=c.window_samples)
+        (embedding,) = c.session.run(["embedding"], {c.input_name: x})
+        logits = (embedding @ c.label_embeddings.T) * np.float32(c.logit_scale)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True), logits / np.float32(c.logit_scale), embedding
+
+    def take(self) -> np.ndarray | None:
+        out = np.concatenate(self.embeddings) if self.embeddings else None
+        self.embeddings = []
+        return out
+
+
+@dataclass
+class RecordingResult:
+    """A recording's windows (``t_start``, ``t_end`` ``[W]``, ``probs`` ``[W, L]``), its events as
+    ``(label, t_start, t_end, peak, mean)`` rows, its embeddings ``[W, D]`` float16 (or None),
+    the seconds of audio read and the decoder used."""
+
+    labels: list[str]
+    t_start: np.ndarray
+    t_end: np.ndarray
+    probs: np.ndarray
+    events: list[tuple[str, float, float, float, float]] = field(default_factory=list)
+    embeddings: np.ndarray | None = None
+    seconds: float = 0.0
+    decoder: str = ""
+
+    @property
+    def top(self) -> list[str]:
+        return [self.labels[i] for i in np.argmax(self.probs, axis=1)] if len(self.probs) else []
+
+
+def label_recording(path, *, classifier, config: StreamConfig, embeddings: bool = False) -> RecordingResult:
+    """Classify every window of the recording at ``path``; :class:`AudioFileError` when it cannot be
+    decoded or holds no samples."""
+    source = RecordingSource(path)
+    model = EmbeddingTap(classifier) if embeddings else classifier
+    t_start, t_end, probs, opened, events = [], [], [], {}, []
+
+    def on_result(result) -> None:
+        t_start.append(result.t_start)
+        t_end.append(result.t_end)
+        probs.append(np.asarray(result.probs, np.float64))
+        _pair(result.events, opened, events)
+
+    stats, closing = run_stream(source=source, classifier=model, on_result=on_result, config=config)
+    _pair(closing, opened, events)
+    if stats.audio_seconds == 0:
+        raise AudioFileError(f"{path}: holds no samples")
+    labels = list(classifier.labels)
+    return RecordingResult(labels, np.asarray(t_start), np.asarray(t_end),
+                           np.asarray(probs).reshape(len(probs), len(labels)), events,
+                           model.take() if embeddings else None, stats.audio_seconds, source.decoder)
+
+
+def _pair(stream_events, opened: dict, rows: list) -> None:
+    """Stream start/end events -> ``(label, t_start, t_end, peak, mean)`` rows, in the order they end."""
+    for event in stream_events:
+        if event.kind == "start":
+            opened[event.label] = event.t
+        else:
+            rows.append((event.label, opened.pop(event.label), event.t, event.peak, event.mean))

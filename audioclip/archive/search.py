@@ -1,0 +1,182 @@
+"""Search a labelled archive's window embeddings by text, by a sound, or by a picture.
+
+The index is an ``audioclip-label --embeddings`` output folder: ``embeddings.npy`` (float16,
+normalised, one row per window) beside ``windows.parquet`` (file, t_start, t_end). Search is
+exact: the cosine similarity of the query to every row, in blocks, and the best ``k``.
+Queries are embedded by the model the archive was labelled with: its text tower, its audio
+head (the clip cut into the archive's windows, embeddings averaged), or its image tower with
+CLIP's preprocessing (:func:`clip_preprocess`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BLOCK_ROWS = 1 << 16
+
+
+@dataclass
+class Hit:
+    file: str
+    t_start: float
+    t_end: float
+    score: float
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "t_start": round(self.t_start, 6), "t_end": round(self.t_end, 6),
+                "score": round(self.score, 6)}
+
+
+def top_k(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, scores)`` of the ``k`` rows of ``embeddings`` ``[N, D]`` with the highest dot product
+    with ``query`` ``[D]``, best first (ties: lower row first). Computed in float32 blocks."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a whole number at least 1, got {k!r}")
+    query = np.asarray(query, np.float32).reshape(-1)
+    if embeddings.ndim != 2 or embeddings.shape[1] != len(query):
+        raise ValueError(f"query has {len(query)} dimensions, the index {embeddings.shape[1:]} ")
+    best_rows, best_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    for start in range(0, len(embeddings), BLOCK_ROWS):
+        scores = np.asarray(embeddings[start:start + BLOCK_ROWS], np.float32) @ query
+        take = min(k, len(scores))
+        idx = np.argpartition(-scores, take - 1)[:take] if take < len(scores) else np.arange(len(scores))
+        best_rows = np.concatenate([best_rows, idx + start])
+        best_scores = np.concatenate([best_scores, scores[idx]])
+        if len(best_rows) > k:
+            order = np.lexsort((best_rows, -best_scores))[:k]
+            best_rows, best_scores = best_rows[order], best_scores[order]
+    order = np.lexsort((best_rows, -best_scores))[:k]
+    return best_rows[order], best_scores[order]
+
+
+class ArchiveIndex:
+    """An ``audioclip-label --embeddings`` folder opened for search (embeddings memory-mapped)."""
+
+    def __init__(self, root: Path, settings: dict, embeddings: np.ndarray, files, t_start, t_end):
+        self.root, self.settings = root, settings
+        self.embeddings, self.files, self.t_start, self.t_end = embeddings, files, t_start, t_end
+        self.window = float(settings["window"])
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> ArchiveIndex:
+        import pyarrow.parquet as pq
+
+        root = Path(root)
+        if not (root / "archive.json").is_file():
+            raise ValueError(f"{root}: not an audioclip-label output folder (no archive.json)")
+        settings = json.loads((root / "archive.json").read_text(encoding="utf-8"))
+        if not settings.get("embeddings") or not (root / "embeddings.npy").is_file():
+            raise ValueError(f"{root} holds no embeddings: label it with --embeddings to search it")
+        embeddings = np.load(root / "embeddings.npy", mmap_mode="r")
+        table = pq.read_table(root / "windows.parquet", columns=["file", "t_start", "t_end"])
+        if table.num_rows != len(embeddings):
+            raise ValueError(f"{root}: windows.parquet has {table.num_rows} rows but embeddings.npy "
+                             f"{len(embeddings)}; label it again with --resume")
+        files = table.column("file").combine_chunks().dictionary_encode()
+        return cls(root, settings, embeddings, files, table.column("t_start").to_numpy(),
+                   table.column("t_end").to_numpy())
+
+    def model_for(self, checkpoint: str | None) -> str:
+        """The checkpoint that embeds queries: the index's own; another one is refused, naming both."""
+        model = self.settings["model"]
+        if model.startswith("onnx:"):
+            if checkpoint is None:
+                raise ValueError(f"{self.root} was labelled with the ONNX export {model[5:]}: pass --checkpoint, "
+                                 "the checkpoint it was exported from, to embed queries")
+            return checkpoint
+        if checkpoint is not None and checkpoint != model:
+            raise ValueError(f"{self.root} was embedded with {model}, not {checkpoint}: its embeddings cannot be "
+                             f"compared with another model's; search with --checkpoint {model}")
+        return model
+
+    def search(self, query: np.ndarray, *, k: int = 10) -> list[Hit]:
+        query = np.asarray(query, np.float32)
+        query = query / np.linalg.norm(query)
+        rows, scores = top_k(self.embeddings, query, k)
+        names = self.files.dictionary
+        indices = self.files.indices
+        return [Hit(names[indices[r].as_py()].as_py(), float(self.t_start[r]), float(self.t_end[r]), float(s))
+                for r, s in zip(rows, scores)]
+
+
+def clip_preprocess(path: str | os.PathLike, resolution: int = 224) -> np.ndarray:
+    """CLIP's image transform in Pillow and numpy: bicubic resize of the short side to ``resolution``,
+    centre crop, RGB in [0, 1], CLIP's mean and standard deviation. ``[3, resolution, resolution]``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not an image Pillow can read ({e})") from e
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    new_long = int(resolution * long / short)  # torchvision's Resize(int): the long side truncated
+    size = (resolution, new_long) if w <= h else (new_long, resolution)
+    image = image.resize(size, Image.BICUBIC)
+    left, top = int(round((size[0] - resolution) / 2.0)), int(round((size[1] - resolution) / 2.0))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    x = np.asarray(image, np.float32) / 255.0
+    x = (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class QueryEncoder:
+    """Embeds queries with a checkpoint's towers (normalised, float32 ``[D]``)."""
+
+    def __init__(self, checkpoint, model=None):
+        if model is None:
+            from ..model import load_model
+
+            model = load_model(checkpoint)
+        self.model = model.eval()
+
+    def text(self, text: str) -> np.ndarray:
+        import torch
+
+        if not text.strip():
+            raise ValueError("--text is empty: describe the sound, e.g. \"dog barking\"")
+        with torch.inference_mode():
+            return _unit(self.model.encode_text([text]).float().cpu().numpy()[0])
+
+    def audio(self, path: str | os.PathLike, *, window: float) -> np.ndarray:
+        """The mean embedding of the clip's consecutive windows (a clip shorter than one is zero-padded)."""
+        import torch
+
+        from ..audio import load_audio
+        from ..model.labels import window_samples
+
+        samples = load_audio(path)
+        n = window_samples(window)
+        count = max(1, len(samples) // n)
+        windows = np.zeros((count, n), np.float32)
+        for i in range(count):
+            chunk = samples[i * n:(i + 1) * n]
+            windows[i, :len(chunk)] = chunk
+        with torch.inference_mode():
+            rows = self.model.encode_audio(windows).float().cpu().numpy()
+        return _unit(np.mean([_unit(r) for r in rows], axis=0))
+
+    def image(self, path: str | os.PathLike) -> np.ndarray:
+        import torch
+
+        if not self.model.has_image:
+            raise ValueError("this checkpoint has no image tower: search by image needs a release checkpoint")
+        x = clip_preprocess(path, self.model.config.vision.image_resolution)
+        with torch.inference_mode():
+            return _unit(self.model.encode_image(torch.from_numpy(x)[None]).float().cpu().numpy()[0])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x)
