@@ -118,6 +118,8 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
     loading it with ``weights_only=False``, which would run that code.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
