@@ -32,7 +32,7 @@ def default_workers() -> int:
 
 
 @label_app.command()
-@one_line_errors(user_errors=(ValueError, OSError))
+@one_line_errors(user_errors=(ValueError, OSError), flags={"formats": "--format"})
 def label(
     paths: list[Path] = typer.Argument(..., help="Audio or video files and folders (walked recursively)."),
     labels: str | None = typer.Option(None, "--labels", help='Comma-separated labels, e.g. "siren,dog bark".'),

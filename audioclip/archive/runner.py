@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -88,7 +89,16 @@ _worker: dict = {}
 
 
 def _init_worker(spec: ModelSpec, settings: LabelSettings, out: str) -> None:
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     _worker.update(classifier=spec.load(), settings=settings, store=ArchiveStore(out))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent was killed (``kill -9``) exits instead of waiting for work for ever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _label_one(path: str) -> tuple[str, dict | None, str | None]:
@@ -100,7 +110,8 @@ def _label_one(path: str) -> tuple[str, dict | None, str | None]:
         return path, store.write_parts(Path(path), result, events=settings.events), None
     except (AudioFileError, OSError) as e:
         log.warning("%s", e)
-        return path, None, str(e).splitlines()[0]
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        return path, None, reason.removeprefix(f"{path}: ")
 
 
 def label_archive(recordings: Sequence[Path], *, out: str | os.PathLike, spec: ModelSpec,
