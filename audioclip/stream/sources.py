@@ -17,7 +17,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from ..audio import AudioFileError
-from ..model.constants import INT16_SCALE, SAMPLE_RATE
+from ..model.constants import SAMPLE_RATE
+from .wavpipe import WavFormat, read_wav_header
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ def resolve_device(device: str | int | None) -> InputDevice:
     devices = list_input_devices()
     listing = "; ".join(d.describe() for d in devices) or "none"
     if not devices:
-        raise AudioDeviceError("no audio input devices found (PortAudio lists none)")
+        raise AudioDeviceError("no audio input devices found (PortAudio lists none): stream a file with "
+                               "--input FILE, or raw audio or a WAV from stdin with --input -")
     if device is None:
         for d in devices:
             if d.is_default:
@@ -102,6 +104,8 @@ class FileSource:
         import soundfile
 
         self.path = Path(path)
+        if self.path.is_dir():
+            raise AudioFileError(f"{self.path}: is a folder, not an audio file")
         if not self.path.is_file():
             raise AudioFileError(f"{self.path}: no such file")
         try:
@@ -140,31 +144,42 @@ class FileSource:
 
 
 class StdinSource:
-    """Raw signed 16-bit little-endian mono PCM at 44.1 kHz from a byte stream (``--input -``)."""
+    """Audio from a byte stream (``--input -``): a WAV file (it starts with ``RIFF``: any rate and
+    channel count, PCM or float samples), else raw signed 16-bit little-endian mono PCM at 44.1 kHz.
+
+    The first bytes are read at construction, to tell which.
+    """
 
     def __init__(self, stream: BinaryIO, *, block_seconds: float = BLOCK_SECONDS):
         self._stream = stream
-        self.rate = float(SAMPLE_RATE)
-        self.channels = 1
+        self._pending = stream.read(4)
+        if self._pending == b"RIFF":
+            self.format = read_wav_header(stream, self._pending)
+            self._pending = b""
+            self.name = f"stdin (WAV, {self.format.rate} Hz, {self.format.channels} ch)"
+        else:
+            self.format = WavFormat(SAMPLE_RATE, 1, "<i2")
+            self.name = f"stdin (s16le, {SAMPLE_RATE} Hz, mono)"
+        self.rate = float(self.format.rate)
+        self.channels = self.format.channels
         self.live = False
-        self.block_bytes = 2 * max(1, int(round(block_seconds * SAMPLE_RATE)))
+        self.block_bytes = self.format.frame_bytes * max(1, int(round(block_seconds * self.rate)))
         self.overflows = 0
-        self.name = "stdin (s16le, 44100 Hz, mono)"
 
     def blocks(self) -> Iterator[tuple[np.ndarray, float]]:
-        carry = b""
+        carry, frame = self._pending, self.format.frame_bytes
         while True:
             data = self._stream.read(self.block_bytes)
             if not data:
                 break
             data = carry + data
-            usable = len(data) - len(data) % 2
+            usable = len(data) - len(data) % frame
             carry = data[usable:]
             if usable:
-                samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / INT16_SCALE
-                yield samples[:, None], time.monotonic()
+                yield self.format.decode(data[:usable]), time.monotonic()
         if carry:
-            log.warning("stdin ended with an odd byte; s16le needs two bytes per sample, the last byte is ignored")
+            log.warning("stdin ended inside a sample frame (%d byte(s) of %d); the last %d byte(s) are ignored",
+                        len(carry), frame, len(carry))
 
     def close(self) -> None:
         pass
