@@ -14,12 +14,71 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from .model.labels import ParameterError
+
+
+class OutputConsole(Console):
+    """A rich console for stdout that a closed pipe (``| head``) stops quietly: rich's own exits 1.
+
+    The ``BrokenPipeError`` it raises reaches :func:`one_line_errors`, which exits 0.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise BrokenPipeError("stdout closed")
+
 
 errors = Console(stderr=True)
 
 USER_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130
+"""Exit status after Ctrl-C, in all three tools: the shell's 128 + SIGINT."""
+
+
+def _plain_flags(params: list) -> list:
+    for param in params:  # typer's rich help would show "<bool>" after a flag, inviting "--flag true"
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A typer command whose ``--help`` shows flags without a ``<bool>`` value: ``@app.command(cls=Command)``."""
+
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """:class:`Command`'s help for a command group: ``typer.Typer(cls=Group)``."""
+
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("audioclip-stream")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def version_option(prog: str):
+    """A ``--version`` option for a command or a group's callback: prints ``prog`` and the package version, exits."""
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(f"{prog} {package_version()}")
+            raise typer.Exit()
+
+    return typer.Option(False, "--version", callback=show, is_eager=True, expose_value=False,
+                        help="Show the version and exit.")
 
 
 def as_flag(parameter: str) -> str:
@@ -47,7 +106,8 @@ def one_line_errors(*, user_errors: tuple[type[BaseException], ...] = (ValueErro
     """Decorate a typer command: ``user_errors`` print ``error: <first line>`` on stderr and exit 2
     (parameters named as flags, :func:`error_line`).
 
-    Ctrl-C prints ``interrupted`` and exits 130; a closed stdout (``| head``) exits 0 quietly.
+    Ctrl-C prints ``interrupted`` and exits 130 (:data:`INTERRUPTED_EXIT`); a closed stdout
+    (``| head``) exits 0 quietly.
     ``cleanup`` runs however the command ends.
     """
     def decorate(command):
@@ -64,7 +124,7 @@ def one_line_errors(*, user_errors: tuple[type[BaseException], ...] = (ValueErro
                 raise typer.Exit(USER_ERROR_EXIT) from None
             except KeyboardInterrupt:
                 errors.print("interrupted")
-                raise typer.Exit(130) from None
+                raise typer.Exit(INTERRUPTED_EXIT) from None
             finally:
                 if cleanup is not None:
                     cleanup()
@@ -73,8 +133,16 @@ def one_line_errors(*, user_errors: tuple[type[BaseException], ...] = (ValueErro
 
 
 def setup_logging(*, verbose: bool) -> None:
-    """Log to stderr through rich: this package at INFO when ``verbose``, else WARNING; others at WARNING."""
-    handler = RichHandler(console=errors, show_path=False, show_time=False)
+    """Log to stderr: this package at INFO when ``verbose``, else WARNING; others at WARNING.
+
+    On a terminal through rich; to a file or a pipe as plain ``LEVEL message`` lines, neither
+    wrapped nor padded, so that they grep and diff.
+    """
+    if errors.is_terminal:
+        handler = RichHandler(console=errors, show_path=False, show_time=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("audioclip").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.captureWarnings(True)

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -267,7 +268,7 @@ def test_ctrl_c_or_sigterm_stops_a_live_stream_with_a_summary(signum, tiny_check
     time.sleep(1.0)
     proc.send_signal(getattr(signal, signum))
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == (130 if signum == "SIGINT" else 0), err  # Ctrl-C: the shell's 130; SIGTERM: a clean stop
     rows = windows_of(first + out)
     assert 1 <= len(rows) < 9 and rows[-1]["t_end"] < 5.0  # stopped before the end of the 5-s file
     assert f"windows {len(rows)}, dropped " in err and "latency mean" in err and "Traceback" not in err
@@ -291,3 +292,82 @@ def test_fine_tuned_checkpoint_streams_with_its_own_labels(tmp_path, clips_dir):
     np.testing.assert_allclose(list(row["probs"].values()), expected.numpy(), atol=1e-4)
     code, _, err = run_cli("--checkpoint", path, "--input", clip, "--template", "the sound of {}")
     one_line_error(code, err, "--template")
+
+
+def test_a_folder_as_input_or_checkpoint_is_named_a_folder(tmp_path, tiny_checkpoint, clips_dir):
+    code, _, err = run_cli("--checkpoint", tiny_checkpoint, "--labels", "a,b", "--input", tmp_path)
+    one_line_error(code, err, str(tmp_path), "is a folder")
+    code, _, err = run_cli("--checkpoint", tmp_path, "--labels", "a,b", "--input", clips_dir / "cat_3-95694-A-5.wav")
+    one_line_error(code, err, str(tmp_path), "is a folder")
+
+
+def test_an_empty_input_has_no_nan_in_its_summary(tiny_checkpoint):
+    result = CliRunner().invoke(app, ["--checkpoint", str(tiny_checkpoint), "--labels", "a,b", "--input", "-",
+                                      "--format", "jsonl", "--threads", "1"], input=b"")
+    assert result.exit_code == 0, result.stderr
+    assert "nan" not in result.stderr.lower() and "latency: no window was classified" in result.stderr
+    assert "windows 0, dropped 0" in result.stderr
+
+
+def _piped_wav(path: Path, *args: str) -> bytes:
+    """``path`` as ffmpeg writes a WAV to a pipe: it cannot seek back, so the sizes in the header are unknown."""
+    return subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), *args, "-f", "wav", "-"],
+                          capture_output=True, check=True, timeout=60).stdout
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/test-deps.sh)")
+def test_a_wav_piped_to_stdin_is_read_as_wav_at_its_own_rate_and_channels(long_clip, tmp_path, tiny_checkpoint):
+    x = sf.read(long_clip, dtype="float32")[0][:8 * SAMPLE_RATE]
+    stereo = np.stack([x, 0.5 * x], axis=1)
+    path = tmp_path / "stereo48k.wav"
+    sf.write(path, soxr.resample(stereo, SAMPLE_RATE, 48000), 48000, subtype="PCM_16")
+    piped = _piped_wav(path, "-c:a", "pcm_s16le")
+    assert piped[:4] == b"RIFF"
+    result = CliRunner().invoke(app, ["--checkpoint", str(tiny_checkpoint), "--labels", ",".join(LABELS),
+                                      "--input", "-", "--format", "jsonl", "--hop", "1", "--threads", "1"],
+                                input=piped)
+    assert result.exit_code == 0, result.stderr
+    assert "stdin (WAV, 48000 Hz, 2 ch)" in result.stderr
+    by_stdin = windows_of(result.stdout)
+    code, out, err = run_cli("--checkpoint", tiny_checkpoint, "--labels", ",".join(LABELS), "--input", path,
+                             "--format", "jsonl", "--hop", "1")
+    by_file = windows_of(out)
+    assert len(by_stdin) == len(by_file) == 4  # 8 s read as 8 s, not as 2 x 48/44.1 times as many raw samples
+    for a, b in zip(by_stdin, by_file):
+        assert a["t_start"] == b["t_start"]
+        np.testing.assert_allclose(list(a["probs"].values()), list(b["probs"].values()), atol=1e-5)
+
+
+@pytest.mark.parametrize("codec, atol", [("pcm_s24le", 1e-5), ("pcm_f32le", 1e-6), ("pcm_u8", 1e-2)])
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/test-deps.sh)")
+def test_stdin_wav_sample_formats_decode_like_libsndfile(codec, atol, tmp_path, clips_dir):
+    x = sf.read(clips_dir / "cat_3-95694-A-5.wav", dtype="float32")[0]
+    expected = np.stack([x, -0.5 * x], axis=1)
+    clip = tmp_path / "stereo.wav"
+    sf.write(clip, expected, SAMPLE_RATE, subtype="FLOAT")
+    source = StdinSource(io.BytesIO(_piped_wav(clip, "-c:a", codec)))
+    assert (source.rate, source.channels) == (44100.0, 2)
+    got = np.concatenate([block for block, _ in source.blocks()])
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=atol)
+
+
+def test_no_input_device_says_so_and_how_to_stream_a_file(tmp_path, tiny_checkpoint):
+    """A stand-in ``sounddevice`` that lists what PortAudio lists on a machine without a sound card: nothing."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "sounddevice.py").write_text(
+        "class PortAudioError(Exception):\n    pass\n\n\n"
+        "class default:\n    device = [-1, -1]\n\n\n"
+        "def query_devices(kind=None):\n"
+        "    if kind:\n        raise PortAudioError('Error querying device -1')\n    return []\n\n\n"
+        "def query_hostapis():\n    return [{'name': 'ALSA'}]\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "audioclip.stream.cli"]
+    listing = subprocess.run(cmd + ["--list-devices"], env=env, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and listing.stdout == ""
+    assert "no audio input devices found" in listing.stderr and "--input FILE" in listing.stderr
+    assert "--input -" in listing.stderr
+    mic = subprocess.run(cmd + ["--checkpoint", str(tiny_checkpoint), "--labels", "a,b"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    one_line_error(mic.returncode, mic.stderr, "no audio input devices found", "--input FILE", "--input -")

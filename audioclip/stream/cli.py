@@ -8,9 +8,17 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from ..cli_common import errors, labels_from_options, one_line_errors, setup_logging
+from ..cli_common import (
+    INTERRUPTED_EXIT,
+    Command,
+    OutputConsole,
+    errors,
+    labels_from_options,
+    one_line_errors,
+    setup_logging,
+    version_option,
+)
 from ..model.labels import ParameterError
 from .backends import load_classifier
 from .config import StreamConfig
@@ -29,11 +37,17 @@ class Format(str, Enum):
     csv = "csv"
 
 
+NO_DEVICES_HINT = "no audio input devices found: stream a file with --input FILE, or raw audio or a WAV with --input -"
+
+_stop_signals: list[int] = []
+
+
 def _interrupt(signum, frame) -> None:
+    _stop_signals.append(signum)
     raise KeyboardInterrupt
 
 
-@app.command()
+@app.command(cls=Command)
 @one_line_errors(user_errors=(ValueError, OSError, AudioDeviceError))
 def stream(
     labels: str | None = typer.Option(None, "--labels", help='Comma-separated labels, e.g. "siren,dog bark".'),
@@ -42,7 +56,8 @@ def stream(
     checkpoint: str | None = typer.Option(None, "--checkpoint",
                                              help="Release name (full, partial) or checkpoint path (default full)."),
     onnx: Path | None = typer.Option(None, "--onnx", help="Run an audioclip-export directory on ONNX Runtime."),
-    input: str | None = typer.Option(None, "--input", "-i", help="Audio file, or - for raw s16le 44.1 kHz mono."),
+    input: str | None = typer.Option(None, "--input", "-i",
+                                     help="Audio file, or - for stdin: a WAV, else raw s16le 44.1 kHz mono."),
     device: str | None = typer.Option(None, "--device", "-d", help="Input device index or name."),
     list_devices: bool = typer.Option(False, "--list-devices", help="List input devices and exit."),
     window: float = typer.Option(5.0, "--window", help="Window length in seconds."),
@@ -72,12 +87,20 @@ def stream(
     mqtt: str | None = typer.Option(None, "--mqtt", help="Publish events to mqtt://[user:pass@]host[:port]."),
     metrics: str | None = typer.Option(None, "--metrics", help="Serve Prometheus metrics on HOST:PORT."),
     loop: bool = typer.Option(False, "--loop", help="Play --input FILE again at its end (the monitor)."),
+    version: bool = version_option("audioclip-stream"),
 ) -> None:
-    """Classify overlapping windows of live or recorded audio against text labels."""
+    """Classify overlapping windows of live or recorded audio against text labels.
+
+    Ctrl-C stops with the summary and exits 130; SIGTERM (``kill``, a service manager) stops the
+    same way and exits 0, a clean stop.
+    """
     setup_logging(verbose=not quiet)
     if list_devices:
-        for d in list_input_devices():
+        devices = list_input_devices()
+        for d in devices:
             typer.echo(d.describe())
+        if not devices:
+            errors.print(NO_DEVICES_HINT, highlight=False, soft_wrap=True)
         return
     from ..monitor.cli import run_monitor_cli, wants_monitor
 
@@ -97,7 +120,7 @@ def stream(
 
     stats = StreamStats()
     if format is Format.live:
-        out = Console()
+        out = OutputConsole()
         writer = LiveDisplay(out, stats, top_k=config.top_k, source=source.name)
     elif format is Format.jsonl:
         out = errors
@@ -114,6 +137,8 @@ def stream(
         writer.close()
     for line in summary_lines(stats, detector):
         out.print(line, highlight=False, soft_wrap=True)
+    if signal.SIGINT in _stop_signals[:1]:  # Ctrl-C; SIGTERM is a clean stop
+        raise typer.Exit(INTERRUPTED_EXIT)
 
 
 def _monitor(options: dict, run_monitor_cli) -> None:
@@ -157,6 +182,8 @@ def _open_source(input: str | None, device: str | None, realtime: bool):
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a service manager: stop like Ctrl-C, with a summary
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where a shell ignores it
+        signal.signal(signal.SIGINT, _interrupt)
     app(prog_name="audioclip-stream")
 
 

@@ -137,7 +137,8 @@ def summary_lines(stats: StreamStats, detector: EventDetector | None = None) -> 
         f"windows {stats.windows}{gated}, dropped {stats.dropped}, input overflows {stats.overflows}, "
         f"audio {stats.audio_seconds:.2f} s",
         f"latency mean {stats.mean_latency_ms:.1f} ms, p95 {stats.p95_latency_ms:.1f} ms; "
-        f"real-time factor {stats.rtf:.3f} (inference time per second of audio)",
+        f"real-time factor {stats.rtf:.3f} (inference time per second of audio)"
+        if stats.latencies_ms and stats.audio_seconds > 0 else "latency: no window was classified",
     ]
     if detector is not None:
         happened = [label for label in detector.labels if detector.counts[label]]
