@@ -31,6 +31,7 @@ from audioclip.export.runtime import OnnxClassifier
 from audioclip.export.trt_check import tensorrt_problems
 from audioclip.model import SAMPLE_RATE, ZeroShotClassifier, atomic_save, finetuned_checkpoint, tokenize
 from audioclip.model.esresnext import adaptive_max_pool2d_exact
+from audioclip.model.labels import ParameterError
 
 from helpers import make_tiny_model
 
@@ -276,7 +277,7 @@ def test_finetuned_head_exports_its_own_labels_without_text_encoder(tmp_path):
     atomic_save(finetuned_checkpoint(model, ["cat"], embeddings[:1], mode="linear"), tmp_path / "linear.pt")
     with pytest.raises(ValueError, match="mode 'linear'"):
         export_onnx(checkpoint=tmp_path / "linear.pt", out=tmp_path / "out2")
-    with pytest.raises(ExportError, match="no text tower"):
+    with pytest.raises(ParameterError, match="no text tower"):
         export_onnx(checkpoint=path, out=tmp_path / "out3", labels=["x"])
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
 
