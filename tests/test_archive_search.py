@@ -122,17 +122,19 @@ def test_bad_queries_are_one_line_errors(archive, tmp_path):
 
 
 def test_top_k_over_blocks_equals_a_full_sort(monkeypatch):
-    monkeypatch.setattr(search_module, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(search_module, "BLOCK_ROWS", 64)  # 8 blocks; 44 candidates of each for k = 3
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(50, 8)).astype(np.float16)
-    x[20] = x[3]  # a tie: the lower row comes first
+    x = rng.normal(size=(500, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    x[200] = x[3]  # a tie: the lower row comes first
     q = x[3].astype(np.float32)
-    rows, scores = top_k(x, q, 5)
     full = np.asarray(x, np.float32) @ q
-    expected = np.lexsort((np.arange(50), -full))[:5]
-    assert rows.tolist() == expected.tolist() and rows[0] == 3 and rows[1] == 20
-    np.testing.assert_array_equal(scores, full[expected])
-    assert top_k(x, q, 80)[0].tolist() == np.lexsort((np.arange(50), -full)).tolist()
+    for k in (1, 3, 600):
+        rows, scores = top_k(x, q, k)
+        expected = np.lexsort((np.arange(500), -full))[:k]
+        assert rows.tolist() == expected.tolist()
+        np.testing.assert_array_equal(scores, full[expected])  # float32 scores of the stored rows
+    assert top_k(x, q, 3)[0][:2].tolist() == [3, 200]
 
 
 def test_retrieval_metrics_on_hand_computed_rankings():
