@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages="libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins"
+# python3-venv: `python3 -m venv` below; a fresh Debian/Ubuntu has python3 without it
+packages="python3-venv libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins"
 missing=$(for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
