@@ -9,10 +9,9 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ..cli_common import one_line_errors, setup_logging
+from ..cli_common import Command, Group, OutputConsole, one_line_errors, setup_logging, version_option
 from ..model import SAMPLE_RATE, load_model
 from ..model.checkpoint import cache_dir
 from .audio_io import DecodeCache
@@ -20,9 +19,9 @@ from .datasets import load_dataset
 from .evaluate import EvalReport, evaluate, plot_confusion, require_matplotlib, write_json
 from .trainer import Recipe, Runtime, cross_validate, finetune, resolve_device, shutdown_distributed
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=Group,
                   help="Fine-tune AudioCLIP's audio head on UrbanSound8K, ESC-50 or labelled folders, and evaluate.")
-console = Console(soft_wrap=True)
+console = OutputConsole(soft_wrap=True)
 
 
 class DatasetKind(str, Enum):
@@ -63,7 +62,12 @@ NO_CACHE = typer.Option(False, "--no-cache", help="Decode every clip every time.
 MAX_BAD = typer.Option(0.05, "--max-bad", help="Share of undecodable clips skipped with a warning before failing.")
 
 
-@app.command("finetune")
+@app.callback()
+def _main(version: bool = version_option("audioclip-train")) -> None:
+    pass
+
+
+@app.command("finetune", cls=Command)
 @one_line_errors(cleanup=shutdown_distributed)
 def finetune_command(
     dataset: DatasetKind = typer.Option(..., "--dataset", help="us8k, esc50 or folder (DIR/<label>/*.wav)."),
@@ -130,7 +134,7 @@ def _render(report: EvalReport) -> None:
     console.print(confusion)
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=Command)
 @one_line_errors(cleanup=shutdown_distributed)
 def evaluate_command(
     dataset: DatasetKind = typer.Option(..., "--dataset"),
@@ -143,7 +147,8 @@ def evaluate_command(
     batch_size: int = typer.Option(16, "--batch-size"),
     device: Device = typer.Option(Device.auto, "--device"),
     workers: int = typer.Option(0, "--workers"),
-    report_path: Path = typer.Option(None, "--report", help="JSON report (default eval-<dataset>.json)."),
+    report_path: Path = typer.Option(None, "--report", help="JSON report (default: beside a checkpoint file, "
+                                                            "<name>-eval-<dataset>.json; runs/ for a release)."),
     plot: bool = typer.Option(False, "--plot", help="Also write the confusion matrix as a PNG beside the report."),
     clip_seconds: float | None = CLIP_SECONDS,
     cache_path: Path | None = CACHE_DIR,
@@ -179,13 +184,22 @@ def evaluate_command(
                       max_bad_share=max_bad,
                       progress=not quiet, name=checkpoint)
     _render(report)
-    report_path = report_path or Path(f"eval-{data.name}.json")
+    report_path = report_path or _default_report(checkpoint, data.name)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(report.to_json(), report_path)
     console.print(f"report: {report_path}")
     if plot:
         png = report_path.with_suffix(".png")
         plot_confusion(report, png)
         console.print(f"confusion matrix: {png}")
+
+
+def _default_report(checkpoint: str, dataset: str) -> Path:
+    """Beside a checkpoint file (``runs/x/best-eval-esc50.json``), under ``runs/`` for a release name."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return path.with_name(f"{path.stem}-eval-{dataset}.json")
+    return Path("runs") / f"{checkpoint}-eval-{dataset}.json"
 
 
 def main() -> None:

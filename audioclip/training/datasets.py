@@ -12,6 +12,7 @@ import numpy as np
 
 from ..audio import AUDIO_EXTENSIONS
 from ..model import SAMPLE_RATE
+from ..model.labels import window_samples
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,7 @@ def load_dataset(kind: str, root: str | os.PathLike, *, seed: int = 0,
         index = load_folder(root, seed)
     else:
         raise DatasetError(f"unknown data set {kind!r}; choose one of {', '.join(DATASETS)}")
-    if clip_seconds is not None:
-        if clip_seconds <= 0:
-            raise DatasetError(f"clip length must be positive, got {clip_seconds} s")
-        index = replace(index, clip_samples=round(clip_seconds * SAMPLE_RATE))
+    if clip_seconds is not None:  # one FBSP frame to MAX_WINDOW_SECONDS: a batch holds batch_size of them
+        index = replace(index, clip_samples=window_samples(clip_seconds, name="clip_seconds"))
     log.info("%s: %d clips, %d classes, %d fold(s)", index.name, len(index.clips), len(index.labels), index.folds)
     return index

@@ -133,15 +133,20 @@ def training_step(net, audio, optimizer, x: torch.Tensor, y: torch.Tensor, *, am
 
 
 def _check_out(out: Path, resume: bool) -> dict | None:
-    """The saved state to resume from, or None for a fresh run; refuses to overwrite an existing run."""
+    """The saved state to resume from, or None for a fresh run; refuses to overwrite an existing run.
+
+    A run exists once an epoch has finished (``last.pt``): one interrupted in its first epoch
+    leaves nothing worth keeping, and a fresh start replaces what it left.
+    """
     if not resume:
         present = [name for name in RUN_FILES if (out / name).exists()]
-        if present:
+        if (out / "last.pt").exists():
             raise TrainingError(f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it "
                                 f"or choose another --out")
         return None
     if not (out / "last.pt").is_file():
-        raise TrainingError(f"{out / 'last.pt'}: nothing to resume (no such file)")
+        raise TrainingError(f"{out / 'last.pt'}: nothing to resume (no epoch has finished); "
+                            f"start the run again without --resume")
     state = read_checkpoint(out / "last.pt")
     if state.get("format") != STATE_FORMAT:
         raise TrainingError(f"{out / 'last.pt'}: not a training state written by audioclip-train")
@@ -224,7 +229,10 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
     records = read_metrics(out)[:start] if state is not None else []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if records:  # the finished epochs' lines; a fresh run's file appears with its first epoch
+            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        else:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
     ddp = net
     if world > 1:
         ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
