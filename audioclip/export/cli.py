@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
 
-from ..cli_common import labels_from_options, one_line_errors, setup_logging
+from ..cli_common import Command, Group, labels_from_options, one_line_errors, setup_logging, version_option
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=Group,
                   help="Export AudioCLIP to ONNX graphs that run without PyTorch (ONNX Runtime, TensorRT).")
 console = Console(stderr=True, soft_wrap=True)
 
@@ -31,27 +30,30 @@ def _print_checks(checks) -> None:
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress")) -> None:
-    setup_logging(verbose=verbose)
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", hidden=True, help="log progress (the default)"),
+          version: bool = version_option("audioclip-export")) -> None:
+    pass
 
 
-@app.command()
+@app.command(cls=Command)
 @one_line_errors()
 def onnx(
     checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="release name (full, partial) or checkpoint file"),
     out: Path = typer.Option(..., "--out", "-o", help="folder to write (built aside, renamed when verified)"),
-    labels: Optional[str] = typer.Option(None, help='comma-separated labels, e.g. "siren,dog bark"'),
-    labels_file: Optional[Path] = typer.Option(None, help="file with one label per line"),
-    template: Optional[str] = typer.Option(None, help='prompt template with "{}" for the label (default "{}")'),
+    labels: str | None = typer.Option(None, help='comma-separated labels, e.g. "siren,dog bark"'),
+    labels_file: Path | None = typer.Option(None, help="file with one label per line"),
+    template: str | None = typer.Option(None, help='prompt template with "{}" for the label (default "{}")'),
     window: float = typer.Option(5.0, help="seconds of audio the graphs take (fixed unless --dynamic-length)"),
     dynamic_length: bool = typer.Option(False, "--dynamic-length", help="any number of samples >= one frame"),
     precision: Precision = typer.Option(Precision.fp32, help="fp32, fp16 (trunk) or int8 (static, calibrated)"),
     opset: int = typer.Option(18, help="ONNX opset (18 to 23)"),
-    clips: Optional[List[Path]] = typer.Option(None, help="audio files or folders to verify with (and calibrate int8)"),
+    clips: list[Path] | None = typer.Option(None, help="audio files or folders to verify with (and calibrate int8)"),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for the checks"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines, only warnings and errors"),
 ) -> None:
     """Write audio_encoder.onnx, classifier.onnx, text_encoder.onnx, labels.json, trtexec.txt, README.txt."""
+    setup_logging(verbose=not quiet)
     label_list = labels_from_options(labels, labels_file)
     from .exporter import ExportError, export_onnx  # torch loads here, not for --help
 
@@ -71,4 +73,4 @@ def onnx(
 
 
 def main() -> None:
-    app()
+    app(prog_name="audioclip-export")
