@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import tempfile
 import threading
 import time
@@ -185,8 +184,7 @@ def soak(args, kind: str, classifier, folder: Path) -> None:
     ref = 5 if args.minutes > 5 else 1
     last = max(rss)
     print(f"at the end: {fds1} descriptors (start {fds0}), {tasks1} OS threads (start {tasks0}), {py1} Python "
-          f"threads (start {py0}); CPU cores {cpu:.2f}; dropped {dropped(monitor) - drops0}; peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB")
+          f"threads (start {py0}); CPU cores {cpu:.2f}; dropped {dropped(monitor) - drops0}")
     print(f"RSS growth from minute {ref} ({rss[ref]:.1f} MB) to minute {last} ({rss[last]:.1f} MB): "
           f"{100 * (rss[last] / rss[ref] - 1):+.2f}%; load average {_loadavg()} at the end")
 
