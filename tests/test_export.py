@@ -105,6 +105,7 @@ def test_graphs_are_tensorrt_ready(dynamic_export, name):
     assert len(meta["source_sha256"]) == 64 and meta["version"]
 
 
+@pytest.mark.slow
 def test_fixed_window_graph_has_static_length(tiny_checkpoint, tmp_path):
     result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "fixed", labels=LABELS, window=0.5)
     model = onnx.load(str(result.out / "audio_encoder.onnx"))
@@ -295,6 +296,7 @@ def test_failed_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_output_is_not_buried_in_torch_notices_about_torchvision(tiny_checkpoint, tmp_path, caplog):
     # torch's exporter logs 4 such lines per graph where torchvision is absent (as in CI)
     with caplog.at_level(logging.WARNING):
@@ -338,6 +340,7 @@ def test_cli_bad_input_is_one_line_error(tiny_checkpoint, tmp_path, args, messag
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_refuses_non_empty_out_without_force(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -382,6 +385,7 @@ def test_widened_grouped_convs_compute_the_same(tmp_path, channels, groups):
         np.testing.assert_allclose(got, conv(x).numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_int8_export_refuses_a_checkpoint_too_sensitive_for_8_bits(tiny_checkpoint, clips_dir, tmp_path, monkeypatch):
     from audioclip.export import precision
 
@@ -399,6 +403,7 @@ def test_int8_export_refuses_a_checkpoint_too_sensitive_for_8_bits(tiny_checkpoi
     assert tried and not list(tmp_path.iterdir()), "nothing may be left behind"
 
 
+@pytest.mark.slow
 def test_a_gpu_provider_that_does_not_load_leaves_the_cpu_checks(tiny_checkpoint, tmp_path, monkeypatch, caplog):
     import onnxruntime as ort
 
@@ -428,6 +433,7 @@ def test_int8_calibration_windows_hold_each_clip_and_the_seams_between_clips():
     assert len(calibration_windows(many, 2000)) == MAX_CALIBRATION_CLIPS
 
 
+@pytest.mark.slow
 def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny_checkpoint, clips_dir, tmp_path):
     result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
                          clips=[clips_dir / "cat_3-95694-A-5.wav"], window=0.5)

@@ -105,6 +105,7 @@ def test_pooling_and_normalisation_limits_are_found():
         assert expected in problems
 
 
+@pytest.mark.slow
 def test_exported_graphs_pass_and_the_onnx_runtime_int8_flavour_does_not(tmp_path, clips_dir, tiny_checkpoint):
     result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
                          clips=[clips_dir], window=1.0)
@@ -123,6 +124,7 @@ def test_exported_graphs_pass_and_the_onnx_runtime_int8_flavour_does_not(tmp_pat
     assert "uint8 zero point" in ort_problems and "dequantizes int32" in ort_problems
 
 
+@pytest.mark.slow
 def test_an_export_breaking_a_tensorrt_rule_fails_and_leaves_nothing(tmp_path, monkeypatch, tiny_checkpoint):
     from audioclip.export import exporter
 

@@ -102,6 +102,7 @@ def export_dir(tmp_path_factory):
     return tmp / "export"
 
 
+@pytest.mark.slow
 def test_onnx_groups_score_like_torch_groups_without_importing_torch(export_dir, tmp_path):
     x = waveforms()
     np.save(tmp_path / "x.npy", x)

@@ -14,6 +14,7 @@ from helpers import make_tiny_model
 runtime = pytest.importorskip("audioclip.export.runtime", reason="the ONNX backend (audioclip.export) is not built")
 exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")
 
+pytestmark = pytest.mark.slow  # exports a graph first
 LABELS = ["cat", "dog", "siren"]
 
 

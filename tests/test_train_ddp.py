@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from audioclip import load_model
 
 from helpers import make_esc50, make_tiny_model
+
+pytestmark = pytest.mark.slow  # a whole torchrun fine-tuning run
 
 
 def test_torchrun_two_processes_gloo(tmp_path):

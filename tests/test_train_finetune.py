@@ -25,6 +25,7 @@ from audioclip.training.trainer import Recipe, Runtime, finetune
 
 from helpers import make_esc50, make_folder
 
+pytestmark = pytest.mark.slow  # whole fine-tuning runs
 runner = CliRunner()
 REQUIRED = {"epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"}
 
