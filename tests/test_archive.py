@@ -226,3 +226,28 @@ def test_find_recordings_walks_folders_sorted(recordings):
     assert [p.relative_to(recordings).as_posix() for p in found] == [
         "a.wav", "bad.wav", "c.wav", "sub/b.flac", "sub/d.m4a", "sub/empty.ogg"]
     assert os.fspath(found[2]) == os.fspath(recordings / "c.wav")
+
+
+def test_config_supplies_prompt_groups_and_the_model(recordings, tiny_checkpoint, tmp_path):
+    from audioclip.archive import label_recording
+    from audioclip.model import load_model
+    from audioclip.monitor.labels import torch_group_classifier
+    from audioclip.stream.config import StreamConfig
+
+    groups = [("dog", ["dog barking", "a dog"]), ("siren", ["siren", "an ambulance"]), ("rain", ["rain"])]
+    labels = "\n".join(f'[[labels]]\nname = "{name}"\nprompts = {json.dumps(prompts)}\n' for name, prompts in groups)
+    (tmp_path / "monitor.toml").write_text(
+        f'[model]\ncheckpoint = "{tiny_checkpoint}"\nthreads = 1\n\n[defaults]\ntemplate = "the sound of {{}}"\n\n'
+        f'{labels}\n[[sources]]\nname = "in"\nstdin = true\n')
+    code, stderr = run_label(recordings / "sub" / "b.flac", "--config", tmp_path / "monitor.toml", "--window", "1",
+                             "--hop", "0.5", "--out", tmp_path / "out", "-q")
+    assert code == 0, stderr
+    expected = label_recording(recordings / "sub" / "b.flac", config=StreamConfig(window=1.0, hop=0.5),
+                               classifier=torch_group_classifier(load_model(tiny_checkpoint), groups,
+                                                                 "the sound of {}"))
+    table = pq.read_table(tmp_path / "out" / "windows.parquet")
+    assert table.column_names[4:] == ["dog", "siren", "rain"] and table.num_rows == len(expected.t_start) == 2
+    got = np.stack([table.column(name).to_numpy() for name, _ in groups], axis=1)
+    np.testing.assert_allclose(got, expected.probs, atol=1e-6)
+    settings = json.loads((tmp_path / "out" / "archive.json").read_text())
+    assert settings["groups"][0] == ["dog", ["dog barking", "a dog"]] and settings["template"] == "the sound of {}"

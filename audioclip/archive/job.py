@@ -112,6 +112,9 @@ class RecordingResult:
     embeddings: np.ndarray | None = None
     seconds: float = 0.0
     decoder: str = ""
+    busy_seconds: float = 0.0
+    """Time the classifier spent on this recording's windows (the rest of the wall time is decoding
+    and waiting)."""
 
     @property
     def top(self) -> list[str]:
@@ -138,7 +141,8 @@ def label_recording(path, *, classifier, config: StreamConfig, embeddings: bool 
     labels = list(classifier.labels)
     return RecordingResult(labels, np.asarray(t_start), np.asarray(t_end),
                            np.asarray(probs).reshape(len(probs), len(labels)), events,
-                           model.take() if embeddings else None, stats.audio_seconds, source.decoder)
+                           model.take() if embeddings else None, stats.audio_seconds, source.decoder,
+                           stats.busy_seconds)
 
 
 def _pair(stream_events, opened: dict, rows: list) -> None:

@@ -64,6 +64,7 @@ class Progress:
     failed: int = 0
     audio_seconds: float = 0.0
     windows: int = 0
+    busy_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
     last_file: str = ""
 
@@ -82,6 +83,11 @@ class LabelReport:
     audio_seconds: float
     windows: int
     wall_seconds: float
+    busy_seconds: float = 0.0
+    """Classifier time summed over the workers: ``busy_seconds / (labelling_seconds * workers)``
+    near 1 means decoding and writing kept the encoder busy."""
+    labelling_seconds: float = 0.0
+    """Wall time after this process loaded its classifier (a pool's start-up is inside it)."""
 
 
 # worker side: one classifier per process -----------------------------------------------------
@@ -101,17 +107,17 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _label_one(path: str) -> tuple[str, dict | None, str | None]:
-    """``(path, manifest entry, None)`` once its parts are written, or ``(path, None, reason)``."""
+def _label_one(path: str) -> tuple[str, dict | None, str | None, float]:
+    """``(path, manifest entry, None, busy seconds)`` once its parts are written, or ``(path, None, reason, 0)``."""
     settings, store = _worker["settings"], _worker["store"]
     try:
         result = label_recording(path, classifier=_worker["classifier"], config=settings.stream,
                                  embeddings=settings.embeddings)
-        return path, store.write_parts(Path(path), result, events=settings.events), None
+        return path, store.write_parts(Path(path), result, events=settings.events), None, result.busy_seconds
     except (AudioFileError, OSError) as e:
         log.warning("%s", e)
         reason = (str(e).strip() or type(e).__name__).splitlines()[0]
-        return path, None, reason.removeprefix(f"{path}: ")
+        return path, None, reason.removeprefix(f"{path}: "), 0.0
 
 
 def label_archive(recordings: Sequence[Path], *, out: str | os.PathLike, spec: ModelSpec,
@@ -144,8 +150,9 @@ def label_archive(recordings: Sequence[Path], *, out: str | os.PathLike, spec: M
         log.info("resuming: %d of %d recordings already labelled", progress.skipped, len(recordings))
     entries, errors = [done[str(p)] for p in recordings if str(p) in done], []
 
-    def finished(path: str, entry: dict | None, error: str | None) -> None:
+    def finished(path: str, entry: dict | None, error: str | None, busy: float) -> None:
         progress.files_done += 1
+        progress.busy_seconds += busy
         progress.last_file = path
         if entry is None:
             progress.failed += 1
@@ -174,7 +181,8 @@ def label_archive(recordings: Sequence[Path], *, out: str | os.PathLike, spec: M
         log.warning("%d of %d recordings could not be labelled: see %s", len(errors), len(recordings),
                     store.root / "errors.csv")
     return LabelReport(len(recordings), len(todo) - len(errors), progress.skipped, errors,
-                       sum(e["seconds"] for e in entries), windows, time.monotonic() - started)
+                       sum(e["seconds"] for e in entries), windows, time.monotonic() - started, progress.busy_seconds,
+                       time.monotonic() - progress.started)
 
 
 def _pool(todo: list[str], workers: int, spec: ModelSpec, settings: LabelSettings, out: str, finished) -> None:
