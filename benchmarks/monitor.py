@@ -10,6 +10,7 @@ wall time) and drops, after a warm-up that is not counted. Examples:
     python benchmarks/monitor.py --checkpoint ../shared/golden/checkpoint.pt --onnx /tmp/golden_export \\
         --hops 1.0 0.5 --seconds 40
     python benchmarks/monitor.py --onnx /tmp/golden_export --minutes 10 --sources 4   # soak
+    python benchmarks/monitor.py --onnx /tmp/golden_export --batch   # one call for several windows?
 """
 
 from __future__ import annotations
@@ -189,6 +190,20 @@ def soak(args, kind: str, classifier, folder: Path) -> None:
           f"{100 * (rss[last] / rss[ref] - 1):+.2f}%; load average {_loadavg()} at the end")
 
 
+def batching(args, kind: str, classifier) -> None:
+    """Milliseconds per window when the classifier takes 1, 2, 3 or 4 windows in one call, interleaved."""
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (4, int(args.window * SAMPLE_RATE))).astype(np.float32)
+    times: dict[int, list[float]] = {b: [] for b in (1, 2, 3, 4)}
+    for _ in range(args.repeats):
+        for b in times:
+            t = time.perf_counter()
+            classifier.scores(x[:b])
+            times[b].append((time.perf_counter() - t) * 1e3 / b)
+    print(f"\n{kind}: ms per window by batch size, median of {args.repeats} (load average {_loadavg()})")
+    for b, ms in times.items():
+        print(f"batch {b}: {np.median(ms):7.1f} ms per window ({np.median(ms) / np.median(times[1]):.2f} x batch 1)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="PyTorch backend: release name or checkpoint path")
@@ -201,6 +216,8 @@ def main() -> None:
     parser.add_argument("--max-sources", type=int, default=24, help="stop the search here")
     parser.add_argument("--threads", type=int, help="inference threads (default: the monitor's)")
     parser.add_argument("--minutes", type=float, help="soak: run --sources sources this long, RSS every minute")
+    parser.add_argument("--batch", action="store_true", help="time batches of 1-4 windows instead (no monitor)")
+    parser.add_argument("--repeats", type=int, default=10, help="--batch: calls per batch size")
     parser.add_argument("--clips", type=Path, default=SHARED_AUDIO)
     args = parser.parse_args()
     backends = ([("torch", args.checkpoint)] if args.checkpoint else []) + ([("onnx", args.onnx)] if args.onnx else [])
@@ -214,7 +231,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind, _ in backends:
             classifier = classifier_for(kind, args, Path(tmp))
-            (soak if args.minutes is not None else search)(args, kind, classifier, Path(tmp))
+            if args.batch:
+                batching(args, kind, classifier)
+            else:
+                (soak if args.minutes is not None else search)(args, kind, classifier, Path(tmp))
 
 
 if __name__ == "__main__":
