@@ -19,7 +19,9 @@ from typer.testing import CliRunner
 from audioclip.export.cli import app
 from audioclip.export.exporter import (
     DYNAMIC_MIN_SAMPLES,
+    MAX_BATCH,
     MAX_CALIBRATION_CLIPS,
+    TRT_MAX_BATCH,
     ExportError,
     calibration_windows,
     export_onnx,
@@ -442,3 +444,24 @@ def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny
     assert graphs <= set(result.files)
     readme = (result.out / "README.txt").read_text()
     assert all(c.passed for c in result.checks) and "1 clip(s) only" in readme and '"int8_blocks"' in readme
+
+
+def test_cli_shows_progress_by_default_and_records_where_the_checkpoint_is(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_checkpoint.parent)  # a relative --checkpoint, as a user types it
+    result = CliRunner().invoke(app, ["onnx", "--checkpoint", tiny_checkpoint.name, "--out", str(tmp_path / "out"),
+                                      "--labels", "siren,dog", "--window", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "INFO exporting audio_encoder.onnx" in result.output and "INFO exporting classifier.onnx" in result.output
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "out" / "classifier.onnx")).metadata_props}
+    assert meta["source"] == str(tiny_checkpoint.resolve())
+    assert f"--maxShapes=waveform:{TRT_MAX_BATCH}x" in (tmp_path / "out" / "trtexec.txt").read_text()
+    quiet = CliRunner().invoke(app, ["onnx", "--checkpoint", tiny_checkpoint.name, "--out", str(tmp_path / "q"),
+                                     "--labels", "siren,dog", "--window", "0.5", "-q"])
+    assert quiet.exit_code == 0 and "INFO" not in quiet.output
+
+
+def test_the_docs_give_the_batch_sizes_the_export_writes():
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "README.md", root / "docs" / "export.md"):
+        text = " ".join(doc.read_text().split())
+        assert f"batches up to {MAX_BATCH} on ONNX Runtime, up to {TRT_MAX_BATCH} in `trtexec.txt`" in text, doc

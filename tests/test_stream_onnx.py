@@ -123,3 +123,20 @@ def test_load_classifier_is_one_interface_over_both_backends(exported, clips_dir
             "print(c.labels, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == f"{LABELS} False", done.stderr
+
+
+def test_a_truncated_graph_is_one_line_naming_the_file(exported, clips_dir, tmp_path):
+    """An interrupted copy of an export: ONNX Runtime's InvalidProtobuf becomes one ``error:`` line."""
+    import shutil
+
+    _, export_dir = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    graph = copy / "classifier.onnx"
+    graph.write_bytes(graph.read_bytes()[:graph.stat().st_size // 2])
+    result = CliRunner().invoke(app, ["--onnx", str(copy), "--input", str(clips_dir / "cat_3-95694-A-5.wav"), "-q"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {graph}: ONNX Runtime cannot load this graph")
+    assert "InvalidProtobuf" in lines[0] and "audioclip-export onnx" in lines[0]

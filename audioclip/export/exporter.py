@@ -41,6 +41,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MIN_OPSET = 18  # torch's exporter writes 18 at the least: asked for 17, it kept 18 (its converter fails on Pad)
 MAX_OPSET = 23
 MAX_BATCH = 64
+TRT_MAX_BATCH = 16
+"""Largest batch of the TensorRT profiles in ``trtexec.txt``: TensorRT reserves memory for the
+largest shape, and 16 windows of 60 s already hold 42 M samples; the ONNX graphs take up to MAX_BATCH."""
 MAX_SECONDS = 600
 DYNAMIC_MIN_SAMPLES = 10070
 """Shortest input of a ``--dynamic-length`` graph (0.228 s): below it layer4's width is 1, which
@@ -152,6 +155,8 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
         raise ParameterError("labels", f"{checkpoint}: carries no labels; pass {{labels}}")
     classifier = ZeroShotClassifier(model, labels, template)
     source, sha256 = source_info(checkpoint)
+    if Path(source).is_file():  # a path the graphs can be traced back to from anywhere, not relative to here
+        source = str(Path(source).resolve())
     notes = []
     if precision == "int8" and len(check_clips) < MIN_INT8_CLIPS:
         notes.append(f"int8 was calibrated and checked on {len(check_clips)} clip(s) only: the blocks it quantises "
@@ -164,7 +169,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
 
     metadata = {
         "labels": json.dumps(classifier.labels), "template": classifier.template,
-        "logit_scale": repr(classifier.logit_scale), "sample_rate": SAMPLE_RATE,
+        "logit_scale": repr(classifier.logit_scale), "mode": model.metadata.mode, "sample_rate": SAMPLE_RATE,
         "window_samples": "dynamic" if dynamic_length else window_samples,
         "min_samples": DYNAMIC_MIN_SAMPLES if dynamic_length else window_samples,
         "embedding_size": model.config.embed_dim, "precision": precision, "source": source,
@@ -208,7 +213,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
              "embedding_size": model.config.embed_dim, "sample_rate": SAMPLE_RATE,
              "window_samples": metadata["window_samples"]}, indent=2) + "\n")
         lines = trtexec_lines(files=files, precision=precision, window_samples=window_samples,
-                              dynamic_length=dynamic_length, max_batch=16, max_samples=60 * SAMPLE_RATE,
+                              dynamic_length=dynamic_length, max_batch=TRT_MAX_BATCH, max_samples=60 * SAMPLE_RATE,
                               min_samples=metadata["min_samples"], opset=opset)
         (tmp / "trtexec.txt").write_text("\n".join(lines) + "\n")
         (tmp / "README.txt").write_text(readme_text(metadata=metadata, files=files, checks=checks, notes=notes,
@@ -242,7 +247,7 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
     graphs = {
         "audio_encoder.onnx": (AudioEncoderGraph(model, conv_front_end=fast), ["embedding"]),
         "classifier.onnx": (ClassifierGraph(model, classifier.label_embeddings, classifier.logit_scale,
-                                            conv_front_end=fast),
+                                            conv_front_end=fast, linear=classifier.linear),
                             ["logits", "probs"]),
     }
     files = []

@@ -60,6 +60,9 @@ def gpu_providers() -> list[str]:
 def session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence | None = None):
     """An ONNX Runtime session on ``path`` with ``threads`` intra-op threads (None: ONNX Runtime's default).
 
+    A file ONNX Runtime cannot load (truncated by an interrupted copy, not ONNX) raises a one-line
+    ``ValueError`` that names it.
+
     ``providers``: names or ``(name, options)`` pairs, as ONNX Runtime takes them; by default the CPU.
     """
     import onnxruntime as ort
@@ -77,8 +80,15 @@ def session(path: str | os.PathLike, *, threads: int | None = None, providers: S
     # ONNX Runtime moves the int8 graph's QuantizeLinear nodes ahead of the max-pools, which then
     # run on uint8 in a slow generic kernel (docs/benchmarks.md); the pools stay fp32 without that
     # pass. fp32/fp16 graphs are unaffected.
-    return ort.InferenceSession(str(path), options, providers=_providers(providers),
-                                disabled_optimizers=["QDQPropagationTransformer"])
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=_providers(providers),
+                                    disabled_optimizers=["QDQPropagationTransformer"])
+    except (InvalidProtobuf, InvalidGraph, NoSuchFile, Fail) as e:  # a truncated copy, a foreign or missing file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: ONNX Runtime cannot load this graph ({type(e).__name__}: {reason}); copy the "
+                         f"export again or write it again with `audioclip-export onnx`") from e
 
 
 def as_mono_batch(waveform, *, min_samples: int, window_samples: int | None) -> np.ndarray:
