@@ -216,6 +216,11 @@ def test_bad_arguments_fail_with_what_to_do(tiny, kwargs, message):
         IncrementalEncoder(tiny, **kwargs)
 
 
+def test_a_model_in_training_mode_is_refused():
+    with pytest.raises(ValueError, match=r"call model.eval\(\)"):
+        IncrementalEncoder(make_tiny_model().train(), WINDOW_5S)
+
+
 def test_a_window_of_the_wrong_length_or_shape_is_refused(tiny):
     encoder = IncrementalEncoder(tiny, WINDOW_3S)
     with pytest.raises(ValueError, match="expected a window of 132300 samples, got 100"):

@@ -9,6 +9,9 @@ FRAME_LENGTH = 1654
 HOP_LENGTH = 561
 """Samples between the starts of consecutive FBSP frames."""
 
+STRIDE_SAMPLES = 8 * HOP_LENGTH
+"""4488: samples per layer2 column of the audio head; windows that many samples apart share columns."""
+
 N_FFT = 2048
 """Length a frame is zero padded to before the learned transform."""
 

@@ -21,17 +21,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .constants import FRAME_LENGTH, HOP_LENGTH, INT16_SCALE, N_FFT
+from .constants import FRAME_LENGTH, HOP_LENGTH, INT16_SCALE, N_FFT, STRIDE_SAMPLES
 from .esresnext import Attention2d, ESResNeXtFBSP, to_reference_scale
 from .fbsp import frame_count, frame_padding, power_to_db
 
-STRIDE_FRAMES = 8
-"""FBSP frames per layer2 column: the stem's stride (4) times layer2's (2)."""
+STRIDE_FRAMES = STRIDE_SAMPLES // HOP_LENGTH
+"""8 FBSP frames per layer2 column: the stem's stride (4) times layer2's (2)."""
 
-STRIDE_SAMPLES = STRIDE_FRAMES * HOP_LENGTH
-"""4488: a hop that is a multiple of this shares columns exactly between windows."""
 
 STAGES = ("db", "stem", "layer1", "layer2")
+
+GFLOP = {"db": 3.3, "stem": 0.63, "layer1": 3.69, "layer2": 6.39, "tail": 14.72}
+"""Arithmetic of a 5-s window of the full-size head by part (../shared/NOTES.md), for ``IncrementalEncoder.cost``."""
 
 MIN_GEMM_ROWS = 16
 """Frames per matrix product of the front end (see :meth:`IncrementalEncoder._db_ends`)."""
@@ -122,6 +123,8 @@ class IncrementalEncoder:
         head = getattr(model, "audio", model)
         if not isinstance(head, ESResNeXtFBSP):
             raise ValueError(f"model must be an AudioCLIP or its ESResNeXtFBSP audio head, got {type(model).__name__}")
+        if head.training:
+            raise ValueError("the model is in training mode (batch norm would use batch statistics): call model.eval()")
         if isinstance(window_samples, bool) or not isinstance(window_samples, int) or window_samples <= FRAME_LENGTH:
             raise ValueError(f"window_samples must be a whole number above {FRAME_LENGTH}, got {window_samples!r}")
         if hop_samples is not None and (hop_samples <= 0 or hop_samples % STRIDE_SAMPLES):
@@ -171,6 +174,25 @@ class IncrementalEncoder:
             return None
         return self.encode(self._pushed, self._pushed_start - self.window_samples)
 
+    def cost(self, n: int) -> float:
+        """Arithmetic of a window ``n`` layer2 columns after the previous one, as a fraction of a whole
+        window's (from the full-size head's costs by part, :data:`GFLOP`; 1.0 when it is computed whole)."""
+        if self._whole_shift(n * STRIDE_SAMPLES):
+            return 1.0
+        shift = n * STRIDE_FRAMES
+        left, first = self._new_columns("db", shift)
+        done = {"db": left + self.lengths["db"] - max(min(first, self.lengths["db"] - MIN_GEMM_ROWS + left), left)}
+        for stage in self.stages:
+            shift //= stage.stride
+            left, first = self._new_columns(stage.name, shift)
+            lo, hi = self._slice(stage, 0, left)
+            widths = hi - lo
+            lo, hi = self._slice(stage, first, self.lengths[stage.name])
+            done[stage.name] = (widths + hi - lo) / stage.stride  # in this stage's columns
+        total = sum(GFLOP.values())
+        shared = sum(GFLOP[name] * min(done[name] / self.lengths[name], 1.0) for name in STAGES)
+        return (shared + GFLOP["tail"]) / total
+
     # -- the pieces ----------------------------------------------------------------------------
 
     def _as_samples(self, window, exact_length: bool = True) -> torch.Tensor:
@@ -190,15 +212,18 @@ class IncrementalEncoder:
         if self._start is None:
             return None
         shift = start - self._start
-        if shift <= 0 or shift % STRIDE_SAMPLES or shift >= self.window_samples:
-            return None
-        n = shift // STRIDE_SAMPLES
-        left, right = self.edges["layer2"]
-        if left + n + right >= self.lengths["layer2"]:
+        if self._whole_shift(shift):
             return None
         if not torch.equal(self._samples[shift:], x[:-shift]):  # a discontinuity: nothing is shared
             return None
-        return n
+        return shift // STRIDE_SAMPLES
+
+    def _whole_shift(self, shift: int) -> bool:
+        """Whether a window ``shift`` samples after the previous one shares no column exactly."""
+        if shift <= 0 or shift % STRIDE_SAMPLES or shift >= self.window_samples:
+            return True
+        left, right = self.edges["layer2"]
+        return left + shift // STRIDE_SAMPLES + right >= self.lengths["layer2"]
 
     def _full(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.full_windows += 1
@@ -258,12 +283,17 @@ class IncrementalEncoder:
         computed on a slice just wide enough to be exact."""
         if end <= first:
             return None
-        lo = max(first * stage.stride - stage.left, 0)
-        lo -= lo % stage.stride  # keep the slice on the stage's grid
-        hi = min((end - 1) * stage.stride + stage.right + 1, below.shape[-1])
+        lo, hi = self._slice(stage, first, end)
         out = self._run(stage, below[..., lo:hi])
         offset = lo // stage.stride
         return out[..., first - offset:end - offset]
+
+    def _slice(self, stage: Stage, first: int, end: int) -> tuple[int, int]:
+        """Input columns ``[lo, hi)`` from which ``stage``'s columns ``[first, end)`` come out exact."""
+        lo = max(first * stage.stride - stage.left, 0)
+        lo -= lo % stage.stride  # keep the slice on the stage's grid
+        below = self.lengths[STAGES[STAGES.index(stage.name) - 1]]
+        return lo, min((end - 1) * stage.stride + stage.right + 1, below)
 
     def _run(self, stage: Stage, x: torch.Tensor) -> torch.Tensor:
         """``stage`` over columns ``x`` (a window or a slice of one), zero padded at both ends as the model pads."""
