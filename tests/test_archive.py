@@ -213,6 +213,7 @@ def run_label(*args) -> tuple[int, str]:
     (["{rec}", "--labels", "a,b", "--config", "monitor.toml"], "--config supplies the labels and the model"),
     (["{rec}", "--labels", "a,top"], "'top' is a column name of the outputs"),
     (["{rec}", "--labels", "a,b", "--workers", "0"], "--workers: must be a whole number at least 1"),
+    (["{rec}", "--labels", "a,b", "--ray-address", "127.0.0.1:6379"], "--ray-address applies to --ray"),
 ])
 def test_user_errors_are_one_line(recordings, tiny_checkpoint, tmp_path, args, message):
     (tmp_path / "empty").mkdir()
@@ -251,3 +252,18 @@ def test_config_supplies_prompt_groups_and_the_model(recordings, tiny_checkpoint
     np.testing.assert_allclose(got, expected.probs, atol=1e-6)
     settings = json.loads((tmp_path / "out" / "archive.json").read_text())
     assert settings["groups"][0] == ["dog", ["dog barking", "a dog"]] and settings["template"] == "the sound of {}"
+
+
+def test_ray_data_gives_the_local_pools_outputs(labelled, recordings, spec, tmp_path):
+    if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        pytest.importorskip("ray", reason="Ray is not installed (pip install 'audioclip-stream[archive]')")
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False)
+    try:
+        report = label_archive(find_recordings([recordings]), out=tmp_path / "out", spec=spec, settings=SETTINGS,
+                               workers=2, ray=True)
+    finally:
+        ray.shutdown()
+    assert (report.labelled, len(report.errors)) == (4, 2)
+    same_outputs(labelled[0], tmp_path / "out")

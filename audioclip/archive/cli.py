@@ -51,6 +51,9 @@ def label(
     workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: one per two cores)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads per worker (default 2)."),
     resume: bool = typer.Option(False, "--resume", help="Skip recordings an earlier run in --out finished."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray Data: --workers actors (a local Ray by default)."),
+    ray_address: str | None = typer.Option(None, "--ray-address",
+                                           help="The Ray cluster for --ray (default: RAY_ADDRESS, else local)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; only warnings and errors."),
 ) -> None:
     """Label every window of every recording under PATHS into --out."""
@@ -61,6 +64,8 @@ def label(
     spec = _spec(labels, labels_file, config, template, checkpoint, onnx, threads)
     settings = LabelSettings(window=window, hop=hop, events=events, threshold=threshold, embeddings=embeddings,
                              formats=tuple(f.strip() for f in format.split(",") if f.strip()))
+    if ray_address is not None and not ray:
+        raise ValueError("--ray-address applies to --ray: add --ray")
     recordings = find_recordings(paths)
     workers = default_workers() if workers is None else workers
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -73,7 +78,7 @@ def label(
                        hours=f"{p.audio_seconds / 3600:.2f} h audio, {p.hours_per_hour:.0f} h/h, {p.failed} failed")
 
         report = label_archive(recordings, out=out, spec=spec, settings=settings, workers=workers, resume=resume,
-                               on_progress=on_progress)
+                               ray=ray, ray_address=ray_address, on_progress=on_progress)
     errors.print(f"{report.labelled} labelled, {report.skipped} already done, {len(report.errors)} failed; "
                  f"{report.windows} windows, {report.audio_seconds / 3600:.3f} h of audio in "
                  f"{report.wall_seconds:.1f} s -> {escape(str(out))}", highlight=False, soft_wrap=True)

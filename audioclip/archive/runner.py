@@ -122,18 +122,25 @@ def _label_one(path: str) -> tuple[str, dict | None, str | None, float]:
 
 def label_archive(recordings: Sequence[Path], *, out: str | os.PathLike, spec: ModelSpec,
                   settings: LabelSettings = LabelSettings(), workers: int = 1, resume: bool = False,
+                  ray: bool = False, ray_address: str | None = None,
                   on_progress: Callable[[Progress], None] | None = None) -> LabelReport:
     """Label ``recordings`` into the folder ``out`` and merge its outputs; see :mod:`audioclip.archive.store`.
 
-    ``workers``: processes, each with its own classifier (1: this process). ``resume``: skip the
-    recordings the manifest lists as finished (unchanged on disk, parts readable). Undecodable
+    ``workers``: processes, each with its own classifier (1: this process); with ``ray``, Ray actors
+    on the local Ray or the cluster at ``ray_address`` (:mod:`audioclip.archive.distributed`).
+    ``resume``: skip the recordings the manifest lists as finished (unchanged on disk, parts readable). Undecodable
     recordings are logged, counted and listed in ``errors.csv``; the run goes on.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ParameterError("workers", f"{{workers}}: must be a whole number at least 1, got {workers!r}")
     started = time.monotonic()
+    if ray:
+        from .distributed import require_ray
+
+        require_ray()
     store = ArchiveStore(out)
-    classifier = spec.load() if workers == 1 or not spec.groups else None  # the pool's workers load their own
+    local = workers == 1 and not ray
+    classifier = spec.load() if local or not spec.groups else None  # the pool's workers load their own
     labels = list(classifier.labels) if classifier is not None else check_groups(spec.groups)[0]
     clash = [label for label in labels if label in RESERVED_COLUMNS + ("embedding",)]
     if clash:
@@ -167,7 +174,12 @@ def label_archive(recordings: Sequence[Path], *, out: str | os.PathLike, spec: M
 
     if on_progress is not None:
         on_progress(progress)
-    if workers == 1 or len(todo) <= 1:
+    if ray:
+        from .distributed import label_on_ray
+
+        label_on_ray(todo, spec=spec, settings=settings, out=str(store.root), actors=workers, address=ray_address,
+                     finished=finished)
+    elif workers == 1 or len(todo) <= 1:
         _worker.update(classifier=classifier or spec.load(), settings=settings, store=store)
         for path in todo:
             finished(*_label_one(path))
