@@ -465,3 +465,14 @@ def test_the_docs_give_the_batch_sizes_the_export_writes():
     for doc in (root / "README.md", root / "docs" / "export.md"):
         text = " ".join(doc.read_text().split())
         assert f"batches up to {MAX_BATCH} on ONNX Runtime, up to {TRT_MAX_BATCH} in `trtexec.txt`" in text, doc
+
+
+def test_a_head_fine_tuned_on_other_clip_lengths_than_the_window_is_noted(tmp_path):
+    model = make_tiny_model(seed=3)
+    path = tmp_path / "one-second.pt"
+    atomic_save(finetuned_checkpoint(model, ["cat", "dog"], torch.randn(2, 32), mode="cooperative",
+                                     clip_samples=SAMPLE_RATE), path)
+    result = export_onnx(checkpoint=path, out=tmp_path / "out", window=0.5)
+    assert f"{path} was fine-tuned on 1-s clips but these graphs take 0.5-s windows: pass --window 1 to match" \
+        in result.notes
+    assert "pass --window 1 to match" in (result.out / "README.txt").read_text()

@@ -371,3 +371,23 @@ def test_no_input_device_says_so_and_how_to_stream_a_file(tmp_path, tiny_checkpo
     mic = subprocess.run(cmd + ["--checkpoint", str(tiny_checkpoint), "--labels", "a,b"], env=env,
                          capture_output=True, text=True, timeout=120)
     one_line_error(mic.returncode, mic.stderr, "no audio input devices found", "--input FILE", "--input -")
+
+
+def test_a_head_fine_tuned_on_1_s_clips_streams_1_s_windows_unless_told_otherwise(tmp_path, long_clip):
+    from audioclip.model import atomic_save, finetuned_checkpoint
+
+    model = make_tiny_model()
+    labels = ["meow", "bark"]
+    with torch.no_grad():
+        embeddings = model.encode_text(labels, "{}")
+    path = tmp_path / "one-second.pt"
+    atomic_save(finetuned_checkpoint(model, labels, embeddings, mode="cooperative", clip_samples=SAMPLE_RATE), path)
+    code, out, err = run_cli("--checkpoint", path, "--input", long_clip, "--format", "jsonl", "--hop", "1")
+    assert code == 0, err
+    rows = windows_of(out)
+    assert len(rows) == 14 and all(r["t_end"] - r["t_start"] == pytest.approx(1.0) for r in rows)
+    assert "window 1 s: the length this head was fine-tuned on" in err
+    code, out, err = run_cli("--checkpoint", path, "--input", long_clip, "--format", "jsonl", "--hop", "1",
+                             "--window", "5")
+    assert code == 0 and len(windows_of(out)) == 10
+    assert "this head was fine-tuned on 1-s clips; windows of 5 s may score worse" in err

@@ -158,6 +158,11 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
     if Path(source).is_file():  # a path the graphs can be traced back to from anywhere, not relative to here
         source = str(Path(source).resolve())
     notes = []
+    clip = model.metadata.clip_samples
+    if clip and not dynamic_length and clip != window_samples:  # a head scores best on what it was trained on
+        notes.append(f"{checkpoint} was fine-tuned on {clip / SAMPLE_RATE:g}-s clips but these graphs take "
+                     f"{window_samples / SAMPLE_RATE:g}-s windows: pass --window {clip / SAMPLE_RATE:g} to match")
+        log.warning(notes[-1])
     if precision == "int8" and len(check_clips) < MIN_INT8_CLIPS:
         notes.append(f"int8 was calibrated and checked on {len(check_clips)} clip(s) only: the blocks it quantises "
                      f"are chosen to keep the bound on them, so its accuracy on other sounds is unmeasured; pass "

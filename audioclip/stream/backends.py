@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
+from ..model.constants import SAMPLE_RATE
 from ..model.labels import ParameterError
+from .config import StreamConfig
 from .engine import Classifier
 
 log = logging.getLogger(__name__)
@@ -72,3 +75,30 @@ def _load_onnx(directory: Path, labels, template, threads: int) -> Classifier:
         classifier = OnnxClassifier(directory, labels=labels, template=template, threads=threads)
     log.info("ONNX Runtime backend, %d thread(s), %d labels", threads, len(classifier.labels))
     return classifier
+
+
+def native_window_samples(classifier: Classifier) -> int | None:
+    """The window length ``classifier`` was made for: an ONNX export's fixed window, or the clip
+    length a fine-tuned checkpoint was trained on; None for a zero-shot model (any length)."""
+    fixed = getattr(classifier, "window_samples", None)
+    if fixed is not None:
+        return fixed
+    model = getattr(classifier, "model", None)
+    return getattr(getattr(model, "metadata", None), "clip_samples", None)
+
+
+def fit_window(config: StreamConfig, classifier: Classifier, *, window_given: bool) -> StreamConfig:
+    """``config`` with the classifier's own window (:func:`native_window_samples`) when none was
+    given; a given window that differs from a fine-tuned head's clip length keeps, with a warning."""
+    native = native_window_samples(classifier)
+    if native is None or native == config.window_samples:
+        return config
+    seconds = round(native / SAMPLE_RATE, 4)
+    if not window_given:
+        log.info("window %g s: the length %s (pass a window to change it)", seconds,
+                 "of this export" if getattr(classifier, "window_samples", None) else "this head was fine-tuned on")
+        return dataclasses.replace(config, window=seconds)
+    if getattr(classifier, "window_samples", None) is None:  # an export's fixed window refuses others itself
+        log.warning("this head was fine-tuned on %g-s clips; windows of %g s may score worse: a window of %g s "
+                    "matches it", seconds, config.window, seconds)
+    return config

@@ -20,7 +20,7 @@ from ..cli_common import (
     version_option,
 )
 from ..model.labels import ParameterError
-from .backends import load_classifier
+from .backends import fit_window, load_classifier
 from .config import StreamConfig
 from .engine import StreamStats
 from .outputs import CsvWriter, JsonlWriter, LiveDisplay, summary_lines
@@ -50,6 +50,7 @@ def _interrupt(signum, frame) -> None:
 @app.command(cls=Command)
 @one_line_errors(user_errors=(ValueError, OSError, AudioDeviceError))
 def stream(
+    ctx: typer.Context,
     labels: str | None = typer.Option(None, "--labels", help='Comma-separated labels, e.g. "siren,dog bark".'),
     labels_file: Path | None = typer.Option(None, "--labels-file", help="A file with one label per line."),
     template: str | None = typer.Option(None, "--template", help='Text around each label, e.g. "the sound of {}".'),
@@ -60,7 +61,8 @@ def stream(
                                      help="Audio file, or - for stdin: a WAV, else raw s16le 44.1 kHz mono."),
     device: str | None = typer.Option(None, "--device", "-d", help="Input device index or name."),
     list_devices: bool = typer.Option(False, "--list-devices", help="List input devices and exit."),
-    window: float = typer.Option(5.0, "--window", help="Window length in seconds."),
+    window: float = typer.Option(5.0, "--window", help="Window length in seconds (default 5, or the clip "
+                                                          "length a fine-tuned head was trained on)."),
     hop: float = typer.Option(0.5, "--hop", help="Seconds between window starts."),
     smooth: int = typer.Option(1, "--smooth", help="Average probabilities over the last N windows (1: off)."),
     threshold: float | None = typer.Option(None, "--threshold",
@@ -115,6 +117,7 @@ def stream(
     label_list = labels_from_options(labels, labels_file)
     classifier = load_classifier(checkpoint=checkpoint, onnx=onnx, labels=label_list, template=template,
                                  threads=threads)
+    config = fit_window(config, classifier, window_given=ctx.get_parameter_source("window").name != "DEFAULT")
     check_window(classifier, config)
     detector = event_detector(config, classifier.labels)
 
