@@ -163,3 +163,21 @@ def test_class_retrieval_on_embeddings_with_known_answers():
     assert swapped.p_at_1 == pytest.approx(0.5) and swapped.mean_ap < 0.75
     back = class_retrieval(items, classes, centres, np.arange(4))  # audio -> text: one relevant label each
     assert (back.p_at_1, back.r_at_1, back.mean_ap) == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_real_photographs_preprocess_and_query(archive, tmp_path):
+    from conftest import SHARED
+
+    photos = sorted((SHARED / "images").glob("*.jpg"))
+    if not photos:
+        pytest.skip(f"no photographs in {SHARED / 'images'}")
+    low, high = (0 - np.array(CLIP_MEAN)) / CLIP_STD, (1 - np.array(CLIP_MEAN)) / CLIP_STD
+    for photo in photos:
+        x = clip_preprocess(photo)
+        assert x.shape == (3, 224, 224) and x.dtype == np.float32
+        assert (x.min(axis=(1, 2)) >= low - 1e-5).all() and (x.max(axis=(1, 2)) <= high + 1e-5).all()
+        assert x.std() > 0.1, f"{photo.name}: a photograph, not a flat picture"
+    root, _ = archive
+    code, stdout, stderr = run_search(root / "out", "--image", photos[0], "--k", "2", "--format", "jsonl")
+    assert code == 0, stderr
+    assert [json.loads(line)["score"] <= 1.0 for line in stdout.splitlines()] == [True, True]
