@@ -61,12 +61,12 @@ def encoder_alone(spec: ModelSpec, windows: int) -> float:
     return windows / (time.perf_counter() - t0)
 
 
-def label_rate(spec: ModelSpec, folder: Path, workers: int) -> dict:
+def label_rate(spec: ModelSpec, folder: Path, workers: int, ray: bool = False) -> dict:
     """Windows per second and hours of audio per hour of ``label_archive`` over ``folder`` (model
     loading excluded), and the share of that time the workers' encoders were busy."""
     with tempfile.TemporaryDirectory() as out:
         report = label_archive(find_recordings([folder]), out=Path(out) / "out", spec=spec,
-                               settings=LabelSettings(window=5.0, hop=5.0), workers=workers)
+                               settings=LabelSettings(window=5.0, hop=5.0), workers=workers, ray=ray)
     wall = report.labelling_seconds
     return {"label_windows_s": report.windows / wall, "hours_per_hour": report.audio_seconds / wall,
             "busy": report.busy_seconds / (wall * workers), "wall_s": wall}
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each recording")
     parser.add_argument("--pools", nargs="+", default=["1x2", "2x1"], help="WORKERSxTHREADS shapes")
+    parser.add_argument("--ray", action="store_true", help="also each shape on a local Ray (Ray Data actors)")
     parser.add_argument("--encoder-windows", type=int, default=8, help="windows timed for the encoder alone")
     parser.add_argument("--search-rows", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -120,6 +121,15 @@ def main() -> None:
                 results.append({"backend": backend, "pool": pool, "encoder_windows_s": alone, **run,
                                 "ratio": run["label_windows_s"] / alone, "windows": windows})
                 console.print(results[-1])
+                if args.ray:
+                    import ray
+
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                    run = label_rate(spec, folder, workers, ray=True)
+                    ray.shutdown()
+                    results.append({"backend": backend + " on Ray", "pool": pool, "encoder_windows_s": alone, **run,
+                                    "ratio": run["label_windows_s"] / alone, "windows": windows})
+                    console.print(results[-1])
     search = {"rows": args.search_rows, "dim": 1024, "seconds": search_latency(args.search_rows, 1024)}
     table = Table("backend", "workers x threads", "encoder alone (win/s)", "audioclip-label (win/s)", "ratio",
                   "encoder busy", "hours of audio per hour")

@@ -23,8 +23,8 @@ search_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
 def default_workers() -> int:
     """Worker processes of the local pool: one per two cores (each runs two intra-op threads).
 
-    Measured on the 2-core development machine (docs/archive.md): 1 worker x 2 threads labelled
-    faster than 2 workers x 1 thread.
+    On the 2-core development machine 1 worker x 2 threads labelled faster than 2 workers x 1
+    thread, on both backends (figures in docs/archive.md).
     """
     import os
 
