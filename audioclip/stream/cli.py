@@ -12,7 +12,6 @@ import typer
 from ..cli_common import (
     INTERRUPTED_EXIT,
     Command,
-    OutputConsole,
     errors,
     labels_from_options,
     one_line_errors,
@@ -122,9 +121,9 @@ def stream(
     detector = event_detector(config, classifier.labels)
 
     stats = StreamStats()
-    if format is Format.live:
-        out = OutputConsole()
-        writer = LiveDisplay(out, stats, top_k=config.top_k, source=source.name)
+    if format is Format.live:  # on stderr with the log lines, which then print above the display, not through it
+        out = errors
+        writer = LiveDisplay(out, stats, top_k=config.top_k, source=source.name, window=config.window)
     elif format is Format.jsonl:
         out = errors
         writer = JsonlWriter(sys.stdout)

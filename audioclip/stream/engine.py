@@ -44,6 +44,7 @@ class StreamStats:
     overflows: int = 0
     audio_seconds: float = 0.0
     busy_seconds: float = 0.0
+    input_dbfs: float = -np.inf  # level of the latest block read (the live display's meter between windows)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
 
     @property

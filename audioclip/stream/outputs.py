@@ -78,21 +78,44 @@ RECENT_EVENTS = 4
 """Events the live display shows (the latest)."""
 
 
-class LiveDisplay:
-    """A rich display refreshed per window: top-k bars, stream time, latency, RTF, drops, input level."""
+def _level(db: float) -> Text:
+    meter = _bar((db + 60.0) / 60.0 if math.isfinite(db) else 0.0, 20)
+    return Text(f"input {meter} {db:6.1f} dBFS" if math.isfinite(db) else f"input {meter}   silent")
 
-    def __init__(self, console: Console, stats: StreamStats, *, top_k: int = 5, source: str = ""):
-        self.console, self.stats, self.top_k, self.source = console, stats, top_k, source
+
+LISTENING_REFRESH_PER_SECOND = 4
+"""How often the display redraws between windows (stream time and input level of the latest block)."""
+
+
+class LiveDisplay:
+    """A rich display: top-k bars, stream time, latency, RTF, drops, input level.
+
+    Shown from the start: before the first window it says that it is listening, how much audio it
+    has heard of the first window (``window``, seconds) and the input level of the latest block,
+    redrawn a few times a second from ``stats``; then once per window. Log records reach the
+    screen above the display only when the logging handler writes to the same ``console``
+    (the CLI uses stderr for both): a line written around it would leave a stale frame behind.
+    """
+
+    def __init__(self, console: Console, stats: StreamStats, *, top_k: int = 5, source: str = "",
+                 window: float | None = None):
+        self.console, self.stats, self.top_k, self.source, self.window = console, stats, top_k, source, window
         self._lock = threading.Lock()
         self._recent_events: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._last: WindowResult | None = None
-        self._live = Live(self._render(None), console=console, auto_refresh=False, transient=False)
-        self._live.start()
+        self._live = Live(get_renderable=self._current, console=console, auto_refresh=True,
+                          refresh_per_second=LISTENING_REFRESH_PER_SECOND, transient=False)
+        self._live.start(refresh=True)
+
+    def _current(self):
+        return self._render(self._last)
 
     def _render(self, result: WindowResult | None):
         head = Text(f"audioclip-stream  {self.source}", style="bold")
         if result is None:
-            return Group(head, Text("waiting for the first window...", style="dim"))
+            first = f", first result at t = {self.window:.1f} s" if self.window else ""
+            heard = Text(f"listening: t {self.stats.audio_seconds:.1f} s{first}", style="dim")
+            return Group(head, heard, _level(self.stats.input_dbfs))
         table = Table.grid(padding=(0, 1))
         table.add_column(justify="right")
         table.add_column()
@@ -102,13 +125,10 @@ class LiveDisplay:
             style = "bold green" if rank == 0 else ""
             table.add_row(Text(result.labels[i], style=style), Text(_bar(result.probs[i]), style=style or "cyan"),
                           Text(f"{result.probs[i]:6.1%}", style=style))
-        level = result.level_db
-        meter = _bar((level + 60.0) / 60.0 if math.isfinite(level) else 0.0, 20)
         s = self.stats
         status = Text(f"t {result.t_end:.2f} s  latency {result.latency_ms:.0f} ms  RTF {s.rtf:.3f}  "
                       f"windows {s.windows}  dropped {s.dropped}  overflows {s.overflows}")
-        level_text = Text(f"input {meter} {level:6.1f} dBFS" if math.isfinite(level) else f"input {meter}   silent")
-        parts = [head, table, status, level_text]
+        parts = [head, table, status, _level(result.level_db)]
         if self._recent_events:
             parts.append(Text("  ".join(f"{e.kind} {e.label} @ {e.t:.2f} s" for e in self._recent_events),
                               style="yellow"))
@@ -118,12 +138,12 @@ class LiveDisplay:
         with self._lock:
             self._last = result
             self._recent_events.extend(result.events)
-            self._live.update(self._render(result), refresh=True)
+            self._live.refresh()
 
     def events(self, events: list[Event]) -> None:
         with self._lock:
             self._recent_events.extend(events)
-            self._live.update(self._render(self._last), refresh=True)
+            self._live.refresh()
 
     def close(self) -> None:
         self._live.stop()

@@ -11,7 +11,7 @@ from ..model.constants import SAMPLE_RATE
 from ..model.labels import ParameterError
 from .buffer import WindowScheduler
 from .config import StreamConfig
-from .engine import Classifier, InferenceWorker, StreamStats
+from .engine import Classifier, InferenceWorker, StreamStats, level_db
 from .postprocess import Event, EventDetector, WindowResult
 from .resample import StreamResampler, to_mono
 
@@ -95,6 +95,8 @@ def run_stream(*, source: Source, classifier: Classifier, on_result: Callable[[W
                 samples = samples[:max(limit - scheduler.total, 0)]
             feed(samples, arrival)
             stats.audio_seconds, stats.overflows = scheduler.total / SAMPLE_RATE, source.overflows
+            if len(samples):
+                stats.input_dbfs = level_db(samples)
             if worker.error is not None or (limit is not None and scheduler.total >= limit):
                 break
         else:
