@@ -267,3 +267,12 @@ def test_ray_data_gives_the_local_pools_outputs(labelled, recordings, spec, tmp_
         ray.shutdown()
     assert (report.labelled, len(report.errors)) == (4, 2)
     same_outputs(labelled[0], tmp_path / "out")
+
+
+def test_a_folder_holding_other_files_is_refused_before_the_model_loads(recordings, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.pdf").write_bytes(b"%PDF")
+    spec = ModelSpec.from_labels(["a"], checkpoint=str(tmp_path / "no-such-checkpoint.pt"))  # never loaded
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="is not an empty folder and holds no labelling run"):
+            label_archive([recordings / "c.wav"], out=tmp_path / "out", spec=spec, resume=resume)

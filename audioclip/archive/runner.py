@@ -139,6 +139,7 @@ def label_archive(recordings: Sequence[Path], *, out: str | os.PathLike, spec: M
 
         require_ray()
     store = ArchiveStore(out)
+    store.check_target(resume=resume)
     local = workers == 1 and not ray
     classifier = spec.load() if local or not spec.groups else None  # the pool's workers load their own
     labels = list(classifier.labels) if classifier is not None else check_groups(spec.groups)[0]

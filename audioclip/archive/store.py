@@ -63,23 +63,30 @@ class ArchiveStore:
         self.settings_file = self.root / "archive.json"
 
     # settings -------------------------------------------------------------------------------
-    def open(self, settings: dict, *, resume: bool) -> None:
-        """Create the folder for a new run, or check that ``settings`` match the run being resumed."""
+    def check_target(self, *, resume: bool) -> None:
+        """``ValueError`` when ``root`` holds a run and ``resume`` is off, or holds other files (cheap:
+        call it before loading a model)."""
         if self.settings_file.exists():
             if not resume:
                 raise ValueError(f"{self.root} already holds a labelling run: pass --resume to continue it, "
                                  "or choose another --out")
+        elif self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+            raise ValueError(f"{self.root} is not an empty folder and holds no labelling run: choose an empty "
+                             "or new --out")
+
+    def open(self, settings: dict, *, resume: bool) -> None:
+        """Create the folder for a new run, or check that ``settings`` match the run being resumed."""
+        self.check_target(resume=resume)
+        if self.settings_file.exists():
             old = self.settings()
             changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
             if changed:
                 k = changed[0]
                 raise ValueError(f"--resume: {self.root} was labelled with {k} = {old.get(k)!r}, not "
                                  f"{settings.get(k)!r}; run again with the same settings or another --out")
-        elif self.root.exists() and any(self.root.iterdir()) and not resume:
-            raise ValueError(f"{self.root} is not empty and holds no labelling run: choose an empty or new --out")
-        self.parts.mkdir(parents=True, exist_ok=True)
-        if not self.settings_file.exists():
+        if not self.settings_file.exists():  # first: a folder with anything in it says what run it holds
             atomic_write_text(self.settings_file, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        self.parts.mkdir(exist_ok=True)
 
     def settings(self) -> dict:
         try:
