@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from importlib.metadata import version
@@ -49,3 +50,23 @@ def test_log_lines_to_a_pipe_are_plain_unwrapped_and_unpadded(tmp_path, tiny_che
     assert all(line == line.rstrip() for line in lines), lines
     streaming = [line for line in lines if line.startswith("INFO streaming ")]
     assert streaming == [f"INFO streaming {wav}: window 1.000 s, hop 0.500 s, every window"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_the_monitor_exits_130_on_ctrl_c_and_0_on_sigterm(signum, code, tmp_path, tiny_checkpoint, clips_dir):
+    """Ctrl-C: the shell's 130, as in the one-stream mode, export and train; SIGTERM: a service's clean stop."""
+    proc = subprocess.Popen([sys.executable, "-m", "audioclip.stream.cli", "--checkpoint", str(tiny_checkpoint),
+                             "--labels", "a,b", "--input", str(clips_dir / "thunder_3-144891-B-19.wav"), "--realtime",
+                             "--window", "1", "--db", str(tmp_path / "m.sqlite"), "--format", "jsonl",
+                             "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        first = proc.stdout.readline()  # the first window: the monitor is running
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "t_start" in first, err
+    assert proc.returncode == code, err
+    assert "Traceback" not in err

@@ -315,11 +315,17 @@ class Monitor:
 
 
 def install_signals(monitor: Monitor) -> None:
-    """SIGTERM / SIGINT stop the monitor (exit 0 after the shutdown); SIGHUP reloads it."""
+    """SIGTERM / SIGINT stop the monitor, recorded in ``monitor.stop_signal`` (the CLI then exits 0
+    after SIGTERM, 130 after Ctrl-C); SIGHUP reloads it."""
     if threading.current_thread() is not threading.main_thread():
         return
-    signal.signal(signal.SIGTERM, lambda *_: monitor.stop())
-    signal.signal(signal.SIGINT, lambda *_: monitor.stop())
+
+    def stop(signum, frame) -> None:
+        monitor.stop_signal = signum
+        monitor.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: monitor.reload())
 

@@ -167,6 +167,8 @@ def _monitor(options: dict, run_monitor_cli) -> None:
                               format=o["format"].value, duration=o["duration"], top_k=o["top_k"])
     for line in monitor_summary(monitor):
         errors.print(line, highlight=False, soft_wrap=True)
+    if getattr(monitor, "stop_signal", None) == signal.SIGINT:  # Ctrl-C; SIGTERM is a service's clean stop
+        raise typer.Exit(INTERRUPTED_EXIT)
 
 
 def _open_source(input: str | None, device: str | None, realtime: bool):
