@@ -52,19 +52,24 @@ def label_on_ray(todo: list[str], *, spec: ModelSpec, settings, out: str, actors
     import json
 
     ray = require_ray()
-    started_here = False
+    started_here, context, bars = False, None, None
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         started_here = True
     try:
+        context = ray.data.DataContext.get_current()
+        bars, context.enable_progress_bars = context.enable_progress_bars, False  # the caller reports progress
         threads = spec.threads or 2
         data = ray.data.from_items([{"path": path} for path in todo], override_num_blocks=max(1, len(todo)))
         results = data.map_batches(_LabelActor, fn_constructor_args=(spec, settings, out), batch_size=1,
-                                   concurrency=actors, num_cpus=threads, batch_format="numpy")
+                                   compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
+                                   batch_format="numpy")
         for row in results.iter_rows():
             entry = json.loads(row["entry"])
             finished(str(row["path"]), entry, row["error"] or None, float(row["busy"]))
     finally:
+        if context is not None:
+            context.enable_progress_bars = bars
         if started_here:
             ray.shutdown()
