@@ -5,11 +5,19 @@ real-time factor and CPU use, idle and with a competing busy process on the mach
 
     python benchmarks/stream.py --checkpoint /work/shared/golden/checkpoint.pt \\
         --onnx /tmp/onnx_fp32 --onnx /tmp/onnx_int8 --hops 1.0 0.5 0.25 --seconds 20 --load idle busy
+
+``--incremental`` instead measures, window after window of the same file and side by side, the
+PyTorch compute of a whole window (``encode_audio``) and of the incremental path
+(``IncrementalEncoder``: the previous window's front end to layer2 columns reused), and their ratio:
+
+    python benchmarks/stream.py --checkpoint /work/shared/golden/checkpoint.pt --incremental \\
+        --hops 0.20354 0.2544 0.50884 --seconds 20 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import os
@@ -24,8 +32,8 @@ import soundfile as sf
 from rich.console import Console
 from rich.table import Table
 
-from audioclip.model.constants import SAMPLE_RATE
-from audioclip.stream import FileSource, run_stream
+from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
+from audioclip.stream import FileSource, StreamConfig, run_stream
 from audioclip.stream.backends import default_threads, load_classifier
 from audioclip.stream.outputs import JsonlWriter
 
@@ -47,10 +55,68 @@ def measure(classifier, path: Path, hop: float, window: float) -> dict:
     sink = JsonlWriter(io.StringIO())  # format and write every result, as the CLI does
     cpu0, wall0 = time.process_time(), time.monotonic()
     stats, _ = run_stream(source=FileSource(path, realtime=True), classifier=classifier, on_result=sink,
-                          window=window, hop=hop)
+                          config=StreamConfig(window=window, hop=hop))
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     return {"windows": stats.windows, "dropped": stats.dropped, "mean_ms": stats.mean_latency_ms,
             "p95_ms": stats.p95_latency_ms, "rtf": stats.rtf, "cpu_cores": cpu / wall}
+
+
+def incremental(checkpoint: str, path: Path, hops: list[float], window: float, threads: int,
+                repeat: int) -> list[dict]:
+    """Per window: whole-window and incremental compute, timed one after the other on the same samples,
+    each the fastest of ``repeat`` runs (the incremental one from the same state: on a shared machine the
+    fastest run is the one least disturbed)."""
+    import torch
+
+    from audioclip.model import load_model
+    from audioclip.model.incremental import IncrementalEncoder
+
+    torch.set_num_threads(threads)
+    model = load_model(checkpoint)
+    x = sf.read(path, dtype="float32")[0]
+    win = int(round(window * SAMPLE_RATE))
+    rows = []
+    for hop in hops:
+        hop_n = int(round(hop * SAMPLE_RATE))
+        encoder = IncrementalEncoder(model, win)
+        whole, shared, worst = [], [], 0.0
+        with torch.inference_mode():
+            model.encode_audio(x[:win])  # warm up
+            for start in range(0, len(x) - win + 1, hop_n):
+                w = x[start:start + win]
+                times = []
+                for _ in range(repeat):
+                    trial = copy.copy(encoder)  # encode() replaces its state, so the copy leaves encoder's
+                    t0 = time.perf_counter()
+                    expected = model.encode_audio(w)
+                    t1 = time.perf_counter()
+                    got = trial.encode(w, start)
+                    times.append((t1 - t0, time.perf_counter() - t1))
+                encoder = trial
+                whole.append(min(t[0] for t in times))
+                shared.append(min(t[1] for t in times))
+                worst = max(worst, float((got - expected).abs().max() / expected.abs().max()))
+        whole, shared = whole[1:], shared[1:]  # the first window is a whole computation on both paths
+        rows.append({"hop": hop, "hop_samples": hop_n, "aligned": hop_n % STRIDE_SAMPLES == 0, "threads": threads,
+                     "windows": len(whole), "whole_ms": 1e3 * float(np.median(whole)),
+                     "incremental_ms": 1e3 * float(np.median(shared)), "ratio": sum(shared) / sum(whole),
+                     "estimate": encoder.cost(hop_n // STRIDE_SAMPLES) if hop_n % STRIDE_SAMPLES == 0 else 1.0,
+                     "max_rel_diff": worst})
+    return rows
+
+
+def incremental_table(rows: list[dict], seconds: float, window: float) -> Table:
+    table = Table(title=f"PyTorch, {window:g}-s windows over a {seconds:g}-s file: compute per hop, incremental / "
+                        f"whole ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end)")
+    columns = ("hop s", "samples", "aligned", "threads", "windows", "whole ms", "incremental ms", "ratio",
+               "arithmetic", "max rel diff")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(f"{r['hop']:g}", str(r["hop_samples"]), "yes" if r["aligned"] else "no", str(r["threads"]),
+                      str(r["windows"]), f"{r['whole_ms']:.0f}", f"{r['incremental_ms']:.0f}", f"{r['ratio']:.2f}",
+                      f"{r['estimate']:.2f}", f"{r['max_rel_diff']:.1e}")
+    return table
 
 
 def main() -> None:
@@ -66,7 +132,21 @@ def main() -> None:
                         help="busy: a competing process keeps one core busy during the run")
     parser.add_argument("--clips", type=Path, default=SHARED_AUDIO)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--incremental", action="store_true",
+                        help="PyTorch: the incremental path's compute per hop against whole windows")
+    parser.add_argument("--repeat", type=int, default=3, help="--incremental: runs per window, the fastest counts")
     args = parser.parse_args()
+    if args.incremental:
+        if not args.checkpoint:
+            parser.error("--incremental needs --checkpoint")
+        threads = args.threads[0] or default_threads()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = long_file(args.seconds, args.clips, Path(tmp) / "long.wav")
+            rows = incremental(args.checkpoint, path, args.hops, args.window, threads, args.repeat)
+        Console(width=160).print(incremental_table(rows, args.seconds, args.window))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
     backends = ([("torch", args.checkpoint)] if args.checkpoint else []) + [("onnx", d) for d in args.onnx]
     if not backends:
         parser.error("give --checkpoint and/or --onnx")

@@ -45,8 +45,8 @@ def test_defaults_derived_sizes_and_replace_validates_again():
     config = StreamConfig()
     assert (config.window, config.hop, config.smooth, config.events, config.threshold, config.hysteresis,
             config.min_windows, config.min_dbfs, config.top_k, config.duration, config.realtime) == \
-        (5.0, 0.5, 1, False, 0.5, 0.05, 1, None, 5, None, False)
-    assert (config.window_samples, config.hop_samples) == (5 * SAMPLE_RATE, SAMPLE_RATE // 2)
+        (5.0, 22440 / SAMPLE_RATE, 1, False, 0.5, 0.05, 1, None, 5, None, False)
+    assert (config.window_samples, config.hop_samples, config.exact_windows) == (5 * SAMPLE_RATE, 22440, False)
     events = dataclasses.replace(config, events=True, threshold=0.8, min_windows=2, min_dbfs=-70.0)
     assert (events.threshold, events.min_windows, events.window) == (0.8, 2, 5.0)
     with pytest.raises(ParameterError, match="hop"):

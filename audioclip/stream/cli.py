@@ -62,7 +62,11 @@ def stream(
     list_devices: bool = typer.Option(False, "--list-devices", help="List input devices and exit."),
     window: float = typer.Option(5.0, "--window", help="Window length in seconds (default 5, or the clip "
                                                           "length a fine-tuned head was trained on)."),
-    hop: float = typer.Option(0.5, "--hop", help="Seconds between window starts."),
+    hop: float = typer.Option(StreamConfig.hop, "--hop", show_default=False,
+                              help="Seconds between window starts (default 0.50884: 5 x 4488 samples, so that "
+                                   "windows share work exactly)."),
+    exact_windows: bool = typer.Option(False, "--exact-windows",
+                                       help="Compute every window whole (no work shared between windows)."),
     smooth: int = typer.Option(1, "--smooth", help="Average probabilities over the last N windows (1: off)."),
     threshold: float | None = typer.Option(None, "--threshold",
                                               help="Event threshold on a label's prob (default 0.5)."),
@@ -110,7 +114,7 @@ def stream(
         return
     given = {"threshold": threshold, "hysteresis": hysteresis, "min_windows": min_windows}
     config = StreamConfig(window=window, hop=hop, smooth=smooth, events=events, min_dbfs=min_dbfs, top_k=top_k,
-                          duration=duration, realtime=realtime,
+                          duration=duration, realtime=realtime, exact_windows=exact_windows,
                           **{name: value for name, value in given.items() if value is not None})
     source = _open_source(input, device, realtime)
     label_list = labels_from_options(labels, labels_file)
@@ -149,7 +153,7 @@ def _monitor(options: dict, run_monitor_cli) -> None:
 
     o = options
     defaults = {"labels": None, "labels_file": None, "template": None, "checkpoint": None, "onnx": None,
-                "input": None, "device": None, "window": 5.0, "hop": 0.5, "smooth": 1, "threshold": None,
+                "input": None, "device": None, "window": 5.0, "hop": StreamConfig.hop, "smooth": 1, "threshold": None,
                 "hysteresis": None, "min_windows": None, "min_dbfs": None, "events": False, "realtime": False,
                 "threads": None, "db": None, "clips": None, "mqtt": None, "metrics": None, "loop": False}
     given = ["--" + name.replace("_", "-") for name, value in defaults.items() if o[name] != value]

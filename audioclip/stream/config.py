@@ -6,7 +6,7 @@ import math
 import warnings
 from dataclasses import dataclass, fields
 
-from ..model.constants import SAMPLE_RATE
+from ..model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from ..model.labels import ParameterError, window_samples
 
 
@@ -22,14 +22,15 @@ class StreamConfig:
     it falls below ``threshold - hysteresis``. ``min_dbfs``: windows whose RMS level is below this
     are not classified (counted as gated); None classifies every window. ``top_k``: labels the live
     display shows. ``duration``: stop after this many seconds of audio (None: until the input
-    ends). ``realtime``: pace a file like a live source.
+    ends). ``realtime``: pace a file like a live source. ``exact_windows``: compute every window whole
+    (by default windows a multiple of 4488 samples apart share their front end to layer2).
 
     Invalid values raise :class:`~audioclip.model.labels.ParameterError` (a ``ValueError``) that
     names the field (``hop: must be positive, got -1``); ``dataclasses.replace`` validates again.
     """
 
     window: float = 5.0
-    hop: float = 0.5
+    hop: float = 5 * STRIDE_SAMPLES / SAMPLE_RATE  # 0.50884 s: windows share columns exactly (stream/incremental.py)
     smooth: int = 1
     events: bool = False
     threshold: float = 0.5
@@ -39,6 +40,7 @@ class StreamConfig:
     top_k: int = 5
     duration: float | None = None
     realtime: bool = False
+    exact_windows: bool = False
 
     def __post_init__(self):
         window_samples(self.window)
@@ -63,7 +65,7 @@ class StreamConfig:
             _number("duration", self.duration)
             if not self.duration > 0:
                 raise ParameterError("duration", f"{{duration}}: must be positive, got {self.duration:g}")
-        for name in ("events", "realtime"):
+        for name in ("events", "realtime", "exact_windows"):
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(name, f"{{{name}}}: must be true or false, got {getattr(self, name)!r}")
         if not self.events:

@@ -75,8 +75,9 @@ class InferenceWorker:
 
     def __init__(self, classifier: Classifier, emit: Callable[[WindowResult], None], *, smooth: int = 1,
                  events: EventDetector | None = None, stats: StreamStats | None = None,
-                 min_dbfs: float | None = None):
+                 min_dbfs: float | None = None, score: Callable[[Window], tuple] | None = None):
         self.classifier = classifier
+        self.score = score  # a window's (probs, similarities) instead of classifier.scores (stream/incremental.py)
         self.labels = list(classifier.labels)
         self.emit = emit
         self.smoother = Smoother(smooth)
@@ -137,7 +138,10 @@ class InferenceWorker:
             self.last_t = t_end
             return
         t0 = time.perf_counter()
-        probs, sims = self.classifier.scores(window.samples[None])
+        if self.score is not None:
+            probs, sims = self.score(window)
+        else:
+            probs, sims = self.classifier.scores(window.samples[None])
         probs, sims = np.asarray(probs, np.float64)[0], np.asarray(sims, np.float64)[0]
         busy = time.perf_counter() - t0
         if not (np.isfinite(probs).all() and np.isfinite(sims).all()):

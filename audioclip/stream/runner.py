@@ -12,6 +12,7 @@ from ..model.labels import ParameterError
 from .buffer import WindowScheduler
 from .config import StreamConfig
 from .engine import Classifier, InferenceWorker, StreamStats, level_db
+from .incremental import window_scorer
 from .postprocess import Event, EventDetector, WindowResult
 from .resample import StreamResampler, to_mono
 
@@ -65,7 +66,7 @@ def run_stream(*, source: Source, classifier: Classifier, on_result: Callable[[W
     resampler = StreamResampler(source.rate)
     stats = StreamStats() if stats is None else stats
     worker = InferenceWorker(classifier, on_result, smooth=config.smooth, events=events, stats=stats,
-                             min_dbfs=config.min_dbfs).start()
+                             min_dbfs=config.min_dbfs, score=window_scorer(classifier, config)).start()
     live = source.live
     log.info("streaming %s: window %.3f s, hop %.3f s, %s", source.name, win / SAMPLE_RATE, hop_n / SAMPLE_RATE,
              "newest window wins" if live else "every window")

@@ -1,0 +1,70 @@
+"""The stream's use of :class:`~audioclip.model.incremental.IncrementalEncoder`: which windows share work.
+
+Torch is imported only for a PyTorch classifier; an ONNX Runtime stream computes whole windows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from ..model.constants import SAMPLE_RATE, STRIDE_SAMPLES
+from .buffer import Window
+from .config import StreamConfig
+
+log = logging.getLogger(__name__)
+
+WindowScorer = Callable[[Window], tuple]
+"""``scorer(window) -> (probs [1, L], similarities [1, L])``."""
+
+
+class IncrementalScorer:
+    """A ``ZeroShotClassifier``'s scores of one stream's windows, each equal to ``classifier.scores(window)``,
+    with the front end to layer2 shared between overlapping windows (a gap or a skipped window is handled
+    by the encoder: it compares the overlapping samples)."""
+
+    def __init__(self, classifier, window_samples: int, hop_samples: int):
+        from ..model.incremental import IncrementalEncoder
+
+        self.classifier = classifier
+        self.encoder = IncrementalEncoder(classifier.model, window_samples, hop_samples=hop_samples)
+
+    def __call__(self, window: Window) -> tuple:
+        import torch
+
+        embedding = self.encoder.encode(window.samples, window.start)
+        return self.classifier.scores_of(embedding / torch.linalg.vector_norm(embedding, dim=-1, keepdim=True))
+
+    def reset(self) -> None:
+        self.encoder.reset()
+
+
+def window_scorer(classifier, config: StreamConfig) -> IncrementalScorer | None:
+    """The incremental scorer for ``classifier`` and ``config``, or None where windows are computed whole:
+    ``config.exact_windows``, an ONNX Runtime classifier, or a hop that is not a multiple of
+    ``STRIDE_SAMPLES`` (one log line then names the nearest aligned hop and what it would save)."""
+    if config.exact_windows:
+        return None
+    if not hasattr(classifier, "scores_of") or not hasattr(classifier, "model"):
+        log.debug("whole windows: the incremental path runs on PyTorch only")
+        return None
+    if getattr(classifier, "linear", None) is not None:
+        log.debug("whole windows: a standalone head scores pooled features, which the incremental path does not keep")
+        return None
+    hop = config.hop_samples
+    if hop % STRIDE_SAMPLES:
+        from ..model.incremental import IncrementalEncoder
+
+        k = max(1, round(hop / STRIDE_SAMPLES))
+        cost = IncrementalEncoder(classifier.model, config.window_samples).cost(k)
+        aligned = k * STRIDE_SAMPLES / SAMPLE_RATE
+        log.info("hop %.4g s (%d samples) is not a multiple of %d samples: every window is computed whole; "
+                 "--hop %.5f (%d x %d samples) would reuse the overlap and compute about %.0f%% less per window",
+                 config.hop, hop, STRIDE_SAMPLES, aligned, k, STRIDE_SAMPLES, 100 * (1 - cost))
+        return None
+    scorer = IncrementalScorer(classifier, config.window_samples, hop)
+    if scorer.encoder.cost(hop // STRIDE_SAMPLES) >= 1.0:  # windows too far apart to overlap usefully
+        return None
+    log.info("overlapping windows share their front end to layer2 (about %.0f%% less compute per window; "
+             "--exact-windows computes each whole)", 100 * (1 - scorer.encoder.cost(hop // STRIDE_SAMPLES)))
+    return scorer
