@@ -57,6 +57,8 @@ def window_scorer(classifier, config: StreamConfig) -> IncrementalScorer | None:
 
         k = max(1, round(hop / STRIDE_SAMPLES))
         cost = IncrementalEncoder(classifier.model, config.window_samples).cost(k)
+        if cost >= 1.0:  # windows too far apart to share work at the nearest aligned hop either
+            return None
         aligned = k * STRIDE_SAMPLES / SAMPLE_RATE
         log.info("hop %.4g s (%d samples) is not a multiple of %d samples: every window is computed whole; "
                  "--hop %.5f (%d x %d samples) would reuse the overlap and compute about %.0f%% less per window",
