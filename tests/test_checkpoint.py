@@ -216,14 +216,14 @@ def test_atomic_save_gives_the_file_the_umask_mode(tmp_path):
     assert (tmp_path / "best.pt").stat().st_mode & 0o777 == 0o644
 
 
-def test_standalone_head_is_not_a_zero_shot_classifier(tmp_path, tiny_model):
+def test_standalone_head_scores_with_its_linear_classifier(tmp_path, tiny_model):
     with torch.inference_mode():
         embeddings = tiny_model.encode_text(["a", "b"])
     path = tmp_path / "standalone.pt"
     atomic_save(finetuned_checkpoint(tiny_model, ["a", "b"], embeddings, mode="standalone",
-                                     classifier=(torch.zeros(2, 256), torch.zeros(2))), path)
-    with pytest.raises(ValueError, match="mode 'standalone'.*only 'cooperative' heads"):
-        ZeroShotClassifier(load_model(path))
+                                     classifier=(torch.zeros(2, 256), torch.tensor([0.0, 1.0]))), path)
+    probs, logits = ZeroShotClassifier(load_model(path)).scores(torch.zeros(1, 4410))
+    assert logits.tolist() == [[0.0, 1.0]]  # tests/test_train_standalone.py: streaming and export
 
 
 DATA = Path(__file__).parent / "data"

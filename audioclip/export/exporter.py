@@ -174,7 +174,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
 
     metadata = {
         "labels": json.dumps(classifier.labels), "template": classifier.template,
-        "logit_scale": repr(classifier.logit_scale), "sample_rate": SAMPLE_RATE,
+        "logit_scale": repr(classifier.logit_scale), "mode": model.metadata.mode, "sample_rate": SAMPLE_RATE,
         "window_samples": "dynamic" if dynamic_length else window_samples,
         "min_samples": DYNAMIC_MIN_SAMPLES if dynamic_length else window_samples,
         "embedding_size": model.config.embed_dim, "precision": precision, "source": source,
@@ -252,7 +252,7 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
     graphs = {
         "audio_encoder.onnx": (AudioEncoderGraph(model, conv_front_end=fast), ["embedding"]),
         "classifier.onnx": (ClassifierGraph(model, classifier.label_embeddings, classifier.logit_scale,
-                                            conv_front_end=fast),
+                                            conv_front_end=fast, linear=classifier.linear),
                             ["logits", "probs"]),
     }
     files = []

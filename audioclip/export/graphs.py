@@ -142,13 +142,17 @@ class Trunk(nn.Module):
                                     Gate(audio.att3, True), Gate(audio.att4, True)])
 
     def forward(self, db: torch.Tensor) -> torch.Tensor:
+        return self.audio.fc(self.pooled(db))
+
+    def pooled(self, db: torch.Tensor) -> torch.Tensor:
+        """The pooled features ``[B, F]`` that enter the projection (a standalone head's linear classifier)."""
         a = self.audio
         x = a.maxpool(a.relu(a.bn1(a.conv1(db))))
         for layer, gate in zip((a.layer1, a.layer2, a.layer3, a.layer4), self.gates):
             x = layer(x) * gate(x)
         pooled = x.mean(dim=(-2, -1), keepdim=True)
         gate = torch.sigmoid(a.att5.bn(a.att5.conv_point(a.att5.conv_depth(x.amax(dim=(-2, -1), keepdim=True)))))
-        return a.fc(torch.flatten(pooled * gate, 1))
+        return torch.flatten(pooled * gate, 1)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -168,17 +172,28 @@ class AudioEncoderGraph(nn.Module):
 
 
 class ClassifierGraph(nn.Module):
-    """``waveform`` -> ``(logits, probs)`` ``[batch, L]``; label embeddings and logit scale are constants."""
+    """``waveform`` -> ``(logits, probs)`` ``[batch, L]``; label embeddings and logit scale are constants.
+
+    With ``linear`` (a standalone head's ``(weight [L, F], bias [L])``) the logits are that linear
+    classifier's over the pooled features instead, baked in as constants.
+    """
 
     def __init__(self, model: AudioCLIP, label_embeddings: torch.Tensor, logit_scale: float, *,
-                 conv_front_end: bool = False):
+                 conv_front_end: bool = False, linear: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.encoder = AudioEncoderGraph(model, conv_front_end=conv_front_end)
         self.register_buffer("label_embeddings_t", l2_normalize(label_embeddings.detach().float()).T.contiguous())
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.linear = linear is not None
+        if self.linear:
+            self.register_buffer("weight_t", linear[0].detach().float().T.contiguous())
+            self.register_buffer("bias", linear[1].detach().float().clone())
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logit_scale * (self.encoder(waveform) @ self.label_embeddings_t)
+        if self.linear:
+            logits = self.encoder.trunk.pooled(self.encoder.front(waveform)) @ self.weight_t + self.bias
+        else:
+            logits = self.logit_scale * (self.encoder(waveform) @ self.label_embeddings_t)
         return logits, torch.softmax(logits, dim=-1)
 
 

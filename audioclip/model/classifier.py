@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from .audio import as_waveform_batch
 from .audioclip import AudioCLIP, clamp_logit_scale, normalize
 from .labels import ParameterError, check_labels, check_template
 
@@ -15,15 +16,21 @@ class ZeroShotClassifier:
 
     ``probs = softmax(clamp(exp(logit_scale_at), 1, 100) * cosine)``. With ``labels=None`` a
     fine-tuned model's own labels and embeddings are used.
+
+    A standalone fine-tuned head (``metadata.mode == "standalone"``) scores its own labels with
+    its linear classifier over the pooled audio features: ``probs = softmax(W f + b)``; its
+    "similarities" are those logits (``logit_scale`` is 1) and ``linear`` holds ``(W, b)``.
     """
 
     def __init__(self, model: AudioCLIP, labels: Sequence[str] | None = None, template: str | None = None):
         self.model = model.eval()
+        self.linear: tuple[torch.Tensor, torch.Tensor] | None = None
         mode = model.metadata.mode
+        if mode == "standalone":
+            self._standalone(labels, template)
+            return
         if mode != "cooperative":
-            raise ValueError(f"this fine-tuned head was trained in mode {mode!r}: its scores come from a linear "
-                             "classifier, not from cosine similarity to label embeddings; only 'cooperative' heads "
-                             "can be streamed or exported (evaluate it with audioclip-train evaluate)")
+            raise ValueError(f"this fine-tuned head was trained in mode {mode!r}, which cannot be scored here")
         if labels is None:
             if model.label_bank is None:
                 raise ParameterError("labels", "no labels given and the checkpoint carries none: pass {labels}")
@@ -39,24 +46,49 @@ class ZeroShotClassifier:
         with torch.no_grad():
             self.logit_scale = float(clamp_logit_scale(model.logit_scale_at.detach()))
 
+    def _standalone(self, labels, template) -> None:
+        bank = self.model.label_bank
+        if labels is not None or template is not None:
+            raise ParameterError("labels", "this standalone head's linear classifier scores only the labels it was "
+                                           f"trained on ({', '.join(bank.labels)}): drop {{labels}} and {{template}}")
+        self.labels, self.template = list(bank.labels), bank.template
+        self.label_embeddings = normalize(bank.embeddings.float().to(self.model.device))
+        self.linear = tuple(t.float().to(self.model.device) for t in bank.linear)
+        self.logit_scale = 1.0
+
     def embed(self, waveform) -> torch.Tensor:
         """Normalised audio embeddings ``[B, D]``."""
         with torch.inference_mode():
             return normalize(self.model.encode_audio(waveform))
 
     def similarities(self, waveform) -> torch.Tensor:
-        """Cosine similarities ``[B, L]`` between the audio and each label."""
+        """Cosine similarities ``[B, L]`` between the audio and each label (a standalone head: its logits)."""
+        if self.linear is not None:
+            return self.scores(waveform)[1]
         return self.embed(waveform) @ self.label_embeddings.T
 
     def logits(self, waveform) -> torch.Tensor:
         return self.logit_scale * self.similarities(waveform)
 
     def scores(self, waveform) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(probs, similarities)``, both ``[B, L]``, from one pass of the audio encoder."""
+        """``(probs, similarities)``, both ``[B, L]``, from one pass of the audio encoder (a standalone
+        head's similarities are its logits)."""
+        if self.linear is not None:
+            with torch.inference_mode():
+                logits = self.linear_logits(self.model.audio.pooled_features(as_waveform_batch(waveform)
+                                                                              .to(self.model.device)))
+            return torch.softmax(logits, dim=-1), logits
         return self.scores_of(self.embed(waveform))
+
+    def linear_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """A standalone head's logits ``[B, L]`` of pooled audio features ``[B, F]``."""
+        weight, bias = self.linear
+        return features.float() @ weight.T + bias
 
     def scores_of(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probs, similarities)`` for normalised audio ``embeddings`` ``[B, D]`` computed elsewhere."""
+        if self.linear is not None:
+            raise ValueError("a standalone head scores pooled audio features, not embeddings: use scores()")
         sims = embeddings @ self.label_embeddings.T
         return torch.softmax(self.logit_scale * sims, dim=-1), sims
 
