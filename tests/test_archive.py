@@ -276,3 +276,19 @@ def test_a_folder_holding_other_files_is_refused_before_the_model_loads(recordin
     for resume in (False, True):
         with pytest.raises(ValueError, match="is not an empty folder and holds no labelling run"):
             label_archive([recordings / "c.wav"], out=tmp_path / "out", spec=spec, resume=resume)
+
+
+def test_a_video_files_audio_track_is_labelled(spec, tmp_path):
+    from audioclip.archive import RecordingSource, label_recording
+    from audioclip.stream.config import StreamConfig
+
+    video = tmp_path / "camera.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=5",
+                    "-f", "lavfi", "-i", "sine=frequency=500:sample_rate=32000", "-t", "1.6", "-c:v", "mpeg4",
+                    "-c:a", "aac", "-ac", "2", str(video)], check=True, timeout=60)
+    source = RecordingSource(video)
+    assert (source.decoder, source.rate, source.channels) == ("FFmpeg", 32000.0, 2)
+    source.close()
+    result = label_recording(video, classifier=spec.load(), config=StreamConfig(window=WINDOW, hop=HOP))
+    assert result.decoder == "FFmpeg" and abs(result.seconds - 1.6) < 0.05
+    assert result.t_start.tolist() == [0.0, 0.5] and result.probs.shape == (2, len(LABELS))
