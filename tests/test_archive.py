@@ -168,7 +168,6 @@ def test_kill_9_then_resume_gives_the_same_outputs(labelled, recordings, tiny_ch
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"finished before it could be killed: {proc.communicate()}"
-    time.sleep(0.3)  # into the next recording
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     done = (out / "manifest.jsonl").read_text().count("\n")
@@ -292,3 +291,14 @@ def test_a_video_files_audio_track_is_labelled(spec, tmp_path):
     result = label_recording(video, classifier=spec.load(), config=StreamConfig(window=WINDOW, hop=HOP))
     assert result.decoder == "FFmpeg" and abs(result.seconds - 1.6) < 0.05
     assert result.t_start.tolist() == [0.0, 0.5] and result.probs.shape == (2, len(LABELS))
+
+
+def test_a_recording_with_nan_samples_is_listed_and_the_run_goes_on(recordings, spec, tmp_path):
+    nan = np.full(44100, 0.1, np.float32)
+    nan[1000:1100] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 44100, subtype="FLOAT")
+    report = label_archive([tmp_path / "nan.wav", recordings / "c.wav"], out=tmp_path / "out", spec=spec,
+                           settings=LabelSettings(window=WINDOW, hop=HOP))
+    assert report.labelled == 1 and [e[0] for e in report.errors] == [str(tmp_path / "nan.wav")]
+    assert "nan.wav,holds NaN or infinite samples (near 0.0 s)" in (tmp_path / "out" / "errors.csv").read_text()
+    assert pq.read_table(tmp_path / "out" / "windows.parquet").num_rows == 1

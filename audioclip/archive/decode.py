@@ -99,8 +99,14 @@ class RecordingSource:
         self.rate, self.channels, self.decoder = float(context.sample_rate), context.layout.nb_channels, "FFmpeg"
 
     def blocks(self) -> Iterator[tuple[np.ndarray, float]]:
+        frames = 0
         try:
-            yield from (self._sf_blocks() if self._sf is not None else self._ffmpeg_blocks())
+            for block, arrival in (self._sf_blocks() if self._sf is not None else self._ffmpeg_blocks()):
+                if not np.isfinite(block).all():
+                    raise AudioFileError(f"{self.path}: holds NaN or infinite samples (near "
+                                         f"{frames / self.rate:.1f} s)")
+                frames += len(block)
+                yield block, arrival
         finally:
             self.close()
 

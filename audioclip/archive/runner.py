@@ -114,8 +114,8 @@ def _label_one(path: str) -> tuple[str, dict | None, str | None, float]:
         result = label_recording(path, classifier=_worker["classifier"], config=settings.stream,
                                  embeddings=settings.embeddings)
         return path, store.write_parts(Path(path), result, events=settings.events), None, result.busy_seconds
-    except (AudioFileError, OSError) as e:
-        log.warning("%s", e)
+    except (AudioFileError, OSError, FloatingPointError) as e:  # the last: NaN or infinite samples
+        log.warning("%s", e if not isinstance(e, FloatingPointError) else f"{path}: {e}")
         reason = (str(e).strip() or type(e).__name__).splitlines()[0]
         return path, None, reason.removeprefix(f"{path}: "), 0.0
 
