@@ -302,3 +302,22 @@ def test_a_recording_with_nan_samples_is_listed_and_the_run_goes_on(recordings, 
     assert report.labelled == 1 and [e[0] for e in report.errors] == [str(tmp_path / "nan.wav")]
     assert "nan.wav,holds NaN or infinite samples (near 0.0 s)" in (tmp_path / "out" / "errors.csv").read_text()
     assert pq.read_table(tmp_path / "out" / "windows.parquet").num_rows == 1
+
+
+def test_onnx_embeddings_and_scores_match_pytorch(labelled, recordings, tiny_checkpoint, tmp_path):
+    """--onnx with new labels and --embeddings: the export's audio encoder gives the embeddings."""
+    exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")
+    exporter.export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "export", labels=["x"], window=WINDOW, threads=1)
+    spec = ModelSpec.from_labels(LABELS, onnx=str(tmp_path / "export"), threads=1)
+    files = [recordings / "c.wav", recordings / "sub" / "b.flac"]
+    label_archive(files, out=tmp_path / "out", spec=spec, settings=SETTINGS)
+    onnx = pq.read_table(tmp_path / "out" / "windows.parquet")
+    torch_rows = pq.read_table(labelled[0] / "windows.parquet")
+    expected = [r for r in torch_rows.to_pylist() if r["file"] in map(str, files)]
+    assert [(r["file"], r["t_start"]) for r in onnx.to_pylist()] == [(r["file"], r["t_start"]) for r in expected]
+    for got, want in zip(onnx.to_pylist(), expected):
+        assert max(abs(got[label] - want[label]) for label in LABELS) < 1e-4
+    all_rows = [(r["file"], r["t_start"]) for r in torch_rows.to_pylist()]
+    torch_emb = np.load(labelled[0] / "embeddings.npy")[[all_rows.index((r["file"], r["t_start"])) for r in expected]]
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "embeddings.npy").astype(np.float32),
+                               torch_emb.astype(np.float32), atol=2e-3)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 
@@ -26,8 +28,6 @@ def default_workers() -> int:
     On the 2-core development machine 1 worker x 2 threads labelled faster than 2 workers x 1
     thread, on both backends (figures in docs/archive.md).
     """
-    import os
-
     return max(1, (os.cpu_count() or 1) // 2)
 
 
@@ -49,7 +49,8 @@ def label(
     embeddings: bool = typer.Option(False, "--embeddings", help="Keep window embeddings (float16) for search."),
     format: str = typer.Option("parquet,csv", "--format", help="Comma-separated: parquet, csv, raven."),
     workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: one per two cores)."),
-    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads per worker (default 2)."),
+    threads: int | None = typer.Option(None, "--threads",
+                                       help="Intra-op threads per worker (default: the cores / --workers, at most 2)."),
     resume: bool = typer.Option(False, "--resume", help="Skip recordings an earlier run in --out finished."),
     ray: bool = typer.Option(False, "--ray", help="Run on Ray Data: --workers actors (a local Ray by default)."),
     ray_address: str | None = typer.Option(None, "--ray-address",
@@ -68,6 +69,8 @@ def label(
         raise ValueError("--ray-address applies to --ray: add --ray")
     recordings = find_recordings(paths)
     workers = default_workers() if workers is None else workers
+    if spec.threads is None:  # the cores shared among the workers, at most 2 threads each
+        spec = replace(spec, threads=max(1, min(2, (os.cpu_count() or 1) // max(workers, 1))))
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[hours]}"), TimeElapsedColumn(), console=errors, disable=quiet)
     with bar:
