@@ -65,6 +65,24 @@ def test_clip_is_pre_roll_event_post_roll_and_decodes_to_the_pushed_samples(tmp_
     assert leftovers(tmp_path) == []
 
 
+def test_hold_waits_for_every_window_over_the_clip_to_be_classified(tmp_path):
+    """Inference far behind the audio: the clip is written only when the windows over it are classified,
+    so a privacy mute of its last window is in the file, not patched in afterwards."""
+    signal = noise(30, seed=3)
+    recorder = ClipRecorder(tmp_path, pre_roll=1.0, post_roll=1.0, max_seconds=60.0, hold=5.0)
+    feed(recorder, signal, upto=6.0)
+    recorder.request(1, "porch", 3.0, 5.0, T0, label="dog")
+    assert feed(recorder, signal, since=6.0, upto=20.0) == []  # the audio is long there; the results are not
+    recorder.classified("porch", 10.5)
+    assert recorder.poll() == []  # a window ending at 11.0 still overlaps the clip's end (6.0)
+    recorder.mute("porch", 5.5, 6.0)  # that window's privacy mute
+    recorder.classified("porch", 11.0)
+    ((event_id, path, reason),) = recorder.poll()
+    clip = decode(path)
+    assert event_id == 1 and reason == "ok" and len(clip) == 4 * SR
+    assert not clip[round(3.5 * SR):].any() and clip[:round(3.5 * SR)].any()  # muted before it was written
+
+
 def test_a_long_event_is_capped_keeping_its_start_and_memory_is_bounded(tmp_path):
     signal = noise(40, seed=1)
     recorder = ClipRecorder(tmp_path, pre_roll=2.0, post_roll=2.0, max_seconds=5.0)

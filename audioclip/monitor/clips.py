@@ -10,8 +10,10 @@ recorder (the clip sink's); nothing here is shared between threads.
   request it at its start (``end_s=None``) so its beginning is still there when it is written.
 - Privacy: :meth:`ClipRecorder.mute` zeroes a time range. The recorder waits ``settle`` seconds of
   stream past a clip's end before writing it, so that the mutes of its last windows (which arrive
-  after they are classified) land first; a mute that still comes late rewrites the recent clips
-  it overlaps. Muted audio never stays in a clip.
+  after they are classified) land first; with ``hold`` (the monitor passes its window length) it
+  also waits until :meth:`classified` says every window that overlaps the clip has been classified,
+  however far inference lags. A mute that still comes late rewrites the recent clips it overlaps.
+  Muted audio never stays in a clip.
 - Files are written under ``root/<source>/<YYYY-MM-DD>/<HH-MM-SS>_<label>_<id>.flac`` (UTC; names
   reduced to safe characters), to a temporary name in the same folder, flushed and renamed: a
   crash or a full disk leaves either the whole clip or none.
@@ -157,7 +159,8 @@ class ClipRecorder:
     """Recent audio per source, and the clips requested from it. See the module docstring."""
 
     def __init__(self, root: str | Path, *, sample_rate: int = SAMPLE_RATE, pre_roll: float = 2.0,
-                 post_roll: float = 2.0, max_seconds: float = 60.0, settle: float = 1.0):
+                 post_roll: float = 2.0, max_seconds: float = 60.0, settle: float = 1.0,
+                 hold: float | None = None):
         if min(pre_roll, post_roll, settle) < 0 or max_seconds <= 0:
             raise ValueError(f"pre_roll, post_roll and settle must be >= 0 and max_seconds > 0, got "
                              f"{pre_roll}, {post_roll}, {settle}, {max_seconds}")
@@ -167,6 +170,8 @@ class ClipRecorder:
         self.capacity = math.ceil((pre_roll + max_seconds + post_roll + settle) * self.sample_rate) + 1
         self._max = round(max_seconds * self.sample_rate)
         self._settle = round(settle * self.sample_rate)
+        self._hold = None if hold is None else round(hold * self.sample_rate)
+        self._classified: dict[str, int] = {}  # per source: the stream sample its classified windows reach
         self._sources: dict[str, _History] = {}
         self._requests: dict[int, _Request] = {}
         self._finished: deque[int] = deque(maxlen=4096)  # ids whose clip is done: a late end is ignored
@@ -263,11 +268,22 @@ class ClipRecorder:
         cap = r.lo + self._max
         return cap if r.end is None else min(r.end, cap)
 
+    def classified(self, source: str, t_s: float) -> None:
+        """The windows of ``source`` ending at or before stream second ``t_s`` are classified (their
+        privacy mutes are in). With ``hold``, a clip waits for this, not only for its audio."""
+        self._classified[source] = max(self._classified.get(source, 0), self._index(t_s))
+
+    def _ready(self, r: _Request, history: _History) -> bool:
+        target = self._target(r)
+        if history.end < target + self._settle:
+            return False
+        return self._hold is None or self._classified.get(r.source, 0) >= target + self._hold
+
     def poll(self) -> list[ClipResult]:
         """Write the clips whose audio is complete; return those and any other finished results."""
         for r in list(self._requests.values()):
             history = self._sources.get(r.source)
-            if history is not None and history.end >= self._target(r) + self._settle:
+            if history is not None and self._ready(r, history):
                 self._write(r)
         done, self._done = self._done, []
         return done

@@ -189,6 +189,9 @@ class SourcePipeline:
 
     def _quiet_at(self, end: int) -> None:
         t = end / SAMPLE_RATE
+        if self.clips is not None:
+            with self.clip_lock:
+                self.clips.classified(self.name, t)
         self._emit_events(self._quiet(t), t)
 
     def _catch_up(self, end: int | None) -> None:
@@ -223,9 +226,11 @@ class SourcePipeline:
             self.last = result
             if self.metrics is not None:
                 self.metrics.window(self.name, level_dbfs=max(result.level_db, -200.0), inference_s=seconds)
-            if self.clips is not None and self.params.privacy[int(np.argmax(probs))]:
+            if self.clips is not None:
                 with self.clip_lock:
-                    self.clips.mute(self.name, t_start, t_end)
+                    if self.params.privacy[int(np.argmax(probs))]:
+                        self.clips.mute(self.name, t_start, t_end)
+                    self.clips.classified(self.name, t_end)
             self.emit("window", (self.name, result))
             self._emit_events(events, t_end, arrival=window.arrival)
             self._touch(t_end, window.arrival)

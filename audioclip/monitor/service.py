@@ -146,8 +146,10 @@ class Monitor:
             first_id = store.next_id()
             self.store_sink = StoreSink(store).start()
             if config.store.clips is not None:
+                longest = max(config.stream_config(s).window for s in config.enabled_sources)
                 self.clips = ClipRecorder(config.store.clips, pre_roll=config.store.pre_roll,
-                                          post_roll=config.store.post_roll, max_seconds=config.store.max_clip_seconds)
+                                          post_roll=config.store.post_roll, max_seconds=config.store.max_clip_seconds,
+                                          hold=longest)  # privacy mutes of every window over a clip land first
                 self._retention()
         self.next_id = IdCounter(first_id)
         if config.mqtt is not None:
