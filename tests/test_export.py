@@ -30,6 +30,7 @@ from audioclip.export.graphs import FrontEnd, max_pool_half, max_pool_half_any_w
 from audioclip.export.layout import widen_grouped_convs
 from audioclip.export.precision import int8_nodes, longest_passing, residual_blocks
 from audioclip.export.runtime import OnnxClassifier
+from audioclip.export.shared import SHARED_WEIGHTS_FILE
 from audioclip.export.trt_check import tensorrt_problems
 from audioclip.model import SAMPLE_RATE, ZeroShotClassifier, atomic_save, finetuned_checkpoint, tokenize
 from audioclip.model.esresnext import adaptive_max_pool2d_exact
@@ -76,7 +77,8 @@ def dynamic_export(tiny_checkpoint, tmp_path_factory):
 def test_export_writes_every_file_atomically(dynamic_export):
     out = dynamic_export.out
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx", "labels.json", "trtexec.txt", "README.txt"])
+        ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx", SHARED_WEIGHTS_FILE, "labels.json",
+         "trtexec.txt", "README.txt"])
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folders left behind"
     labels = json.loads((out / "labels.json").read_text())
     assert "OnnxClassifier('THIS_FOLDER', labels=['dog', 'rain']" in (out / "README.txt").read_text()
@@ -84,6 +86,22 @@ def test_export_writes_every_file_atomically(dynamic_export):
     assert all(c.passed for c in dynamic_export.checks)
     assert {c.inputs.split()[-1] for c in dynamic_export.checks if c.graph != "text_encoder"} == {"2s", "1s", "7.3s"}
     assert {c.shape[0] for c in dynamic_export.checks} >= {1, 4}
+
+
+def test_the_audio_graphs_store_the_weights_they_share_once(dynamic_export):
+    """classifier.onnx is the encoder plus the labels: inline, an export held every encoder weight twice."""
+    out = dynamic_export.out
+    graphs = ("audio_encoder.onnx", "classifier.onnx")
+    for name in graphs:
+        tensors = onnx.load(str(out / name), load_external_data=False).graph.initializer
+        big = [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) >= 1024]
+        assert big and all(t.data_location == onnx.TensorProto.EXTERNAL for t in big), name
+        assert {e.value for t in big for e in t.external_data if e.key == "location"} == {SHARED_WEIGHTS_FILE}
+    weights = sum(onnx.numpy_helper.to_array(t).nbytes
+                  for t in onnx.load(str(out / "audio_encoder.onnx")).graph.initializer)
+    stored = sum((out / name).stat().st_size for name in (*graphs, SHARED_WEIGHTS_FILE))
+    assert stored < 1.1 * weights, (stored, weights)  # was 2 x weights
+    assert f"{SHARED_WEIGHTS_FILE}: the weights the audio graphs hold alike" in (out / "README.txt").read_text()
 
 
 @pytest.mark.parametrize("name", ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx"])

@@ -52,7 +52,8 @@ def onnx(
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines, only warnings and errors"),
 ) -> None:
-    """Write audio_encoder.onnx, classifier.onnx, text_encoder.onnx, labels.json, trtexec.txt, README.txt."""
+    """Write audio_encoder.onnx, classifier.onnx, audio_weights.bin (their common weights), text_encoder.onnx,
+    labels.json, trtexec.txt, README.txt."""
     setup_logging(verbose=not quiet)
     label_list = labels_from_options(labels, labels_file)
     from .exporter import ExportError, export_onnx  # torch loads here, not for --help

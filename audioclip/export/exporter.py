@@ -32,6 +32,7 @@ from .layout import widen_grouped_convs
 from .logs import dropping
 from .report import readme_text, tensorrt_files, trtexec_lines
 from .runtime import gpu_providers, tensorrt_name
+from .shared import SHARED_WEIGHTS_FILE, share_weights
 from .trt_check import tensorrt_problems
 from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
 
@@ -198,6 +199,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
                               dynamic_length=dynamic_length, precision=precision, opset=opset,
                               calibration=check_clips, batches=batches, metadata=metadata, threads=threads,
                               notes=notes)
+        weights = [SHARED_WEIGHTS_FILE] if share_weights(tmp, [f for f in files if f != "text_encoder.onnx"]) else []
         _check_tensorrt_ready(tmp, tensorrt_files(files, precision))
         checks = []
         for provider in ["CPUExecutionProvider", *gpu_providers()]:
@@ -221,9 +223,9 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
                               dynamic_length=dynamic_length, max_batch=TRT_MAX_BATCH, max_samples=60 * SAMPLE_RATE,
                               min_samples=metadata["min_samples"], opset=opset)
         (tmp / "trtexec.txt").write_text("\n".join(lines) + "\n")
-        (tmp / "README.txt").write_text(readme_text(metadata=metadata, files=files, checks=checks, notes=notes,
-                                                    trtexec=lines, labels=classifier.labels))
-        files += ["labels.json", "trtexec.txt", "README.txt"]
+        (tmp / "README.txt").write_text(readme_text(metadata=metadata, files=files + weights, checks=checks,
+                                                    notes=notes, trtexec=lines, labels=classifier.labels))
+        files += weights + ["labels.json", "trtexec.txt", "README.txt"]
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from ..model.constants import CONTEXT_LENGTH
 from .runtime import tensorrt_name
+from .shared import SHARED_WEIGHTS_FILE
 from .verify import Check
 
 
@@ -90,6 +91,7 @@ def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check]
     }
     described.update({tensorrt_name(g): f"{g}, int8 in the symmetric form TensorRT takes"
                       for g in ("audio_encoder.onnx", "classifier.onnx")})
+    described[SHARED_WEIGHTS_FILE] = "the weights the audio graphs hold alike, stored once (keep it beside them)"
     lines += [f"  {f}: {described[f]}" for f in files if f in described]
     lines += [f"  note: {n}" for n in notes]
     keys = sorted({*metadata, *(("int8_blocks", "int8_scheme") if metadata["precision"] == "int8" else ())})
