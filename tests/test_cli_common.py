@@ -43,7 +43,7 @@ def test_log_lines_to_a_pipe_are_plain_unwrapped_and_unpadded(tmp_path, tiny_che
     wav = folder / "one-second-of-a-quiet-tone.wav"
     sf.write(wav, 0.1 * np.sin(np.arange(SAMPLE_RATE) / 10).astype(np.float32), SAMPLE_RATE)
     proc = subprocess.run([sys.executable, "-m", "audioclip.stream.cli", "--checkpoint", str(tiny_checkpoint),
-                           "--labels", "a,b", "--input", str(wav), "--window", "1", "--format", "jsonl",
+                           "--labels", "a,b", "--input", str(wav), "--window", "1", "--hop", "0.5", "--format", "jsonl",
                            "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
