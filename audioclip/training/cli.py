@@ -35,6 +35,17 @@ class Mode(str, Enum):
     standalone = "standalone"
 
 
+class BatchNorm(str, Enum):
+    batch = "batch"
+    recalibrate = "recalibrate"
+    frozen = "frozen"
+
+
+class Freeze(str, Enum):
+    none = "none"
+    trunk = "trunk"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -83,6 +94,13 @@ def finetune_command(
     gamma: float = typer.Option(0.98, "--gamma", help="Learning-rate decay per epoch."),
     seed: int = typer.Option(0, "--seed"),
     template: str = typer.Option("{}", "--template", help="Text template of the class labels."),
+    bn: BatchNorm = typer.Option(BatchNorm.batch, "--bn", help="Batch norm: batch (the paper's batch statistics), "
+                                 "recalibrate (batch, then running statistics recomputed on the training clips "
+                                 "before each evaluation), frozen (the source's statistics throughout: what is trained "
+                                 "is what is evaluated; docs/training.md)."),
+    freeze: Freeze = typer.Option(Freeze.none, "--freeze", help="trunk: train only the projection and logit "
+                                  "scale (or the standalone classifier) on the source's features, a linear probe "
+                                  "for small data sets (docs/training.md)."),
     device: Device = typer.Option(Device.auto, "--device"),
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
     out: Path = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<mode>)."),
@@ -99,7 +117,7 @@ def finetune_command(
     data = load_dataset(dataset.value, data_root, seed=seed, clip_seconds=clip_seconds)
     out = out or Path("runs") / f"{dataset.value}-{mode.value}"
     recipe = Recipe(mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, gamma=gamma, seed=seed,
-                    template=template).check()
+                    template=template, bn=bn.value, freeze=freeze.value).check()
     runtime = Runtime(device=device.value, workers=workers, max_bad_share=max_bad, progress=not quiet)
     cache = _cache(cache_path, no_cache)
     if all_folds:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from ..model import AudioCLIP, CheckpointMeta, audio_head_state, clamp_logit_scale, finetuned_checkpoint, normalize
+from ..model.audioclip import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN
 from ..model.labels import check_template
 
 MODES = ("cooperative", "standalone")
@@ -96,13 +98,32 @@ class AudioClassifier(nn.Module):
         embeddings = normalize(audio.fc(pooled).float())
         return clamp_logit_scale(self.model.logit_scale_at) * embeddings @ self.label_embeddings.T
 
+    def freeze_trunk(self) -> None:
+        """Train only what follows the pooled features: the projection ``fc`` and the logit scale (cooperative)
+        or the linear classifier (standalone). The FBSP front end, the trunk and its batch-norm statistics stay."""
+        self.model.audio.requires_grad_(False)
+        if self.classifier is None:
+            self.model.audio.fc.requires_grad_(True)
+
+    @torch.no_grad()
+    def keep_logit_scale_in_range(self) -> None:
+        """Clamp the trained log logit scale to [ln 1, ln 100], where the forward's clamp passes its gradient.
+
+        Outside that range ``clamp(exp(s), 1, 100)`` has zero gradient: a scale pushed below 1 by a
+        few wrong, confident first steps would stay there for good (CLIP's trainers clamp the
+        parameter after each step for the same reason). Inside it nothing changes.
+        """
+        scale = self.model.logit_scale_at
+        scale.clamp_(math.log(LOGIT_SCALE_MIN), math.log(LOGIT_SCALE_MAX))
+
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         """The FBSP transform's parameters and the logit scale without weight decay, the rest with it."""
         fbsp = self.model.audio.fbsp
         exempt = {id(p) for p in (fbsp.m, fbsp.fb, fbsp.fc, self.model.logit_scale_at)}
         trainable = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": [p for p in trainable if id(p) not in exempt], "weight_decay": weight_decay},
-                {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0}]
+        groups = [{"params": [p for p in trainable if id(p) not in exempt], "weight_decay": weight_decay},
+                  {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
 
     def checkpoint(self, labels: list[str], meta: CheckpointMeta) -> dict:
         """The self-describing fine-tuned checkpoint (``audioclip.load_model`` reads it back)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -19,6 +20,7 @@ from ..model import CheckpointMeta, atomic_save, check_template, load_model, sou
 from ..model.checkpoint import read_checkpoint
 from .audio_io import DecodeCache
 from .augment import Augmentation
+from .batchnorm import BN_MODES, recalibrate, train_mode
 from .datasets import DatasetIndex
 from .evaluate import predict, progress_bar, write_json
 from .heads import MODES, AudioClassifier, audio_only, label_embeddings
@@ -28,6 +30,8 @@ from .losses import fbsp_weight_norm_loss, normalize_fbsp_gradients
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "audioclip-stream/training-state"
+FREEZE = ("none", "trunk")
+"""``--freeze``: ``trunk`` trains only what follows the pooled features (a linear probe; docs/training.md)."""
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
 
 
@@ -48,10 +52,16 @@ class Recipe:
     weight_decay: float = 5e-4
     seed: int = 0
     template: str = "{}"
+    bn: str = "batch"
+    freeze: str = "none"
 
     def check(self) -> Recipe:
         if self.mode not in MODES:
             raise TrainingError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.bn not in BN_MODES:
+            raise TrainingError(f"unknown batch-norm mode {self.bn!r}; choose one of {', '.join(BN_MODES)}")
+        if self.freeze not in FREEZE:
+            raise TrainingError(f"unknown --freeze {self.freeze!r}; choose one of {', '.join(FREEZE)}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -154,7 +164,7 @@ def _check_out(out: Path, resume: bool) -> dict | None:
 
 
 def _check_resumable(state: dict, recipe: Recipe, data: DatasetIndex, fold: int, source: dict, path: Path) -> None:
-    saved = {**state["recipe"], "epochs": recipe.epochs}
+    saved = {"bn": "batch", "freeze": "none", **state["recipe"], "epochs": recipe.epochs}  # older runs: neither
     expected = {"recipe": asdict(recipe), "dataset": data.name, "fold": fold, "labels": data.labels,
                 "source": source["sha256"], "clip_samples": data.clip_samples}
     found = {"recipe": saved, "dataset": state["dataset"], "fold": state["fold"], "labels": state["labels"],
@@ -212,7 +222,10 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
     net = AudioClassifier(audio_only(model), embeddings, recipe.mode).to(device, memory_format=torch.channels_last)
     del model
     audio = net.model.audio
-    hooks = normalize_fbsp_gradients(audio)
+    if recipe.freeze == "trunk":
+        net.freeze_trunk()
+    hooks = [] if recipe.freeze == "trunk" else normalize_fbsp_gradients(audio)
+    bn = "frozen" if recipe.freeze == "trunk" else recipe.bn  # a frozen trunk's statistics stay as well
     optimizer = torch.optim.SGD(net.parameter_groups(recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum,
                                 nesterov=True)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=recipe.gamma)
@@ -245,6 +258,10 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
     test_loader = make_loader(ClipDataset(test_clips, cache, data.clip_samples), batch_size=recipe.batch_size,
                               shuffle=False, seed=recipe.seed, workers=runtime.workers, rank=rank, world_size=world,
                               pin_memory=pin)
+    calibration_loader = make_loader(ClipDataset(train_clips, cache, data.clip_samples), batch_size=recipe.batch_size,
+                                     shuffle=False, seed=recipe.seed, workers=runtime.workers, rank=rank,
+                                     world_size=world, pin_memory=pin)
+    watch = LearningWatch(len(data.labels))
     meta = CheckpointMeta(mode=recipe.mode, template=recipe.template, dataset=data.name, fold=fold,
                           clip_samples=data.clip_samples, recipe=asdict(recipe), source_name=source_name,
                           source_sha256=source_sha256, version=__version__)
@@ -255,7 +272,7 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
             lr = optimizer.param_groups[0]["lr"]
             train_set.epoch = epoch
             train_loader.sampler.set_epoch(epoch)
-            ddp.train()
+            train_mode(ddp, bn)
             loss_sum = correct = seen = 0.0
             with progress_bar(runtime.progress and rank == 0, "loss", "samples/s") as bar:
                 task = bar.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=len(train_loader.sampler),
@@ -263,6 +280,7 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
                 for x, y in train_loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     logits, loss = training_step(ddp, audio, optimizer, x, y, amp=amp)
+                    net.keep_logit_scale_in_range()
                     loss_sum += float(loss.detach()) * len(y)
                     correct += float((logits.detach().argmax(dim=-1) == y).sum())
                     seen += len(y)
@@ -271,6 +289,8 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
             scheduler.step()
             loss_sum, correct, seen = _sum(loss_sum, correct, seen, device=device)
             train_seconds = time.perf_counter() - t0
+            if bn == "recalibrate":
+                recalibrate(net, (x for x, _ in calibration_loader), device)
             predicted, true = predict(net, test_loader, device, amp=amp)
             val_correct, val_seen = _sum(float((predicted == true).sum()), float(len(true)), device=device)
             record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -289,11 +309,38 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
                 log.info("epoch %d/%d: train loss %.4f, train acc %.3f, val acc %.3f, %.0f s",
                          epoch + 1, recipe.epochs, record["train_loss"], record["train_acc"], record["val_acc"],
                          record["seconds"])
+                if watch.stuck(record["train_loss"]):
+                    log.warning(watch.advice(recipe))
             _barrier()
     finally:
         for hook in hooks:
             hook.remove()
     return {**record, "best_val_acc": best_acc, "best_epoch": best_epoch}
+
+
+class LearningWatch:
+    """Notices a training loss that stays at the value of uniform predictions, ln(classes), epoch after epoch."""
+
+    def __init__(self, classes: int, epochs: int = 2, tolerance: float = 0.05):
+        self.uniform = math.log(classes)
+        self.epochs, self.tolerance = epochs, tolerance
+        self.run = 0
+
+    def stuck(self, train_loss: float) -> bool:
+        """True when this epoch's loss is the ``epochs``-th in a row within ``tolerance`` (relative) of ln(classes)
+        (once per such stretch: the log says it once)."""
+        self.run = self.run + 1 if abs(train_loss - self.uniform) <= self.tolerance * self.uniform else 0
+        return self.run == self.epochs
+
+    def advice(self, recipe: Recipe) -> str:
+        probe = "--freeze trunk --lr 3e-3 (a linear probe on the source's features)"
+        tries = [] if recipe.freeze == "trunk" else [probe]
+        if recipe.lr > 1e-4:
+            tries.append(f"a smaller --lr than {recipe.lr:g}")
+        classes = round(math.exp(self.uniform))
+        return (f"not learning: the training loss has stayed at {self.uniform:.3f} = ln {classes}, "
+                f"the value of uniform predictions, for {self.run} epochs; try {' or '.join(tries) or 'more epochs'} "
+                f"(docs/training.md, 'Small data sets')")
 
 
 def _state(net: AudioClassifier, optimizer, scheduler, recipe: Recipe, data: DatasetIndex, fold: int, source: dict,
