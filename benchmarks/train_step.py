@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from audioclip.model import AudioCLIP, AudioCLIPConfig, SAMPLE_RATE, load_model
+from audioclip.model import SAMPLE_RATE, AudioCLIP, AudioCLIPConfig, load_model
 from audioclip.training.audio_io import DecodeCache
 from audioclip.training.augment import Augmentation
 from audioclip.training.datasets import Clip

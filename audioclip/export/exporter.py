@@ -93,7 +93,8 @@ def _export(module: torch.nn.Module, example: tuple, path: Path, *, input_name: 
     graph = onnx.load(str(path))
     written = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
     if written != opset:  # the exporter falls back to its own opset when it cannot convert
-        raise ExportError(f"torch's ONNX exporter wrote opset {written}, not the {opset} asked for: pass --opset {written}")
+        raise ExportError(f"torch's ONNX exporter wrote opset {written}, not the {opset} asked for: "
+                          f"pass --opset {written}")
     return graph
 
 
@@ -258,7 +259,8 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
                             ["logits", "probs"]),
     }
     files = []
-    int8_blocks: dict[bool, list] = {}  # per flavour (tensorrt?), chosen on the encoder: the classifier has the same trunk
+    # per flavour (tensorrt?), chosen on the encoder: the classifier has the same trunk
+    int8_blocks: dict[bool, list] = {}
     if precision == "int8":
         calib = calibration_windows(calibration, window_samples)
         inputs = [w[None] for w in calib] + [x for _, x in batches]

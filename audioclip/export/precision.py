@@ -97,7 +97,8 @@ def to_fp16(model: onnx.ModelProto, keep_stages: Sequence[str] = FP16_KEEP_STAGE
     model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
     stem = stem_conv(model)  # reads dB values: fp16 would round them by 0.06 dB
-    kept = [n for n in graph.node if n.op_type == "Conv" and any(stage in i for i in n.input[1:2] for stage in keep_stages)]
+    kept = [n for n in graph.node
+            if n.op_type == "Conv" and any(stage in i for i in n.input[1:2] for stage in keep_stages)]
     fp32_nodes = {n.name for n in (*front_end_nodes(model), stem, *kept, *head_nodes(model))}
     float_tensors = {v.name for v in (*graph.input, *graph.value_info, *graph.output)
                      if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
@@ -138,7 +139,8 @@ def to_fp16(model: onnx.ModelProto, keep_stages: Sequence[str] = FP16_KEEP_STAGE
         if half_node:
             for attr in node.attribute:  # e.g. a float ``value`` of ConstantOfShape in the trunk
                 if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == onnx.TensorProto.FLOAT:
-                    attr.t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+                    half = onnx.numpy_helper.to_array(attr.t).astype(np.float16)
+                    attr.t.CopyFrom(onnx.numpy_helper.from_array(half, attr.t.name))
     for out in graph.output:
         if is_half.get(out.name, False):
             raise ValueError(f"graph output {out.name} would be fp16: the head is expected to stay fp32")
@@ -146,7 +148,8 @@ def to_fp16(model: onnx.ModelProto, keep_stages: Sequence[str] = FP16_KEEP_STAGE
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
-    unused = {name for name, t in initializers.items() if t.data_type == onnx.TensorProto.FLOAT and False not in users.get(name, {True})}
+    unused = {name for name, t in initializers.items()
+              if t.data_type == onnx.TensorProto.FLOAT and False not in users.get(name, {True})}
     kept = [t for t in graph.initializer if t.name not in unused]
     del graph.initializer[:]
     graph.initializer.extend(kept)

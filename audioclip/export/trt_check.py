@@ -66,7 +66,8 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
             problems += _quantization_problems(node, where, constants)
         if node.op_type in ("MaxPool", "AveragePool"):
             if len(attrs.get("kernel_shape", ())) not in (2, 3):
-                problems.append(f"{where}: {len(attrs.get('kernel_shape', ()))}-D pooling; TensorRT pools in 2-D or 3-D")
+                dims = len(attrs.get("kernel_shape", ()))
+                problems.append(f"{where}: {dims}-D pooling; TensorRT pools in 2-D or 3-D")
             if any(d != 1 for d in attrs.get("dilations", ())):
                 problems.append(f"{where}: dilated pooling")
             if len([o for o in node.output if o]) > 1:
