@@ -101,6 +101,8 @@ def finetune_command(
     freeze: Freeze = typer.Option(Freeze.none, "--freeze", help="trunk: train only the projection and logit "
                                   "scale (or the standalone classifier) on the source's features, a linear probe "
                                   "for small data sets (docs/training.md)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="The recipe's training augmentations "
+                                 "(time scaling, inversion, crop, noise); docs/training.md for small data sets."),
     device: Device = typer.Option(Device.auto, "--device"),
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
     out: Path = typer.Option(None, "--out", help="Run folder (default runs/<dataset>-<mode>)."),
@@ -117,7 +119,7 @@ def finetune_command(
     data = load_dataset(dataset.value, data_root, seed=seed, clip_seconds=clip_seconds)
     out = out or Path("runs") / f"{dataset.value}-{mode.value}"
     recipe = Recipe(mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, gamma=gamma, seed=seed,
-                    template=template, bn=bn.value, freeze=freeze.value).check()
+                    template=template, bn=bn.value, freeze=freeze.value, augment=augment).check()
     runtime = Runtime(device=device.value, workers=workers, max_bad_share=max_bad, progress=not quiet)
     cache = _cache(cache_path, no_cache)
     if all_folds:

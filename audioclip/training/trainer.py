@@ -54,6 +54,7 @@ class Recipe:
     template: str = "{}"
     bn: str = "batch"
     freeze: str = "none"
+    augment: bool = True
 
     def check(self) -> Recipe:
         if self.mode not in MODES:
@@ -164,7 +165,7 @@ def _check_out(out: Path, resume: bool) -> dict | None:
 
 
 def _check_resumable(state: dict, recipe: Recipe, data: DatasetIndex, fold: int, source: dict, path: Path) -> None:
-    saved = {"bn": "batch", "freeze": "none", **state["recipe"], "epochs": recipe.epochs}  # older runs: neither
+    saved = {"bn": "batch", "freeze": "none", "augment": True, **state["recipe"], "epochs": recipe.epochs}  # older
     expected = {"recipe": asdict(recipe), "dataset": data.name, "fold": fold, "labels": data.labels,
                 "source": source["sha256"], "clip_samples": data.clip_samples}
     found = {"recipe": saved, "dataset": state["dataset"], "fold": state["fold"], "labels": state["labels"],
@@ -251,7 +252,8 @@ def finetune(*, source: str, data: DatasetIndex, fold: int, out: str | os.PathLi
         ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     amp = device.type == "cuda"
-    train_set = ClipDataset(train_clips, cache, data.clip_samples, Augmentation(), recipe.seed)
+    train_set = ClipDataset(train_clips, cache, data.clip_samples, Augmentation() if recipe.augment else None,
+                            recipe.seed)
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed,
                                workers=runtime.workers, rank=rank, world_size=world, pin_memory=pin)
@@ -333,7 +335,7 @@ class LearningWatch:
         return self.run == self.epochs
 
     def advice(self, recipe: Recipe) -> str:
-        probe = "--freeze trunk --lr 3e-3 (a linear probe on the source's features)"
+        probe = "--freeze trunk --lr 3e-3 --no-augment (a linear probe on the source's features)"
         tries = [] if recipe.freeze == "trunk" else [probe]
         if recipe.lr > 1e-4:
             tries.append(f"a smaller --lr than {recipe.lr:g}")
