@@ -247,7 +247,9 @@ def test_checkpoints_written_by_0_1_0_still_load_and_score_the_same(mode, logits
     assert head.mode == mode
     with torch.inference_mode():
         got = head(torch.linspace(-0.5, 0.5, 6000)[None])
-    torch.testing.assert_close(got, torch.tensor([logits]), rtol=1e-5, atol=1e-5)
+    # cooperative logits are cosines times the logit scale (~100): float32 summation order (the thread count
+    # earlier tests leave) moves them by ~3e-5 relative, a wrong load by far more
+    torch.testing.assert_close(got, torch.tensor([logits]), rtol=1e-4, atol=1e-5)
 
 
 def test_checkpoint_meta_round_trips_and_reads_the_0_1_0_layout():
