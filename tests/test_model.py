@@ -122,7 +122,7 @@ def test_zero_shot_classifier_scores(tiny_model):
 
 @pytest.mark.parametrize("labels,message", [
     ([], "no labels"),
-    (["dog", ""], "label 1 is empty"),
+    (["dog", ""], "label 1 of labels is empty"),
     (["dog", 3], "must be strings"),
     ("dog", "list of strings"),
     (["dog", "cat", "dog"], "duplicate labels: 'dog'"),
