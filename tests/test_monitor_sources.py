@@ -201,6 +201,7 @@ def test_a_silent_server_is_a_stall_and_close_returns_promptly(second_rtsp):
 
 def test_credentials_never_reach_the_log(caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="audioclip")  # a CLI test run in this process may have set it to INFO
     url = f"rtsp://admin:s3cr3t@127.0.0.1:{free_port()}/live"
     cam = Reader(_resilient(url, "secret", backoff=(0.1, 0.2)))
     try:
