@@ -27,6 +27,14 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Every test leaves torch's thread count as it found it (backends set it; the summation order follows it)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return _require(GOLDEN, "golden reference data")

@@ -20,13 +20,6 @@ from audioclip.model import load_model
 from audioclip.model.constants import SAMPLE_RATE
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, tiny_checkpoint):
     """Three 3-s recordings at 44.1 kHz (a rising chirp, noise, clicks) labelled with 1-s windows and

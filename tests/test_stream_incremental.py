@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from typer.testing import CliRunner
 
 from audioclip import ZeroShotClassifier
@@ -20,13 +19,6 @@ from audioclip.stream.incremental import IncrementalScorer, window_scorer
 from helpers import make_tiny_model
 
 LABELS = ["cat", "thunder", "car horn", "alarm clock", "coughing", "dog"]
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
