@@ -41,15 +41,19 @@ SOURCE_OVERRIDES = ("window", "hop", "smooth", "min_dbfs", "threshold")
 LABEL_OVERRIDES = ("threshold", "hysteresis", "min_windows")
 
 
+def _shown(f: dataclasses.Field, value):
+    """A field's value as logs and reprs may show it: secrets as ``***``, URLs without their password."""
+    if f.metadata.get("secret") and value is not None:
+        return "***"
+    if f.metadata.get("url") and value is not None:
+        return redact_url(value)
+    return value
+
+
 def _safe_repr(self) -> str:
     parts = []
     for f in dataclasses.fields(self):
-        value = getattr(self, f.name)
-        if f.metadata.get("secret") and value is not None:
-            value = "***"
-        elif f.metadata.get("url") and value is not None:
-            value = redact_url(value)
-        parts.append(f"{f.name}={value!r}")
+        parts.append(f"{f.name}={_shown(f, getattr(self, f.name))!r}")
     return f"{type(self).__name__}({', '.join(parts)})"
 
 
@@ -285,12 +289,7 @@ class MonitorConfig:
             if dataclasses.is_dataclass(obj):
                 out = {}
                 for f in dataclasses.fields(obj):
-                    value = getattr(obj, f.name)
-                    if f.metadata.get("secret") and value is not None:
-                        value = "***"
-                    elif f.metadata.get("url") and value is not None:
-                        value = redact_url(value)
-                    out[f.name] = plain(value)
+                    out[f.name] = plain(_shown(f, getattr(obj, f.name)))
                 return out
             if isinstance(obj, tuple):
                 return [plain(x) for x in obj]
