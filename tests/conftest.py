@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,32 @@ def keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """Every test leaves logging as it found it.
+
+    A command run in-process points the root handler at its captured stderr, which closes after the
+    test; a later test's background thread then logs into a closed file, and the package logger's
+    level would leak into tests that count records.
+    """
+    def ours(handlers):  # pytest's own capture handlers come and go with each phase: leave them be
+        return [h for h in handlers if not type(h).__module__.startswith("_pytest")]
+
+    root, package = logging.getLogger(), logging.getLogger("audioclip")
+    handlers, level, package_level = ours(root.handlers), root.level, package.level
+    formatwarning = warnings.formatwarning
+    yield
+    for handler in ours(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    package.setLevel(package_level)
+    warnings.formatwarning = formatwarning
+    logging.captureWarnings(False)
 
 
 @pytest.fixture(scope="session")
