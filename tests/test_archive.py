@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-import torch
 from typer.testing import CliRunner
 
 from audioclip.archive import LabelSettings, ModelSpec, find_recordings, label_archive
@@ -29,12 +28,6 @@ SETTINGS = LabelSettings(window=WINDOW, hop=HOP, events=True, threshold=0.34, em
                          formats=("parquet", "csv", "raven"))
 OUTPUTS = ["windows.parquet", "embeddings.npy", "events.parquet", "events.csv", "errors.csv"]
 
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

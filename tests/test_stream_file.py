@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from audioclip import ZeroShotClassifier
-from audioclip.model.constants import SAMPLE_RATE
+from audioclip.model.constants import FRAME_LENGTH, SAMPLE_RATE
 from audioclip.stream import FileSource, StdinSource, StreamConfig, run_stream
 from audioclip.stream.cli import app
 
@@ -33,13 +33,6 @@ def run_cli(*args: str):
     result = CliRunner().invoke(app, args)
     return result.exit_code, result.stdout, result.stderr
 
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The CLI sets torch's thread count for the process; give other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def windows_of(stdout: str) -> list[dict]:
@@ -139,21 +132,39 @@ def test_stdin_s16le_equals_the_same_file(long_clip, tiny_checkpoint):
         np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
 
 
-def test_short_file_gives_one_zero_padded_window_and_csv_has_the_jsonl_columns(clips_dir, tmp_path, tiny_checkpoint):
+def test_short_file_is_one_window_as_long_as_the_file_and_csv_has_the_jsonl_columns(clips_dir, tmp_path,
+                                                                                     tiny_checkpoint):
+    """A 2-s file under a 10-s window is scored as it is (the model takes any length), not padded to 10 s:
+    the reference's result on the clip, and no 10-s buffer of zeros."""
     x = sf.read(clips_dir / "cat_3-95694-A-5.wav", dtype="float32")[0][:SAMPLE_RATE * 2]
     path = tmp_path / "short.wav"
     sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
     code, out, err = run_cli("--checkpoint", tiny_checkpoint, "--labels", "cat,dog", "--input", path,
-                             "--format", "csv")
+                             "--window", "10", "--format", "csv")
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0] == "t_start,t_end,top,probs.cat,probs.dog,similarity.cat,similarity.dog,latency_ms"
     assert len(lines) == 2
     row = lines[1].split(",")
-    padded = np.concatenate([x, np.zeros(3 * SAMPLE_RATE, np.float32)])
-    expected = ZeroShotClassifier(make_tiny_model(), ["cat", "dog"]).probs(padded)[0].numpy()
-    assert (float(row[0]), float(row[1])) == (0.0, 5.0)
-    np.testing.assert_allclose([float(row[3]), float(row[4])], expected, atol=1e-4)
+    classifier = ZeroShotClassifier(make_tiny_model(), ["cat", "dog"])
+    probs, sims = (np.asarray(a)[0] for a in classifier.scores(x[None]))
+    _, padded = (np.asarray(a)[0] for a in classifier.scores(np.pad(x, (0, 8 * SAMPLE_RATE))[None]))
+    assert (float(row[0]), float(row[1])) == (0.0, 2.0)
+    np.testing.assert_allclose([float(row[3]), float(row[4])], probs, atol=1e-4)
+    np.testing.assert_allclose([float(row[5]), float(row[6])], sims, atol=1e-4)
+    assert np.abs(sims - padded).max() > 1e-3  # what the old padding to the window gave
+
+
+def test_input_shorter_than_one_frame_is_padded_to_one_frame(tiny_checkpoint):
+    x = np.random.default_rng(3).normal(0, 0.1, 500).astype(np.float32)
+    classifier = ZeroShotClassifier(make_tiny_model(), ["cat", "dog"])
+    rows = []
+    run_stream(source=StdinSource(io.BytesIO((x * 32767).astype("<i2").tobytes())), classifier=classifier,
+               on_result=rows.append, config=StreamConfig(window=5.0, hop=1.0))
+    assert len(rows) == 1 and rows[0].t_end == pytest.approx(FRAME_LENGTH / SAMPLE_RATE)
+    framed = np.zeros(FRAME_LENGTH, np.float32)
+    framed[:500] = np.round(x * 32767) / 32768
+    np.testing.assert_allclose(rows[0].probs, classifier.probs(framed)[0].numpy(), atol=1e-5)
 
 
 def test_smoothing_and_events(long_clip, tiny_checkpoint):

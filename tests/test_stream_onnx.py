@@ -18,12 +18,6 @@ pytestmark = pytest.mark.slow  # exports a graph first
 LABELS = ["cat", "dog", "siren"]
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

@@ -123,6 +123,10 @@ def test_skipped_windows_are_not_returned_again_and_short_streams_pad_one_window
     padded = short.finish()
     assert padded.index == 0 and padded.samples.tolist() == [0.5] * 5 + [0.0] * 3
     assert short.finish() is None
+    for shortest, expected in ((None, 8), (3, 5), (7, 7), (20, 8)):  # padded only as far as the model needs
+        short = WindowScheduler(window=8, hop=5)
+        short.push(np.full(5, 0.5, np.float32), 1.0)
+        assert short.finish(shortest).samples.tolist() == [0.5] * 5 + [0.0] * (expected - 5)
     with pytest.raises(ValueError, match="at most"):
         WindowScheduler(window=8, hop=2).push(np.zeros(3, np.float32), 0.0)
 

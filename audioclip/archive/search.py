@@ -161,14 +161,18 @@ class QueryEncoder:
             return _unit(self.model.encode_text([text]).float().cpu().numpy()[0])
 
     def audio(self, path: str | os.PathLike, *, window: float) -> np.ndarray:
-        """The mean embedding of the clip's consecutive windows (a clip shorter than one is zero-padded)."""
+        """The mean embedding of the clip's consecutive windows (a clip shorter than one is one window
+        as it is, zero-padded only to one FBSP frame if shorter still)."""
         import torch
 
         from ..audio import load_audio
+        from ..model.constants import FRAME_LENGTH
         from ..model.labels import window_samples
 
         samples = load_audio(path)
         n = window_samples(window)
+        if len(samples) < n:
+            n = max(len(samples), FRAME_LENGTH)
         count = max(1, len(samples) // n)
         windows = np.zeros((count, n), np.float32)
         for i in range(count):

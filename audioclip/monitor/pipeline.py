@@ -73,8 +73,9 @@ class SourcePipeline:
     def __init__(self, name: str, source, *, config: StreamConfig, labels: list[str], params: LabelParams,
                  scheduler, emit: Callable[[str, object], None], next_id: IdCounter, clips=None,
                  clip_lock: threading.Lock | None = None, clip_done: Callable[[list], None] | None = None,
-                 metrics=None):
+                 metrics=None, shortest: int | None = None):
         self.name, self.source, self.config = name, source, config
+        self.shortest = shortest  # a source shorter than one window is padded only this far (None: to the window)
         self.scheduler, self.emit, self.next_id = scheduler, emit, next_id
         self.clips, self.clip_lock, self.clip_done = clips, clip_lock or threading.Lock(), clip_done
         self.metrics = metrics
@@ -146,7 +147,7 @@ class SourcePipeline:
                 if cfg.duration is not None and (base + scheduler.total) >= cfg.duration * SAMPLE_RATE:
                     break
             if scheduler is not None:
-                padded = scheduler.finish()
+                padded = scheduler.finish(self.shortest)
                 if padded is not None:
                     self._offer(padded, base)
         except Exception as e:  # a source that cannot be read at all (a file source fails for good)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..model.constants import SAMPLE_RATE
+from ..model.constants import FRAME_LENGTH, SAMPLE_RATE
 from ..model.labels import ParameterError
 from .config import StreamConfig
 from .engine import Classifier
@@ -85,6 +85,14 @@ def native_window_samples(classifier: Classifier) -> int | None:
         return fixed
     model = getattr(classifier, "model", None)
     return getattr(getattr(model, "metadata", None), "clip_samples", None)
+
+
+def shortest_window(classifier: Classifier) -> int:
+    """The fewest samples ``classifier`` scores as it would a window: its native window
+    (:func:`native_window_samples`) where it has one, else one FBSP frame (an input shorter than one
+    window is padded only this far)."""
+    native = native_window_samples(classifier)
+    return native if native is not None else getattr(classifier, "min_samples", FRAME_LENGTH)
 
 
 def fit_window(config: StreamConfig, classifier: Classifier, *, window_given: bool) -> StreamConfig:

@@ -127,11 +127,13 @@ class WindowScheduler:
     def skip(self, index: int) -> None:
         self.next_index = max(self.next_index, index + 1)
 
-    def finish(self) -> Window | None:
-        """At the end of input: a stream shorter than one window gives window 0, zero-padded."""
+    def finish(self, shortest: int | None = None) -> Window | None:
+        """At the end of input: a stream shorter than one window gives window 0, as it is, zero-padded
+        only up to ``shortest`` samples (what the model needs; the whole window when None)."""
         if self.next_index > 0 or self.total == 0 or self.total >= self.window:
             return None
-        samples = np.zeros(self.window, np.float32)
+        length = self.window if shortest is None else min(self.window, max(self.total, shortest))
+        samples = np.zeros(length, np.float32)
         samples[:self.total] = self._ring[:self.total]
         self.next_index = 1
         return Window(0, 0, samples, self.arrival)

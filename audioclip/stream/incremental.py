@@ -27,11 +27,14 @@ class IncrementalScorer:
         from ..model.incremental import IncrementalEncoder
 
         self.classifier = classifier
+        self.window_samples = window_samples
         self.encoder = IncrementalEncoder(classifier.model, window_samples, hop_samples=hop_samples)
 
     def __call__(self, window: Window) -> tuple:
         import torch
 
+        if len(window.samples) != self.window_samples:  # a short input's only window: scored whole
+            return self.classifier.scores(window.samples[None])
         embedding = self.encoder.encode(window.samples, window.start)
         return self.classifier.scores_of(embedding / torch.linalg.vector_norm(embedding, dim=-1, keepdim=True))
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..model.constants import SAMPLE_RATE
 from ..model.labels import ParameterError
+from .backends import shortest_window
 from .buffer import WindowScheduler
 from .config import StreamConfig
 from .engine import Classifier, InferenceWorker, StreamStats, level_db
@@ -105,9 +106,10 @@ def run_stream(*, source: Source, classifier: Classifier, on_result: Callable[[W
             if limit is not None:
                 tail = tail[:max(limit - scheduler.total, 0)]
             feed(tail, arrival)
-        padded = scheduler.finish()
+        padded = scheduler.finish(shortest_window(classifier))
         if padded is not None:
-            log.info("input shorter than one window (%.3f s): one window, zero-padded", scheduler.total / SAMPLE_RATE)
+            log.info("input shorter than one window (%.3f s): one window of %.3f s", scheduler.total / SAMPLE_RATE,
+                     len(padded.samples) / SAMPLE_RATE)
             worker.submit(padded, wait=True)
         if scheduler.total == 0:
             log.warning("the input held no audio")
