@@ -16,10 +16,12 @@ import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
+from audioclip.model.constants import STRIDE_SAMPLES
 from audioclip.monitor.clips import ClipFolderError
 from audioclip.monitor.config import MonitorConfig, load_config
 from audioclip.monitor.output import JsonlOutput
 from audioclip.monitor.service import Monitor
+from audioclip.stream.incremental import window_scorer
 
 SR = 44100
 
@@ -87,6 +89,41 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
         source = sf.read(a if r["source"] == "porch" else b, dtype="float32")[0]
         lo = int(0.5 * SR)
         np.testing.assert_allclose(audio, source[lo:lo + len(audio)], atol=1 / 32768)
+
+
+def test_each_source_shares_work_between_overlapping_windows_with_the_results_of_whole_windows(
+        tmp_path, tiny_checkpoint, monkeypatch):
+    """At an aligned hop each source keeps its own incremental state: the same rows as whole windows."""
+    import audioclip.monitor.service as service
+
+    scorers = []
+
+    def recording_scorer(classifier, stream):
+        scorer = window_scorer(classifier, stream)
+        scorers.append(scorer)
+        return scorer
+
+    monkeypatch.setattr(service, "window_scorer", recording_scorer)
+    a, b = burst_wav(tmp_path / "a.wav", seed=1), burst_wav(tmp_path / "b.wav", seed=2)
+    sources = [{"name": "porch", "file": str(a), "realtime": False},
+               {"name": "yard", "file": str(b), "realtime": False}]
+    hop = 2 * STRIDE_SAMPLES / SR
+    results = {}
+    for exact in (True, False):
+        cfg = config(tmp_path, tiny_checkpoint, sources,
+                     defaults={"window": 2.0, "hop": hop, "threshold": 0.3, "min_dbfs": -60.0, "exact_windows": exact})
+        _, lines = run(cfg)
+        results[exact] = [x for x in lines if "t_start" in x]
+    assert scorers[:2] == [None, None]  # exact windows
+    assert len(scorers) == 4 and all(s is not None for s in scorers[2:])
+    whole, shared = results[True], results[False]
+    assert len(whole) == len(shared) > 40
+    for w, s in zip(sorted(whole, key=lambda x: (x["source"], x["t_start"])),
+                    sorted(shared, key=lambda x: (x["source"], x["t_start"]))):
+        assert (w["source"], w["t_start"], w["t_end"], w["top"]) == (s["source"], s["t_start"], s["t_end"], s["top"])
+        np.testing.assert_allclose(list(s["probs"].values()), list(w["probs"].values()), atol=1e-6)
+    for scorer in scorers[2:]:  # the first window after silence (a gated gap) is whole, the rest shared
+        assert scorer.encoder.incremental_windows > 3 * scorer.encoder.full_windows
 
 
 def test_privacy_label_mutes_the_clip(tmp_path, tiny_checkpoint):

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from ..stream.config import StreamConfig
 from .config_parse import ConfigError, Reader, expand_env, redact_url
 
@@ -79,13 +80,14 @@ class StreamDefaults:
     """``[defaults]``: what every source and label uses unless it says otherwise."""
 
     window: float = 5.0
-    hop: float = 0.5
+    hop: float = 5 * STRIDE_SAMPLES / SAMPLE_RATE  # 0.50884 s, the stream's: overlapping windows share work
     smooth: int = 1
     threshold: float = 0.5
     hysteresis: float = 0.05
     min_windows: int = 1
     min_dbfs: float | None = -90.0
     template: str = "{}"
+    exact_windows: bool = False  # compute every window whole (else windows at aligned hops share work)
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ class MonitorConfig:
             return StreamConfig(window=pick("window"), hop=pick("hop"), smooth=pick("smooth"), events=True,
                                 threshold=pick("threshold"), hysteresis=d.hysteresis, min_windows=d.min_windows,
                                 min_dbfs=pick("min_dbfs"), realtime=source.kind == "file" and source.realtime,
-                                **extra)
+                                exact_windows=d.exact_windows, **extra)
 
     def label_params(self, source: SourceConfig | str) -> LabelParams:
         """Per-label thresholds, hysteresis, min_windows, event and privacy for ``source``."""

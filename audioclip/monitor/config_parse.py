@@ -200,6 +200,7 @@ def parse_config(cls, root: Reader, origin: str):
         values = {name: r.number(name, getattr(base, name)) for name in ("window", "hop", "threshold", "hysteresis")}
         values.update({name: r.whole(name, getattr(base, name)) for name in ("smooth", "min_windows")})
         values["min_dbfs"] = r.number("min_dbfs", base.min_dbfs, high=0.0)
+        values["exact_windows"] = r.boolean("exact_windows", base.exact_windows)
         template = r.string("template", base.template, empty=True)
         try:
             check_template(template)

@@ -45,8 +45,8 @@ class SourceCounters:
 
 
 class _Slot:
-    def __init__(self, name: str, on_result: OnResult):
-        self.name, self.on_result = name, on_result
+    def __init__(self, name: str, on_result: OnResult, score):
+        self.name, self.on_result, self.score = name, on_result, score
         self.pending: Window | None = None
         self.counters = SourceCounters()
 
@@ -73,11 +73,14 @@ class InferenceScheduler:
 
     # --- sources ---------------------------------------------------------------------------
 
-    def add_source(self, name: str, on_result: OnResult) -> None:
+    def add_source(self, name: str, on_result: OnResult, *, score=None) -> None:
+        """``score(window, classifier) -> (probs [1, L], similarities [1, L])``: this source's own way to
+        score a window alone (its :class:`~audioclip.stream.incremental.IncrementalScorer`, which keeps
+        the source's shared columns); None: ``classifier.scores``."""
         with self._cond:
             if name in self._slots:
                 raise ValueError(f"source {name!r} is already scheduled")
-            self._slots[name] = _Slot(name, on_result)
+            self._slots[name] = _Slot(name, on_result, score)
             self._order.append(name)
 
     def remove_source(self, name: str) -> SourceCounters:
@@ -160,7 +163,11 @@ class InferenceScheduler:
             classifier = self.classifier
             t0 = time.perf_counter()
             try:
-                probs, sims = classifier.scores(np.stack([window.samples for _, window in batch]))
+                slot, window = batch[0]
+                if len(batch) == 1 and slot.score is not None:
+                    probs, sims = slot.score(window, classifier)
+                else:
+                    probs, sims = classifier.scores(np.stack([window.samples for _, window in batch]))
                 probs, sims = np.asarray(probs, np.float64), np.asarray(sims, np.float64)
                 if not (np.isfinite(probs).all() and np.isfinite(sims).all()):
                     raise FloatingPointError("the classifier returned non-finite scores")

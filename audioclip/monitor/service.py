@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..stream.backends import shortest_window
+from ..stream.incremental import window_scorer
 from .clips import ClipRecorder, check_writable
 from .config import LabelParams, MonitorConfig, SourceConfig, load_config
 from .pipeline import IdCounter, SourcePipeline
@@ -181,7 +182,7 @@ class Monitor:
                 params=label_params(self.config, source, len(self.labels)), scheduler=self.scheduler,
                 emit=self._emit, next_id=self.next_id, clips=self.clips, clip_lock=self._clip_lock,
                 clip_done=self._clips_done, metrics=self.metrics, shortest=shortest_window(self._classifier))
-            self.scheduler.add_source(source.name, pipeline.on_result)
+            self.scheduler.add_source(source.name, pipeline.on_result, score=window_scorer(self._classifier, stream))
             if self.metrics is not None:
                 self.metrics.add_source(source.name)
             self.pipelines.append(pipeline)

@@ -30,13 +30,16 @@ class IncrementalScorer:
         self.window_samples = window_samples
         self.encoder = IncrementalEncoder(classifier.model, window_samples, hop_samples=hop_samples)
 
-    def __call__(self, window: Window) -> tuple:
+    def __call__(self, window: Window, classifier=None) -> tuple:
+        """The scores of ``window`` (its ``start`` in the stream's samples); ``classifier``: labels
+        reloaded since (the same model), else the one given at construction."""
         import torch
 
+        classifier = self.classifier if classifier is None else classifier
         if len(window.samples) != self.window_samples:  # a short input's only window: scored whole
-            return self.classifier.scores(window.samples[None])
+            return classifier.scores(window.samples[None])
         embedding = self.encoder.encode(window.samples, window.start)
-        return self.classifier.scores_of(embedding / torch.linalg.vector_norm(embedding, dim=-1, keepdim=True))
+        return classifier.scores_of(embedding / torch.linalg.vector_norm(embedding, dim=-1, keepdim=True))
 
     def reset(self) -> None:
         self.encoder.reset()
