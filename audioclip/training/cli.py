@@ -52,6 +52,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class EvalTask(str, Enum):
+    classify = "classify"
+    query = "query"
+
+
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -152,6 +157,14 @@ def _render(report: EvalReport) -> None:
         cells = [f"[bold]{v}[/bold]" if j == i else (str(v) if v else "[dim]0[/dim]") for j, v in enumerate(row)]
         confusion.add_row(f"{i} {label}", *cells)
     console.print(confusion)
+    if report.query is not None:
+        table = Table("fold", "direction", "P@1", "R@1", "mAP", title="querying (the paper's Table 4 metrics)")
+        rows = [(str(k), report.query[k]) for k in report.folds] + [("mean", report.mean_query)]
+        for name, q in rows:
+            for direction, m in q.items():
+                table.add_row(name, direction.replace("_", " "), f"{m['p_at_1']:.2%}", f"{m['r_at_1']:.2%}",
+                              f"{m['map']:.2%}", style="bold" if name == "mean" else None)
+        console.print(table)
 
 
 @app.command("evaluate", cls=Command)
@@ -170,6 +183,8 @@ def evaluate_command(
     report_path: Path = typer.Option(None, "--report", help="JSON report (default: beside a checkpoint file, "
                                                             "<name>-eval-<dataset>.json; runs/ for a release)."),
     plot: bool = typer.Option(False, "--plot", help="Also write the confusion matrix as a PNG beside the report."),
+    task: EvalTask = typer.Option(EvalTask.classify, "--task", help="classify: accuracy and confusion matrix; "
+                                  "query: also text-to-audio and audio-to-text P@1, R@1 and mAP (the paper's)."),
     clip_seconds: float | None = CLIP_SECONDS,
     cache_path: Path | None = CACHE_DIR,
     no_cache: bool = NO_CACHE,
@@ -201,8 +216,7 @@ def evaluate_command(
                                             "is not held-out accuracy", trained_on)
     report = evaluate(model=model, data=data, folds=folds, cache=_cache(cache_path, no_cache), template=template,
                       batch_size=batch_size, workers=workers, device=resolve_device(device.value),
-                      max_bad_share=max_bad,
-                      progress=not quiet, name=checkpoint)
+                      max_bad_share=max_bad, progress=not quiet, name=checkpoint, query=task is EvalTask.query)
     _render(report)
     report_path = report_path or _default_report(checkpoint, data.name)
     report_path.parent.mkdir(parents=True, exist_ok=True)

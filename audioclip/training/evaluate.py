@@ -20,6 +20,7 @@ from .audio_io import DecodeCache
 from .datasets import DatasetIndex
 from .heads import AudioClassifier
 from .loader import ClipDataset, make_loader, prepare_clips
+from .query import METRICS, query_metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,25 @@ def progress_bar(enabled: bool = True, *fields: str) -> Progress:
 
 
 @torch.no_grad()
-def predict(module: AudioClassifier, loader: DataLoader, device: torch.device, *, amp: bool = False,
-            on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(predicted, true)`` class indices of every clip the loader yields."""
+def predict_logits(module: AudioClassifier, loader: DataLoader, device: torch.device, *, amp: bool = False,
+                   on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [N, classes], true [N])`` of every clip the loader yields."""
     module.eval()
-    predicted, true = [], []
+    logits, true = [], []
     for x, y in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = module(x.to(device, non_blocking=True))
-        predicted.append(logits.argmax(dim=-1).cpu())
+            logits.append(module(x.to(device, non_blocking=True)).float().cpu())
         true.append(y)
         if on_batch is not None:
             on_batch(len(y))
-    return torch.cat(predicted), torch.cat(true)
+    return torch.cat(logits), torch.cat(true)
+
+
+def predict(module: AudioClassifier, loader: DataLoader, device: torch.device, *, amp: bool = False,
+            on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted, true)`` class indices of every clip the loader yields."""
+    logits, true = predict_logits(module, loader, device, amp=amp, on_batch=on_batch)
+    return logits.argmax(dim=-1), true
 
 
 @dataclass
@@ -64,11 +71,17 @@ class EvalReport:
     clips: dict[int, int]
     mean_accuracy: float
     confusion: list[list[int]]
+    query: dict[int, dict[str, dict[str, float]]] | None = None  # --task query: per fold, per direction
+    mean_query: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["accuracy"] = {str(k): v for k, v in self.accuracy.items()}
         d["clips"] = {str(k): v for k, v in self.clips.items()}
+        if self.query is None:
+            del d["query"], d["mean_query"]
+        else:
+            d["query"] = {str(k): v for k, v in self.query.items()}
         return d
 
 
@@ -79,8 +92,9 @@ def checkpoint_mode(model: AudioCLIP) -> str:
 
 def evaluate(*, model: AudioCLIP, data: DatasetIndex, folds: list[int], cache: DecodeCache, template: str | None = None,
              batch_size: int = 16, workers: int = 0, device: str | torch.device = "cpu", max_bad_share: float = 0.05,
-             progress: bool = True, name: str = "") -> EvalReport:
-    """Accuracy of ``model`` on each fold in ``folds`` of ``data`` (clips centre cropped or padded)."""
+             progress: bool = True, name: str = "", query: bool = False) -> EvalReport:
+    """Accuracy of ``model`` on each fold in ``folds`` of ``data`` (clips centre cropped or padded);
+    with ``query`` also the paper's querying metrics (:mod:`.query`) per fold, from the same scores."""
     folds = [data.check_fold(k) for k in folds]
     device = torch.device(device)
     if template is None:
@@ -88,7 +102,7 @@ def evaluate(*, model: AudioCLIP, data: DatasetIndex, folds: list[int], cache: D
     classifier = AudioClassifier.for_labels(model, data.labels, template).to(device)
     n = len(data.labels)
     confusion = torch.zeros(n, n, dtype=torch.long)
-    accuracy, counts = {}, {}
+    accuracy, counts, queries = {}, {}, {}
     with progress_bar(progress) as bar:
         for fold in folds:
             test = [c for c in data.clips if c.fold == fold]
@@ -98,15 +112,21 @@ def evaluate(*, model: AudioCLIP, data: DatasetIndex, folds: list[int], cache: D
             bar.reset(task, total=len(test), description=f"evaluating fold {fold}")
             loader = make_loader(ClipDataset(test, cache, data.clip_samples), batch_size=batch_size, shuffle=False,
                                  seed=0, workers=workers)
-            predicted, true = predict(classifier, loader, device, amp=device.type == "cuda",
-                                      on_batch=advance)
+            logits, true = predict_logits(classifier, loader, device, amp=device.type == "cuda", on_batch=advance)
+            predicted = logits.argmax(dim=-1)
+            if query:
+                queries[fold] = query_metrics(logits.numpy(), true.numpy(), n)
             confusion += torch.bincount(true * n + predicted, minlength=n * n).reshape(n, n)
             accuracy[fold] = float((predicted == true).float().mean())
             counts[fold] = len(true)
             log.info("fold %d: accuracy %.4f on %d clips", fold, accuracy[fold], counts[fold])
     mean = sum(accuracy.values()) / len(accuracy)
+    mean_query = None
+    if query:
+        mean_query = {d: {m: sum(q[d][m] for q in queries.values()) / len(queries) for m in METRICS}
+                      for d in ("audio_to_text", "text_to_audio")}
     return EvalReport(data.name, name, checkpoint_mode(model), template, list(data.labels), folds, accuracy, counts,
-                      mean, confusion.tolist())
+                      mean, confusion.tolist(), queries if query else None, mean_query)
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> None:
