@@ -162,8 +162,8 @@ def _render(report: EvalReport) -> None:
         rows = [(str(k), report.query[k]) for k in report.folds] + [("mean", report.mean_query)]
         for name, q in rows:
             for direction, m in q.items():
-                table.add_row(name, direction.replace("_", " "), f"{m['p_at_1']:.2%}", f"{m['r_at_1']:.2%}",
-                              f"{m['map']:.2%}", style="bold" if name == "mean" else None)
+                table.add_row(name, direction.replace("_", " "), f"{m['P@1']:.2%}", f"{m['R@1']:.2%}",
+                              f"{m['mAP']:.2%}", style="bold" if name == "mean" else None)
         console.print(table)
 
 

@@ -9,18 +9,19 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
+from ..archive.metrics import retrieval_metrics
 from ..files import atomic_write_text
 from ..model import AudioCLIP
 from .audio_io import DecodeCache
 from .datasets import DatasetIndex
 from .heads import AudioClassifier
 from .loader import ClipDataset, make_loader, prepare_clips
-from .query import METRICS, query_metrics
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,17 @@ class EvalReport:
         return d
 
 
+def query_metrics(scores, labels, classes: int) -> dict[str, dict]:
+    """The paper's querying metrics (:mod:`audioclip.archive.metrics`) for clips with ``scores``
+    ``[N, classes]`` (a clip's logit for each class text) and true classes ``labels`` ``[N]``: audio to
+    text (a clip queries the class texts; one is relevant) and text to audio (a class text queries
+    the clips; its clips are relevant)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+    relevant = labels[:, None] == np.arange(classes)[None, :]
+    return {"audio_to_text": retrieval_metrics(scores, relevant).to_json(),
+            "text_to_audio": retrieval_metrics(scores.T, relevant.T).to_json()}
+
+
 def checkpoint_mode(model: AudioCLIP) -> str:
     """``zero-shot`` for a release checkpoint, else the fine-tuned checkpoint's mode."""
     return model.metadata.mode if model.label_bank is not None else "zero-shot"
@@ -123,7 +135,7 @@ def evaluate(*, model: AudioCLIP, data: DatasetIndex, folds: list[int], cache: D
     mean = sum(accuracy.values()) / len(accuracy)
     mean_query = None
     if query:
-        mean_query = {d: {m: sum(q[d][m] for q in queries.values()) / len(queries) for m in METRICS}
+        mean_query = {d: {m: sum(q[d][m] for q in queries.values()) / len(queries) for m in ("P@1", "R@1", "mAP")}
                       for d in ("audio_to_text", "text_to_audio")}
     return EvalReport(data.name, name, checkpoint_mode(model), template, list(data.labels), folds, accuracy, counts,
                       mean, confusion.tolist(), queries if query else None, mean_query)
