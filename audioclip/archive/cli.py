@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import replace
@@ -126,9 +127,11 @@ def search(
     checkpoint: str | None = typer.Option(None, "--checkpoint",
                                           help="The model that embeds the query (default: the index's)."),
     format: SearchFormat = typer.Option(SearchFormat.table, "--format", help="A table, or JSON lines on stdout."),
+    exact: bool = typer.Option(False, "--exact", help="Compare with every window, even where a vector index would."),
 ) -> None:
     """Print the windows of INDEX closest to a text, audio or image query."""
     setup_logging(verbose=False)
+    logging.getLogger("audioclip.archive.vindex").setLevel(logging.INFO)  # building an index takes a while: say so
     from .search import ArchiveIndex, QueryEncoder
 
     if sum(q is not None for q in (text, audio, image)) != 1:
@@ -141,7 +144,7 @@ def search(
         query = encoder.audio(audio, window=archive.window)
     else:
         query = encoder.image(image)
-    hits = archive.search(query, k=k)
+    hits = archive.search(query, k=k, exact=exact)
     if format is SearchFormat.jsonl:
         for hit in hits:
             sys.stdout.write(json.dumps(hit.to_json()) + "\n")

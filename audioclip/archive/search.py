@@ -1,8 +1,10 @@
 """Search a labelled archive's window embeddings by text, by a sound, or by a picture.
 
 The index is an ``audioclip-label --embeddings`` output folder: ``embeddings.npy`` (float16,
-normalised, one row per window) beside ``windows.parquet`` (file, t_start, t_end). Search is
-exact: the cosine similarity of the query to every row, in blocks, and the best ``k``.
+normalised, one row per window) beside ``windows.parquet`` (file, t_start, t_end). Up to
+:data:`EXACT_MAX_ROWS` rows search is exact: the cosine similarity of the query to every row, in
+blocks, and the best ``k``. Beyond, a FAISS vector index (:mod:`.vindex`), built on the first search
+and saved in the folder, proposes candidates that are scored exactly, so the scores stay exact.
 Queries are embedded by the model the archive was labelled with: its text tower, its audio
 head (the clip cut into the archive's windows, embeddings averaged), or its image tower with
 CLIP's preprocessing (:func:`clip_preprocess`).
@@ -24,6 +26,9 @@ log = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BLOCK_ROWS = 1 << 16
+EXACT_MAX_ROWS = 150_000
+"""Archives up to this many rows are searched exactly: at 1024 dimensions on the 2-core development machine
+exact search took about 100 ms here, and grows linearly beyond (docs/archive.md, "Measured")."""
 
 
 @dataclass
@@ -77,6 +82,7 @@ class ArchiveIndex:
         self.root, self.settings = root, settings
         self.embeddings, self.files, self.t_start, self.t_end = embeddings, files, t_start, t_end
         self.window = float(settings["window"])
+        self._vectors, self._vectors_opened = None, False
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> ArchiveIndex:
@@ -110,10 +116,21 @@ class ArchiveIndex:
                              f"compared with another model's; search with --checkpoint {model}")
         return model
 
-    def search(self, query: np.ndarray, *, k: int = 10) -> list[Hit]:
+    def vector_index(self):
+        """The archive's :class:`~.vindex.VectorIndex`, opened or built on first use; ``None`` without FAISS."""
+        if not self._vectors_opened:
+            from .vindex import open_or_build
+
+            self._vectors, self._vectors_opened = open_or_build(self.root, self.embeddings), True
+        return self._vectors
+
+    def search(self, query: np.ndarray, *, k: int = 10, exact: bool = False) -> list[Hit]:
+        """The ``k`` windows closest to ``query``: exactly for ``exact`` or up to :data:`EXACT_MAX_ROWS` rows,
+        else through the archive's vector index (built and saved on the first search)."""
         query = np.asarray(query, np.float32)
         query = query / np.linalg.norm(query)
-        rows, scores = top_k(self.embeddings, query, k)
+        vectors = None if exact or len(self.embeddings) <= EXACT_MAX_ROWS else self.vector_index()
+        rows, scores = top_k(self.embeddings, query, k) if vectors is None else vectors.search(query, k)
         names = self.files.dictionary
         indices = self.files.indices
         return [Hit(names[indices[r].as_py()].as_py(), float(self.t_start[r]), float(self.t_end[r]), float(s))
