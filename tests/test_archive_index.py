@@ -99,6 +99,8 @@ def test_the_index_finds_the_exact_top_k_with_exact_scores(tmp_path, caplog):
     assert np.mean(recall) >= 0.95
     np.testing.assert_allclose(*np.array(found).T, rtol=0, atol=1e-6)  # exact cosines of the stored rows
     assert (tmp_path / "a" / INDEX_FILE).is_file() and len(build_records(caplog)) == 1
+    many = hits(archive, q, k=8000)  # more than the visited lists hold: exact search answers
+    assert len(many) == 8000 and many == hits(archive, q, k=8000, exact=True)
     sidecar = json.loads((tmp_path / "a" / SIDECAR_FILE).read_text())
     assert sidecar["source"]["rows"] == ROWS and sidecar["params"]["nlist"] == round(np.sqrt(ROWS))
 

@@ -130,7 +130,10 @@ class ArchiveIndex:
         query = np.asarray(query, np.float32)
         query = query / np.linalg.norm(query)
         vectors = None if exact or len(self.embeddings) <= EXACT_MAX_ROWS else self.vector_index()
-        rows, scores = top_k(self.embeddings, query, k) if vectors is None else vectors.search(query, k)
+        found = None if vectors is None else vectors.search(query, k)
+        if found is None or len(found[0]) < min(k, len(self.embeddings)):  # k beyond what the lists visited hold
+            found = top_k(self.embeddings, query, k)
+        rows, scores = found
         names = self.files.dictionary
         indices = self.files.indices
         return [Hit(names[indices[r].as_py()].as_py(), float(self.t_start[r]), float(self.t_end[r]), float(s))
