@@ -27,8 +27,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BLOCK_ROWS = 1 << 16
 EXACT_MAX_ROWS = 150_000
-"""Archives up to this many rows are searched exactly: at 1024 dimensions on the 2-core development machine
-exact search took about 100 ms here, and grows linearly beyond (docs/archive.md, "Measured")."""
+"""Archives up to this many rows are searched exactly: on the 2-core development machine exact search over
+150,000 x 1024 took 64 ms, over 200,000 100 ms, and grows linearly beyond (docs/archive.md, "Measured")."""
 
 
 @dataclass

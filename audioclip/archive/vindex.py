@@ -4,7 +4,8 @@ An inverted-file index with 8-bit scalar quantisation (``IVF{nlist},SQ8``, inner
 candidates; they are scored again in float32 from the stored float16 rows, so a hit's score is the
 same cosine similarity exact search gives that row. The index lives beside the embeddings as
 ``vectors.faiss`` with a JSON sidecar ``vectors.json`` that records what it was built from (the
-embeddings' rows, dimensions, size and modification time) and its parameters. A sidecar that no
+embeddings' rows, dimensions, size and modification time) and its parameters; a later search
+opens it memory-mapped, so a gigabyte of index costs no load time. A sidecar that no
 longer matches (``audioclip-label --resume`` rewrote the embeddings), or an index file FAISS cannot
 read, means the index is built again. Both files are written to a temporary name and renamed.
 
