@@ -105,9 +105,11 @@ class VectorIndex:
         return rows[order], scores[order]
 
     def save(self, root: Path, source: dict) -> None:
-        """Write the index, then the sidecar that vouches for it (so a crash between the two leaves no sidecar
-        describing a missing or older index file)."""
+        """Remove the old sidecar, write the index, then the sidecar that vouches for it: a crash on the way leaves
+        an index without a sidecar, which the next search builds again."""
         import faiss
+
+        (root / SIDECAR_FILE).unlink(missing_ok=True)
 
         def write(f) -> None:
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(f.write))
