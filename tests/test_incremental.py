@@ -68,6 +68,7 @@ def check_stream(full: FullWindows, hop: int, starts=None) -> IncrementalEncoder
     return encoder
 
 
+@pytest.mark.slow
 def test_golden_5s_windows_at_a_half_second_hop_equal_whole_windows(golden_model, joined):
     full = FullWindows(golden_model, joined, WINDOW_5S)
     hop = 5 * STRIDE_SAMPLES
@@ -176,6 +177,7 @@ def test_golden_edge_widths_are_measured_exact_and_the_smallest(golden_model, jo
     check_edges_are_exact_and_smallest(golden_model, joined, window)
 
 
+@pytest.mark.slow
 def test_golden_edge_widths_are_those_measured_on_the_project_model(golden_model):
     assert stage_edges(golden_model.audio, WINDOW_5S) == {"db": (1, 1), "stem": (2, 1), "layer1": (5, 4),
                                                             "layer2": (6, 5)}

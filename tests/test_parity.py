@@ -36,12 +36,14 @@ def test_default_layout_matches_official_checkpoints(golden_dir):
     assert not mismatched
 
 
+@pytest.mark.slow
 def test_fp16_checkpoint_loads_as_fp32(golden_model):
     dtypes = {p.dtype for p in golden_model.parameters()}
     assert dtypes == {torch.float32}
     assert golden_model.config.text.width == 128 and golden_model.config.vision.layers == (1, 2, 1, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", AUDIO_NAMES)
 def test_audio_embeddings(golden_model, golden_outputs, name):
     waveform = golden_outputs[f"audio_in/{name}"] / 32768.0
@@ -50,6 +52,7 @@ def test_audio_embeddings(golden_model, golden_outputs, name):
     assert_close_to_reference(ours, golden_outputs[f"audio_emb/{name}"], name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in AUDIO_NAMES if n.startswith("clip_")] + ["noise_1s"])
 def test_db_spectrogram(golden_model, golden_outputs, name):
     waveform = torch.from_numpy(golden_outputs[f"audio_in/{name}"] / 32768.0).float()
@@ -63,6 +66,7 @@ def test_db_spectrogram(golden_model, golden_outputs, name):
     assert np.abs(ours - ref)[audible].max() <= 1e-2
 
 
+@pytest.mark.slow
 def test_int16_input_equals_scaled_float(golden_model, golden_outputs):
     x = golden_outputs["audio_in/noise_1s"].astype(np.int16)
     with torch.inference_mode():
@@ -71,6 +75,7 @@ def test_int16_input_equals_scaled_float(golden_model, golden_outputs):
     assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_text_tokens_and_embeddings(golden_model, golden_outputs, golden_dir):
     texts = json.loads((golden_dir / "reference_outputs.json").read_text())["texts"]
     assert np.array_equal(tokenize(texts).numpy(), golden_outputs["text_tokens"])
@@ -89,12 +94,14 @@ def test_tokenizer_cases(golden_dir):
         assert not any(tokens[n + 2:]), case["text"]
 
 
+@pytest.mark.slow
 def test_image_embeddings(golden_model, golden_outputs):
     with torch.inference_mode():
         ours = golden_model.encode_image(torch.from_numpy(golden_outputs["image_in"])).numpy()
     assert_close_to_reference(ours, golden_outputs["image_emb"], "image embeddings")
 
 
+@pytest.mark.slow
 def test_forward_logits_and_loss(golden_model, golden_outputs, golden_dir):
     fwd_text = json.loads((golden_dir / "reference_outputs.json").read_text())["fwd_text"]
     tokens = tokenize([", ".join(entities) for entities in fwd_text])
