@@ -131,7 +131,7 @@ class ArchiveIndex:
         query = query / np.linalg.norm(query)
         vectors = None if exact or len(self.embeddings) <= EXACT_MAX_ROWS else self.vector_index()
         found = None if vectors is None else vectors.search(query, k)
-        if found is None or len(found[0]) < min(k, len(self.embeddings)):  # k beyond what the lists visited hold
+        if found is None or len(found[0]) < min(k, len(self.embeddings)):  # fewer candidates than k: exactly
             found = top_k(self.embeddings, query, k)
         rows, scores = found
         names = self.files.dictionary

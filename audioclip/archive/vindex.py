@@ -1,13 +1,24 @@
 """A FAISS vector index over an archive's ``embeddings.npy``, for archives too large for exact search.
 
-An inverted-file index with 8-bit scalar quantisation (``IVF{nlist},SQ8``, inner product) proposes
-candidates; they are scored again in float32 from the stored float16 rows, so a hit's score is the
-same cosine similarity exact search gives that row. The index lives beside the embeddings as
-``vectors.faiss`` with a JSON sidecar ``vectors.json`` that records what it was built from (the
-embeddings' rows, dimensions, size and modification time) and its parameters; a later search
-opens it memory-mapped, so a gigabyte of index costs no load time. A sidecar that no
-longer matches (``audioclip-label --resume`` rewrote the embeddings), or an index file FAISS cannot
-read, means the index is built again. Both files are written to a temporary name and renamed.
+Every row is scored, none is skipped: a flat scan over 8-bit codes proposes candidates, which are
+scored again in float32 from the stored float16 rows, so a hit's score is the same cosine similarity
+exact search gives that row. Each dimension's range (its minimum and maximum over a random sample
+of rows) is cut into 255 steps and a row stored as its step numbers, as FAISS's ``SQ8`` does; the
+codes go to FAISS as ``QT_8bit_direct_signed``, whose scan is faster than ``SQ8``'s (no decoding), and the
+query is multiplied by each dimension's step and scaled to whole numbers in -127..127 (FAISS reads
+such a query as 8-bit numbers too), so the scan ranks rows by their dot product with the decoded
+rows, up to the query's rounding (the constant the ranges add is the same for every row).
+
+There are no inverted lists: an IVF index visits the lists whose centroids are nearest the query,
+and for queries far from every row, as text queries are from audio embeddings, those are often not
+the lists that hold the best rows (docs/archive.md, "Search: exact and the vector index").
+
+The index lives beside the embeddings as ``vectors.faiss`` with a JSON sidecar ``vectors.json``
+that records what it was built from (the embeddings' rows, dimensions, size and modification time)
+and the ranges; a later search opens it memory-mapped. A sidecar that no longer matches
+(``audioclip-label --resume`` rewrote the embeddings, or an older kind of index), or an index file
+FAISS cannot read, means the index is built again. Both files are written to a temporary name and
+renamed.
 
 ``faiss`` is imported only here, inside functions: ``import audioclip.archive`` does not load it.
 """
@@ -16,11 +27,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,30 +40,13 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "vectors.faiss"
 SIDECAR_FILE = "vectors.json"
-FORMAT = 1
-NLIST_PER_SQRT = 1.0
-"""Inverted lists per square root of the rows: 1,000 lists for a million rows (see docs/archive.md)."""
-NPROBE_SHARE = 1 / 8
-"""The share of the lists one search visits (at least :data:`MIN_NPROBE`): 125 of 1,000 for a million rows."""
-MIN_NPROBE = 16
+FORMAT = 2
+"""1 was an ``IVF{nlist},SQ8`` index; a sidecar of another format means the index is built again."""
+KIND = "flat 8-bit scan"
 TRAIN_ROWS = 100_000
-"""Rows drawn at random to train the coarse and the scalar quantiser (more past 2,500 lists: 40 per list)."""
+"""Rows drawn at random to find each dimension's range; values outside it are clipped to it."""
 ADD_ROWS = 1 << 16
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    factory: str
-    nlist: int
-    nprobe: int
-    train_rows: int
-
-    @classmethod
-    def for_rows(cls, rows: int, *, nprobe_share: float = NPROBE_SHARE, factory: str = "IVF{nlist},SQ8") -> IndexParams:
-        """Parameters for ``rows`` embeddings: about ``sqrt(rows)`` lists, each trained on 39 rows or more."""
-        nlist = max(1, min(rows // 39, round(NLIST_PER_SQRT * math.sqrt(rows))))
-        nprobe = min(nlist, max(MIN_NPROBE, math.ceil(nlist * nprobe_share)))
-        return cls(factory.format(nlist=nlist), nlist, nprobe, min(rows, max(TRAIN_ROWS, 40 * nlist)))
+LEVELS = 255
 
 
 def _source(embeddings_path: Path, embeddings: np.ndarray) -> dict:
@@ -63,28 +55,46 @@ def _source(embeddings_path: Path, embeddings: np.ndarray) -> dict:
             "mtime_ns": st.st_mtime_ns}
 
 
+def _codes(x: np.ndarray, low: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Rows ``x`` as float32 step numbers in 0-255, less 128: what ``QT_8bit_direct_signed`` stores as bytes."""
+    return np.clip(np.rint((np.asarray(x, np.float32) - low) / step), 0, LEVELS).astype(np.float32) - 128
+
+
+def _scan_query(query: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The query FAISS scans with: times each dimension's step, scaled to whole numbers in -127..127 (FAISS
+    rounds a ``QT_8bit_direct_signed`` query to whole numbers; one factor for all dimensions keeps the ranking)."""
+    scan = query * scale
+    top = float(np.abs(scan).max())
+    return np.rint(scan * np.float32(127 / top)) if top > 0 else scan
+
+
 class VectorIndex:
-    """A FAISS index over ``embeddings`` ``[N, D]`` whose candidates are re-scored exactly from those rows."""
+    """A FAISS index over ``embeddings`` ``[N, D]`` whose candidates are re-scored exactly from those rows.
 
-    def __init__(self, index, embeddings: np.ndarray, params: IndexParams):
-        import faiss
+    ``scale`` (``[D]``) multiplies a query before FAISS sees it (the flat scan's steps); ``None`` passes
+    it as it is, for any inner-product index (the benchmark compares others this way).
+    """
 
-        self.index, self.embeddings, self.params = index, embeddings, params
-        faiss.extract_index_ivf(index).nprobe = params.nprobe
+    def __init__(self, index, embeddings: np.ndarray, scale: np.ndarray | None = None, *, low=None):
+        self.index, self.embeddings = index, embeddings
+        self.scale = None if scale is None else np.asarray(scale, np.float32)
+        self.low = None if low is None else np.asarray(low, np.float32)
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, params: IndexParams | None = None, *, seed: int = 0) -> VectorIndex:
-        """Train on a random sample of the rows (sorted, so a memory map reads forwards), then add all rows."""
+    def build(cls, embeddings: np.ndarray, *, train_rows: int = TRAIN_ROWS, seed: int = 0) -> VectorIndex:
+        """Find each dimension's range on a random sample of the rows (sorted, so a memory map reads forwards),
+        then add all rows as 8-bit codes."""
         import faiss
 
         rows, dim = embeddings.shape
-        params = params or IndexParams.for_rows(rows)
-        index = faiss.index_factory(dim, params.factory, faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(seed).choice(rows, params.train_rows, replace=False))
-        index.train(np.ascontiguousarray(embeddings[sample], np.float32))
+        sample = np.sort(np.random.default_rng(seed).choice(rows, min(rows, train_rows), replace=False))
+        sample = np.asarray(embeddings[sample], np.float32)
+        low = sample.min(axis=0)
+        step = np.maximum(sample.max(axis=0) - low, np.float32(1e-6)) / np.float32(LEVELS)
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT)
         for start in range(0, rows, ADD_ROWS):
-            index.add(np.ascontiguousarray(embeddings[start:start + ADD_ROWS], np.float32))
-        return cls(index, embeddings, params)
+            index.add(_codes(embeddings[start:start + ADD_ROWS], low, step))
+        return cls(index, embeddings, step, low=low)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, scores)`` of the best ``k`` of the index's candidates, best first (ties: lower row first).
@@ -98,7 +108,8 @@ class VectorIndex:
         if len(query) != self.embeddings.shape[1]:
             raise ValueError(f"the query has {len(query)} dimensions, the index {self.embeddings.shape[1:]}")
         take = min(4 * k + 32, len(self.embeddings))
-        _, found = self.index.search(query[None], take)
+        scan = query if self.scale is None else _scan_query(query, self.scale)
+        _, found = self.index.search(np.ascontiguousarray(scan[None]), take)
         rows = np.unique(found[0][found[0] >= 0])  # sorted: the memory map is read forwards
         scores = np.asarray(self.embeddings[rows], np.float32) @ query
         order = np.lexsort((rows, -scores))[:k]
@@ -115,9 +126,9 @@ class VectorIndex:
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(f.write))
 
         path = atomic_write(root / INDEX_FILE, write)
-        sidecar = {"format": FORMAT, "faiss": faiss.__version__, "source": source, "params": asdict(self.params),
-                   "index_size": path.stat().st_size}
-        atomic_write_text(root / SIDECAR_FILE, json.dumps(sidecar, indent=1) + "\n")
+        sidecar = {"format": FORMAT, "kind": KIND, "faiss": faiss.__version__, "source": source,
+                   "index_size": path.stat().st_size, "low": self.low.tolist(), "step": self.scale.tolist()}
+        atomic_write_text(root / SIDECAR_FILE, json.dumps(sidecar) + "\n")
 
     @classmethod
     def load(cls, root: Path, embeddings: np.ndarray, source: dict) -> VectorIndex | None:
@@ -130,31 +141,37 @@ class VectorIndex:
             return None
         try:
             sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-            params = IndexParams(**sidecar["params"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError) as e:
             raise ValueError(f"{sidecar_path}: {e}") from e
-        if sidecar.get("format") != FORMAT or sidecar.get("source") != source:
+        if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+            log.info("%s: the vector index is of an older kind", root)
+            return None
+        if sidecar.get("source") != source:
             log.info("%s: the embeddings changed since the vector index was built", root)
             return None
+        try:
+            low, step = (np.asarray(sidecar[key], np.float32) for key in ("low", "step"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{sidecar_path}: {e!r}") from e
+        if low.shape != (source["dim"],) or step.shape != (source["dim"],) or not np.all(step > 0):
+            raise ValueError(f"{sidecar_path}: the ranges do not describe {source['dim']} dimensions")
         if sidecar.get("index_size") != index_path.stat().st_size:
             raise ValueError(f"{index_path}: {index_path.stat().st_size} bytes, the sidecar says "
                              f"{sidecar.get('index_size')}")
         try:
-            index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP)  # lists paged in as searched
+            index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP_IFC)  # codes memory-mapped, not read
         except RuntimeError as e:
             detail = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(e).strip())  # FAISS's own source location
             raise ValueError(f"{index_path}: {detail}") from e
         if index.ntotal != source["rows"] or index.d != source["dim"]:
             raise ValueError(f"{index_path}: holds {index.ntotal} x {index.d} vectors, the embeddings are "
                              f"{source['rows']} x {source['dim']}")
-        return cls(index, embeddings, params)
+        return cls(index, embeddings, step, low=low)
 
 
-def open_or_build(root: str | os.PathLike, embeddings: np.ndarray, params: IndexParams | None = None
-                  ) -> VectorIndex | None:
+def open_or_build(root: str | os.PathLike, embeddings: np.ndarray) -> VectorIndex | None:
     """The archive's vector index: the saved one when it still matches ``embeddings.npy``, else a new one built
-    with ``params`` (default :meth:`IndexParams.for_rows`) and saved. ``None`` (with a warning) when FAISS is not
-    installed: the caller searches exactly."""
+    and saved. ``None`` (with a warning) when FAISS is not installed: the caller searches exactly."""
     try:
         import faiss  # noqa: F401
     except ImportError:
@@ -170,10 +187,9 @@ def open_or_build(root: str | os.PathLike, embeddings: np.ndarray, params: Index
         index = None
     if index is not None:
         return index
-    params = params or IndexParams.for_rows(len(embeddings))
-    log.info("building a vector index (%s) over %d x %d embeddings in %s", params.factory, *embeddings.shape, root)
+    log.info("building a vector index (%s) over %d x %d embeddings in %s", KIND, *embeddings.shape, root)
     t0 = time.perf_counter()
-    index = VectorIndex.build(embeddings, params)
+    index = VectorIndex.build(embeddings)
     try:
         index.save(root, source)
     except OSError as e:  # a read-only archive: search with the index this once
