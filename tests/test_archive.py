@@ -147,6 +147,7 @@ def same_outputs(a: Path, b: Path) -> None:
         assert table.read_bytes() == (b / "raven" / table.name).read_bytes()
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_outputs(labelled, recordings, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from audioclip.archive.cli import label_main; label_main()", str(recordings),
@@ -172,6 +173,7 @@ def test_kill_9_then_resume_gives_the_same_outputs(labelled, recordings, tiny_ch
     same_outputs(labelled[0], out)
 
 
+@pytest.mark.slow
 def test_resume_redoes_a_corrupt_part_and_the_pool_matches(labelled, recordings, spec, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(labelled[0], out)
@@ -246,6 +248,7 @@ def test_config_supplies_prompt_groups_and_the_model(recordings, tiny_checkpoint
     assert settings["groups"][0] == ["dog", ["dog barking", "a dog"]] and settings["template"] == "the sound of {}"
 
 
+@pytest.mark.slow
 def test_ray_data_gives_the_local_pools_outputs(labelled, recordings, spec, tmp_path):
     if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
         pytest.importorskip("ray", reason="Ray is not installed (pip install 'audioclip-stream[archive]')")
@@ -297,6 +300,7 @@ def test_a_recording_with_nan_samples_is_listed_and_the_run_goes_on(recordings, 
     assert pq.read_table(tmp_path / "out" / "windows.parquet").num_rows == 1
 
 
+@pytest.mark.slow
 def test_onnx_embeddings_and_scores_match_pytorch(labelled, recordings, tiny_checkpoint, tmp_path):
     """--onnx with new labels and --embeddings: the export's audio encoder gives the embeddings."""
     exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")

@@ -90,6 +90,7 @@ def test_bad_file_gives_one_short_line_without_torch_advice(bad_checkpoints, kin
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_bad_file_on_the_stream_command_line_exits_2_with_one_line(bad_checkpoints, clips_dir, tmp_path):
     clip = sorted(clips_dir.glob("*.wav"))[0]
     for path, expected in bad_checkpoints.values():

@@ -37,6 +37,7 @@ def test_help_shows_flags_without_a_bool_value(name, command):
     assert "<bool>" not in result.output and "bool" not in result.output.lower().replace("boolean", "")
 
 
+@pytest.mark.slow
 def test_log_lines_to_a_pipe_are_plain_unwrapped_and_unpadded(tmp_path, tiny_checkpoint):
     folder = tmp_path / ("a-folder-with-a-long-name-" * 3)
     folder.mkdir()
@@ -52,6 +53,7 @@ def test_log_lines_to_a_pipe_are_plain_unwrapped_and_unpadded(tmp_path, tiny_che
     assert streaming == [f"INFO streaming {wav}: window 1.000 s, hop 0.500 s, every window"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
 def test_the_monitor_exits_130_on_ctrl_c_and_0_on_sigterm(signum, code, tmp_path, tiny_checkpoint, clips_dir):
     """Ctrl-C: the shell's 130, as in the one-stream mode, export and train; SIGTERM: a service's clean stop."""

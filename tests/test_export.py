@@ -38,6 +38,10 @@ from audioclip.model.labels import ParameterError
 
 from helpers import make_tiny_model
 
+# Most of these export and verify ONNX graphs (tens of seconds each, a module fixture most of them
+# share): out of the quick loop, in CI.
+pytestmark = pytest.mark.slow
+
 LABELS = ["siren", "dog bark", "rain"]
 FORBIDDEN_OPS = {"STFT", "DFT", "Atan", "Loop", "If", "Scan", "NonZero", "Unique", "SequenceConstruct"}
 

@@ -77,6 +77,7 @@ def loud(tmp_path) -> Path:
     return burst_wav(tmp_path / "loud.wav", pattern=((4.0, 0.3),))
 
 
+@pytest.mark.slow
 def test_sigterm_closes_open_events_and_exits_0(tmp_path, tiny_checkpoint, loud):
     db = tmp_path / "d.sqlite"
     proc = start(write_config(tmp_path / "m.toml", tiny_checkpoint, loud, db))
@@ -94,6 +95,7 @@ def test_sigterm_closes_open_events_and_exits_0(tmp_path, tiny_checkpoint, loud)
     assert "porch: windows" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_a_sound_database_and_the_next_start_closes_the_event(tmp_path, tiny_checkpoint, loud):
     db = tmp_path / "d.sqlite"
     proc = start(write_config(tmp_path / "m.toml", tiny_checkpoint, loud, db))
@@ -118,6 +120,7 @@ def test_kill_9_leaves_a_sound_database_and_the_next_start_closes_the_event(tmp_
     assert first["end_s"] == first["last_seen_s"] >= open_row["last_seen_s"]
 
 
+@pytest.mark.slow
 def test_sighup_reloads_labels_and_keeps_running_on_a_bad_file(tmp_path, tiny_checkpoint, loud):
     config = write_config(tmp_path / "m.toml", tiny_checkpoint, loud, tmp_path / "d.sqlite")
     proc = start(config)
@@ -169,6 +172,7 @@ def test_flags_cannot_contradict_the_file(tmp_path, tiny_checkpoint, loud):
     assert result.returncode == 2 and "--labels, --hop: not with --config" in result.stderr
 
 
+@pytest.mark.slow
 def test_rtsp_source_comes_back_and_the_other_source_never_stops(tmp_path, tiny_checkpoint, rtsp_server, loud):
     cfg = MonitorConfig.from_dict({
         "model": {"checkpoint": str(tiny_checkpoint)},

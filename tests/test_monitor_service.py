@@ -91,6 +91,7 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
         np.testing.assert_allclose(audio, source[lo:lo + len(audio)], atol=1 / 32768)
 
 
+@pytest.mark.slow
 def test_each_source_shares_work_between_overlapping_windows_with_the_results_of_whole_windows(
         tmp_path, tiny_checkpoint, monkeypatch):
     """At an aligned hop each source keeps its own incremental state: the same rows as whole windows."""
@@ -152,6 +153,7 @@ def test_event_false_labels_are_scored_not_events(tmp_path, tiny_checkpoint):
     assert not [x for x in lines if "event" in x]
 
 
+@pytest.mark.slow
 def test_reload_changes_labels_and_refuses_a_bad_file(tmp_path, tiny_checkpoint, caplog):
     a = burst_wav(tmp_path / "a.wav", pattern=((3.0, 0.3),))
     toml = tmp_path / "monitor.toml"
@@ -192,6 +194,7 @@ def test_reload_changes_labels_and_refuses_a_bad_file(tmp_path, tiny_checkpoint,
     assert not thread.is_alive()
 
 
+@pytest.mark.slow
 def test_mqtt_and_metrics_from_a_running_monitor(tmp_path, tiny_checkpoint, mosquitto):
     import paho.mqtt.client as mqtt
 
@@ -254,6 +257,7 @@ def test_unwritable_clip_folder_refused_at_start(tmp_path, tiny_checkpoint):
     assert not (tmp_path / "d.sqlite").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_broker_at_start_does_not_stop_the_service(tmp_path, tiny_checkpoint):
     from servers import free_port
 

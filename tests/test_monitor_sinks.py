@@ -211,6 +211,7 @@ def test_mqtt_states_events_status_and_discovery(broker):
     late.close()
 
 
+@pytest.mark.slow
 def test_mqtt_events_from_a_broker_outage_arrive_once_after_it(broker, caplog):
     caplog.set_level(logging.INFO, "audioclip.monitor")
     sub = Subscriber(broker.port, ["t2/porch/events"], "t2-sub")

@@ -118,6 +118,7 @@ def test_rtsp_source_decodes_48k_stereo_float32(rtsp_server, stream_wav):
     assert np.abs(audio).max() <= 1.0
 
 
+@pytest.mark.slow
 def test_rtsp_server_killed_for_5s_reconnects_once_while_another_source_keeps_delivering(
         rtsp_server, second_rtsp, caplog):
     caplog.set_level(logging.DEBUG, logger=SUPERVISOR_LOG)
@@ -152,6 +153,7 @@ def test_rtsp_server_killed_for_5s_reconnects_once_while_another_source_keeps_de
     assert "reconnecting" in cam_lines[1].getMessage() and "up again" in cam_lines[2].getMessage()
 
 
+@pytest.mark.slow
 def test_http_mp3_stream_reads_and_reconnects_after_the_server_restarts(stream_wav):
     with HttpStream(stream_wav) as server:
         radio = Reader(_resilient(server.url, "radio"))
@@ -183,6 +185,7 @@ def test_unreachable_rtsp_at_start_keeps_trying_and_comes_up_when_the_server_sta
         cam.close()
 
 
+@pytest.mark.slow
 def test_a_silent_server_is_a_stall_and_close_returns_promptly(second_rtsp):
     cam = Reader(_resilient(second_rtsp.url, "stalled", stall_seconds=1.5, read_timeout=1.5, open_timeout=3.0))
     try:

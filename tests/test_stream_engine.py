@@ -37,6 +37,7 @@ def noise_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_slow_engine_on_a_live_source_drops_old_windows_with_bounded_latency_and_memory(noise_file):
     rows = []
     tracemalloc.start()

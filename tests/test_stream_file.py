@@ -57,6 +57,7 @@ def offline(classifier, x: np.ndarray, window: float, hop: float):
     return list(starts), torch.cat(probs).numpy(), torch.cat(sims).numpy()
 
 
+@pytest.mark.slow
 def test_file_jsonl_equals_offline_classification_window_by_window(long_clip, tiny_checkpoint):
     code, out, err = run_cli("--checkpoint", tiny_checkpoint, "--labels", ",".join(LABELS), "--input", long_clip,
                              "--format", "jsonl", "--hop", "0.5")  # the default hop: test_stream_incremental.py
@@ -246,6 +247,7 @@ def test_release_name_offline_shows_the_model_cores_line(tmp_path, clips_dir, mo
     one_line_error(code, err, "AudioCLIP-Full-Training.pt", "empty-cache")
 
 
+@pytest.mark.slow
 def test_missing_portaudio_is_one_line_and_file_mode_still_works(tmp_path, tiny_checkpoint, clips_dir):
     """A stand-in ``sounddevice`` raises what the real one raises when libportaudio2 is absent."""
     fake = tmp_path / "fake"
@@ -264,6 +266,7 @@ def test_missing_portaudio_is_one_line_and_file_mode_still_works(tmp_path, tiny_
     assert len(windows_of(ok.stdout)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_stops_a_live_stream_with_a_summary(signum, tiny_checkpoint, clips_dir):
     import signal

@@ -46,6 +46,7 @@ def assert_same_lines(shared: list[dict], whole: list[dict]) -> None:
         assert max(abs(a["similarity"][k] - b["similarity"][k]) for k in a["similarity"]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_default_hop_is_five_strides_and_the_cli_lines_equal_exact_windows(fourteen, tiny_checkpoint):
     assert StreamConfig().hop_samples == 5 * STRIDE_SAMPLES == 22440
     common = ("--checkpoint", tiny_checkpoint, "--labels", ",".join(LABELS), "--input", fourteen)
@@ -102,6 +103,7 @@ class Fast:
             yield self.x[i:i + self.block, None], time.monotonic()
 
 
+@pytest.mark.slow
 def test_dropped_windows_of_a_live_source_still_equal_whole_windows(fourteen, caplog):
     """Newest window wins: the windows classified after a drop reuse what they share with the last one."""
     x = sf.read(fourteen, dtype="float32")[0]

@@ -63,6 +63,7 @@ class Terminal:
         return self.proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_listening_from_the_first_block_and_ctrl_c_leaves_one_clean_final_frame(tiny_checkpoint, clips_dir):
     term = Terminal(["--checkpoint", str(tiny_checkpoint), "--labels", "cat,dog,siren", "--threads", "1",
                      "--input", str(clips_dir / "thunder_3-144891-B-19.wav"), "--realtime", "--window", "2"])

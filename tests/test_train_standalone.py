@@ -80,6 +80,7 @@ def test_stream_jsonl_of_a_standalone_head_equals_offline(standalone, tmp_path, 
         assert np.abs(np.array(list(row["similarity"].values())) - logits[0].numpy()).max() <= 1e-3
 
 
+@pytest.mark.slow
 def test_export_bakes_the_linear_head_into_classifier_onnx(standalone, tmp_path):
     path, model = standalone
     result = export_onnx(checkpoint=path, out=tmp_path / "out", window=0.5)

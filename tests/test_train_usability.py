@@ -94,6 +94,7 @@ def test_evaluate_writes_its_report_beside_the_checkpoint_not_in_the_current_fol
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_evaluate_into_a_closed_pipe_exits_0_quietly(setup, tmp_path):
     """``audioclip-train evaluate | head -2``: rich alone would exit 1 without a word."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
