@@ -200,6 +200,31 @@ def run_label(*args) -> tuple[int, str]:
     return result.exit_code, result.stderr
 
 
+@pytest.mark.parametrize("args, ray, address", [
+    (["{rec}"], False, None),
+    (["{rec}", "--ray"], True, None),  # the last argument
+    (["--ray", "--labels", "a,b", "{rec}"], True, None),  # another option follows
+    (["{rec}", "--ray", "10.0.0.7:6379"], True, "10.0.0.7:6379"),
+    (["--ray=ray://head:10001", "{rec}"], True, "ray://head:10001"),
+])
+def test_ray_takes_an_optional_address(recordings, tiny_checkpoint, tmp_path, monkeypatch, args, ray, address):
+    import audioclip.archive.runner as runner
+
+    seen = {}
+
+    def record(recordings, **kwargs):
+        seen.update(kwargs, recordings=recordings)
+        return runner.LabelReport(len(recordings), 0, 0, [], 0.0, 0, 0.0)
+
+    monkeypatch.setattr(runner, "label_archive", record)  # the arguments it is given, not a Ray run
+    args = [a.format(rec=recordings / "c.wav") for a in args]
+    labels = [] if "--labels" in args else ["--labels", "a,b"]
+    code, stderr = run_label(*args, *labels, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "out", "-q")
+    assert code == 0, stderr
+    assert seen["recordings"] == [recordings / "c.wav"]
+    assert (seen["ray"], seen["ray_address"]) == (ray, address)
+
+
 @pytest.mark.parametrize("args, message", [
     (["{empty}", "--labels", "a,b"], "no recordings found in"),
     (["{missing}", "--labels", "a,b"], "no such file or folder"),
@@ -207,7 +232,6 @@ def run_label(*args) -> tuple[int, str]:
     (["{rec}", "--labels", "a,b", "--config", "monitor.toml"], "--config supplies the labels and the model"),
     (["{rec}", "--labels", "a,top"], "'top' is a column name of the outputs"),
     (["{rec}", "--labels", "a,b", "--workers", "0"], "--workers: must be a whole number at least 1"),
-    (["{rec}", "--labels", "a,b", "--ray-address", "127.0.0.1:6379"], "--ray-address applies to --ray"),
 ])
 def test_user_errors_are_one_line(recordings, tiny_checkpoint, tmp_path, args, message):
     (tmp_path / "empty").mkdir()

@@ -14,13 +14,29 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..cli_common import errors, labels_from_options, one_line_errors, setup_logging
+from ..cli_common import Command, errors, labels_from_options, one_line_errors, setup_logging
 from ..model.labels import ParameterError
 
 label_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                         help="Label folders of recordings with AudioCLIP: any words, Parquet/CSV/Raven outputs.")
 search_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                          help="Find the windows of a labelled archive that best match a text, a sound or an image.")
+
+
+LOCAL_RAY = ""  # --ray without an address: RAY_ADDRESS, else a local Ray
+
+
+class OptionalRayAddress(Command):
+    """``--ray [ADDRESS]``: click has no option whose value may be left out, so a bare ``--ray`` (the
+    last argument, or one followed by another option) is given the empty address before parsing.
+    ``--ray ADDRESS`` and ``--ray=ADDRESS`` name the cluster."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i in reversed(range(len(args))):
+            if args[i] == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args.insert(i + 1, LOCAL_RAY)
+        return super().parse_args(ctx, args)
 
 
 def default_workers() -> int:
@@ -32,7 +48,7 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-@label_app.command()
+@label_app.command(cls=OptionalRayAddress)
 @one_line_errors(user_errors=(ValueError, OSError), flags={"formats": "--format"})
 def label(
     paths: list[Path] = typer.Argument(..., help="Audio or video files and folders (walked recursively)."),
@@ -53,9 +69,9 @@ def label(
     threads: int | None = typer.Option(None, "--threads",
                                        help="Intra-op threads per worker (default: the cores / --workers, at most 2)."),
     resume: bool = typer.Option(False, "--resume", help="Skip recordings an earlier run in --out finished."),
-    ray: bool = typer.Option(False, "--ray", help="Run on Ray Data: --workers actors (a local Ray by default)."),
-    ray_address: str | None = typer.Option(None, "--ray-address",
-                                           help="The Ray cluster for --ray (default: RAY_ADDRESS, else local)."),
+    ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                   help="Run on Ray Data, --workers actors: on the cluster at ADDRESS, else "
+                                        "RAY_ADDRESS, else a local Ray (after the paths, or --ray=ADDRESS)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; only warnings and errors."),
 ) -> None:
     """Label every window of every recording under PATHS into --out."""
@@ -66,8 +82,6 @@ def label(
     spec = _spec(labels, labels_file, config, template, checkpoint, onnx, threads)
     settings = LabelSettings(window=window, hop=hop, events=events, threshold=threshold, embeddings=embeddings,
                              formats=tuple(f.strip() for f in format.split(",") if f.strip()))
-    if ray_address is not None and not ray:
-        raise ValueError("--ray-address applies to --ray: add --ray")
     recordings = find_recordings(paths)
     workers = default_workers() if workers is None else workers
     if spec.threads is None:  # the cores shared among the workers, at most 2 threads each
@@ -82,7 +96,7 @@ def label(
                        hours=f"{p.audio_seconds / 3600:.2f} h audio, {p.hours_per_hour:.0f} h/h, {p.failed} failed")
 
         report = label_archive(recordings, out=out, spec=spec, settings=settings, workers=workers, resume=resume,
-                               ray=ray, ray_address=ray_address, on_progress=on_progress)
+                               ray=ray is not None, ray_address=ray or None, on_progress=on_progress)
     errors.print(f"{report.labelled} labelled, {report.skipped} already done, {len(report.errors)} failed; "
                  f"{report.windows} windows, {report.audio_seconds / 3600:.3f} h of audio in "
                  f"{report.wall_seconds:.1f} s -> {escape(str(out))}", highlight=False, soft_wrap=True)
