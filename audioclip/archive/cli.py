@@ -20,7 +20,8 @@ from ..model.labels import ParameterError
 label_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                         help="Label folders of recordings with AudioCLIP: any words, Parquet/CSV/Raven outputs.")
 search_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                         help="Find the windows of a labelled archive that best match a text, a sound or an image.")
+                         help="Find the windows of a labelled archive, or the events of the monitor's database, "
+                              "that best match a text, a sound or an image.")
 
 
 LOCAL_RAY = ""  # --ray without an address: RAY_ADDRESS, else a local Ray
@@ -133,24 +134,25 @@ class SearchFormat(str, Enum):
 @search_app.command()
 @one_line_errors(user_errors=(ValueError, OSError))
 def search(
-    index: Path = typer.Argument(..., help="An audioclip-label --out folder written with --embeddings."),
+    index: Path = typer.Argument(..., help="An audioclip-label --out folder written with --embeddings, or the "
+                                           "monitor's [store] db (an SQLite file)."),
     text: str | None = typer.Option(None, "--text", help='A description, e.g. "dog barking".'),
     audio: Path | None = typer.Option(None, "--audio", help="A sound like the ones to find."),
     image: Path | None = typer.Option(None, "--image", help="A picture of the sound's source (image tower)."),
-    k: int = typer.Option(10, "--k", help="How many windows to show."),
+    k: int = typer.Option(10, "--k", help="How many windows (events) to show."),
     checkpoint: str | None = typer.Option(None, "--checkpoint",
                                           help="The model that embeds the query (default: the index's)."),
     format: SearchFormat = typer.Option(SearchFormat.table, "--format", help="A table, or JSON lines on stdout."),
     exact: bool = typer.Option(False, "--exact", help="Compare with every window, even where a vector index would."),
 ) -> None:
-    """Print the windows of INDEX closest to a text, audio or image query."""
+    """Print the windows of INDEX (the events of a monitor's database) closest to a text, audio or image query."""
     setup_logging(verbose=False)
     logging.getLogger("audioclip.archive.vindex").setLevel(logging.INFO)  # building an index takes a while: say so
-    from .search import ArchiveIndex, QueryEncoder
+    from .search import ArchiveIndex, MonitorIndex, QueryEncoder, is_sqlite
 
     if sum(q is not None for q in (text, audio, image)) != 1:
         raise ValueError("give exactly one query: --text, --audio or --image")
-    archive = ArchiveIndex.open(index)
+    archive = MonitorIndex.open(index) if is_sqlite(index) else ArchiveIndex.open(index)
     encoder = QueryEncoder(archive.model_for(checkpoint))
     if text is not None:
         query = encoder.text(text)
@@ -166,9 +168,16 @@ def search(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("score", "file", "t_start", "t_end")
-    for hit in hits:
-        table.add_row(f"{hit.score:.4f}", escape(hit.file), f"{hit.t_start:.2f}", f"{hit.t_end:.2f}")
+    if isinstance(archive, MonitorIndex):
+        table = Table("score", "source", "label", "start_utc", "start_s", "end_s", "clip")
+        for hit in hits:
+            table.add_row(f"{hit.score:.4f}", escape(hit.source), escape(hit.label), hit.start_utc,
+                          f"{hit.start_s:.2f}", "" if hit.end_s is None else f"{hit.end_s:.2f}",
+                          escape(hit.clip or ""))
+    else:
+        table = Table("score", "file", "t_start", "t_end")
+        for hit in hits:
+            table.add_row(f"{hit.score:.4f}", escape(hit.file), f"{hit.t_start:.2f}", f"{hit.t_end:.2f}")
     Console().print(table)
 
 

@@ -1,6 +1,7 @@
-"""Search a labelled archive's window embeddings by text, by a sound, or by a picture.
+"""Search a labelled archive's window embeddings, or the monitor's events, by text, by a sound, or by a picture.
 
-The index is an ``audioclip-label --embeddings`` output folder: ``embeddings.npy`` (float16,
+The index is an ``audioclip-label --embeddings`` output folder, or the monitor's detections database
+(:class:`MonitorIndex`: one embedding per event, searched exactly). An archive folder holds ``embeddings.npy`` (float16,
 normalised, one row per window) beside ``windows.parquet`` (file, t_start, t_end). Up to
 :data:`EXACT_MAX_ROWS` rows search is exact: the cosine similarity of the query to every row, in
 blocks, and the best ``k``. Beyond, a FAISS vector index (:mod:`.vindex`), built on the first search
@@ -138,6 +139,152 @@ class ArchiveIndex:
         indices = self.files.indices
         return [Hit(names[indices[r].as_py()].as_py(), float(self.t_start[r]), float(self.t_end[r]), float(s))
                 for r, s in zip(rows, scores)]
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def is_sqlite(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file that starts like an SQLite database."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except (IsADirectoryError, FileNotFoundError, NotADirectoryError):
+        return False
+
+
+@dataclass
+class EventHit:
+    """An event of the monitor's database and its score (``end_s`` None: still open)."""
+
+    id: int
+    source: str
+    label: str
+    start_utc: str
+    start_s: float
+    end_s: float | None
+    clip: str | None
+    score: float
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "source": self.source, "label": self.label, "start_utc": self.start_utc,
+                "start_s": round(self.start_s, 6), "end_s": None if self.end_s is None else round(self.end_s, 6),
+                "clip": self.clip, "score": round(self.score, 6)}
+
+
+class MonitorIndex:
+    """The events of a monitor's detections database (``[store] db``), opened read-only for search.
+
+    Each event has one normalised float16 embedding, its peak window's (``[store] embeddings``), so
+    the rows are few and always searched exactly. Rows are grouped by the model that embedded them:
+    queries must be embedded by the same one (:meth:`model_for`).
+    """
+
+    def __init__(self, path: Path, events: dict[str, list[tuple]], embeddings: dict[str, np.ndarray],
+                 windows: dict[str, float]):
+        """Per model: its events' ``(id, source, label, start_utc, start_s, end_s, clip)``, their embeddings
+        ``[N, D]`` float16 in the same order, and the window seconds most of them were embedded over."""
+        self.root = path
+        self._events, self._by_model, self._windows = events, embeddings, windows
+        self.model: str | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> MonitorIndex:
+        import sqlite3
+
+        from ..monitor.store import EMBEDDING_DTYPE, EMBEDDINGS_VERSION, SCHEMA_VERSION
+
+        path = Path(path)
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as e:
+            raise ValueError(f"{path}: cannot open the database read-only ({e})") from e
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "events" not in tables:
+                raise ValueError(f"{path}: an SQLite file without the monitor's events table: give an "
+                                 "audioclip-stream [store] db or an audioclip-label --embeddings folder")
+            if version > SCHEMA_VERSION:
+                raise ValueError(f"{path}: database schema version {version} is newer than this release knows "
+                                 f"({SCHEMA_VERSION}); upgrade audioclip")
+            if version < EMBEDDINGS_VERSION or "embeddings" not in tables:
+                raise ValueError(f"{path} holds no event embeddings (schema version {version}): run the monitor "
+                                 "with this release and [store] embeddings = true (the default); the events "
+                                 "it detects from then on are searchable")
+            found = conn.execute(
+                "SELECT e.id, e.source, e.label, e.start_utc, e.start_s, e.end_s, e.clip, m.model, m.window, "
+                "m.dim, m.vector FROM embeddings m JOIN events e ON e.id = m.event_id ORDER BY e.id").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{path}: cannot read the database ({e})") from e
+        finally:
+            conn.close()
+        if not found:
+            raise ValueError(f"{path} holds no event embeddings yet: the monitor stores one per event with "
+                             "[store] embeddings = true (the default)")
+        events, vectors, windows = {}, {}, {}
+        for *event, model, window, dim, blob in found:
+            vector = np.frombuffer(blob, EMBEDDING_DTYPE)
+            if len(vector) != dim or dim != len(vectors.get(model, [vector])[0]):
+                raise ValueError(f"{path}: event {event[0]}'s embedding has {len(vector)} values, not those of "
+                                 f"{model}'s other events")
+            events.setdefault(model, []).append(tuple(event))
+            vectors.setdefault(model, []).append(vector)
+            windows.setdefault(model, []).append(float(window))
+        common = {}
+        for model, seconds in windows.items():
+            values, counts = np.unique(seconds, return_counts=True)
+            common[model] = float(values[np.argmax(counts)])
+        return cls(path, events, {model: np.stack(v).astype(np.float16) for model, v in vectors.items()}, common)
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self._by_model)
+
+    def model_for(self, checkpoint: str | None) -> str:
+        """The checkpoint that embeds queries, and from now on the rows searched: those its model embedded.
+
+        One model in the database: its checkpoint (an ONNX export needs ``--checkpoint``, the one it
+        was exported from), another one refused. Several (the configuration changed): ``--checkpoint``
+        picks one of them.
+        """
+        models = self.models
+        if checkpoint is not None and checkpoint in models:
+            self.model = checkpoint
+            return checkpoint
+        if len(models) > 1:
+            raise ValueError(f"{self.root}: events were embedded by several models ({', '.join(models)}): pick one "
+                             "with --checkpoint")
+        (model,) = models
+        if model.startswith("onnx:"):
+            if checkpoint is None:
+                raise ValueError(f"{self.root}: events were embedded by the ONNX export {model[5:]}: pass "
+                                 "--checkpoint, the checkpoint it was exported from, to embed queries")
+            self.model = model
+            return checkpoint
+        if checkpoint is not None:
+            raise ValueError(f"{self.root} was embedded with {model}, not {checkpoint}: its embeddings cannot be "
+                             f"compared with another model's; search with --checkpoint {model}")
+        self.model = model
+        return model
+
+    @property
+    def window(self) -> float:
+        """Seconds of the windows the chosen model's events were embedded over (an audio query is cut so)."""
+        return self._windows[self._chosen()]
+
+    def _chosen(self) -> str:
+        if self.model is None:
+            self.model_for(None)
+        return self.model
+
+    def search(self, query: np.ndarray, *, k: int = 10, exact: bool = True) -> list[EventHit]:
+        """The ``k`` events whose embeddings are closest to ``query``, best first (always exact)."""
+        model = self._chosen()
+        query = np.asarray(query, np.float32)
+        rows, scores = top_k(self._by_model[model], query / np.linalg.norm(query), k)
+        events = self._events[model]
+        return [EventHit(*events[r], score=float(s)) for r, s in zip(rows, scores)]
 
 
 def clip_preprocess(path: str | os.PathLike, resolution: int = 224) -> np.ndarray:

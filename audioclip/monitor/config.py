@@ -139,7 +139,8 @@ class SourceConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     """``db``: the SQLite file; ``clips``: the clips folder (None: no clips). ``keep_days`` /
-    ``max_gb``: clip retention, None for no limit (``0`` in the file)."""
+    ``max_gb``: clip retention, None for no limit (``0`` in the file). ``embeddings``: keep each event's
+    peak window's audio embedding in the database, for ``audioclip-search DB --text ...``."""
 
     db: str = "audioclip.sqlite"
     clips: str | None = None
@@ -148,6 +149,7 @@ class StoreConfig:
     max_clip_seconds: float = 60.0
     keep_days: float | None = 30.0
     max_gb: float | None = 5.0
+    embeddings: bool = True
 
 
 @dataclass(frozen=True, repr=False)

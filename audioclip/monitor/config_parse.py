@@ -225,7 +225,8 @@ def parse_config(cls, root: Reader, origin: str):
                             max_clip_seconds=r.number("max_clip_seconds", base.max_clip_seconds, low=0.0,
                                                       open_low=True),
                             keep_days=r.number("keep_days", base.keep_days, low=0.0) or None,
-                            max_gb=r.number("max_gb", base.max_gb, low=0.0) or None)
+                            max_gb=r.number("max_gb", base.max_gb, low=0.0) or None,
+                            embeddings=r.boolean("embeddings", base.embeddings))
         r.done()
     if (r := root.table_of("mqtt")) is not None:
         url = r.url("url", MQTT_SCHEMES)

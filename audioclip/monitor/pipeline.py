@@ -64,10 +64,19 @@ def detectors_for(labels: list[str], params: LabelParams) -> list[EventDetector]
             for (hysteresis, min_windows), mask in groups.items() if any(mask)]
 
 
+class _Peak:
+    """An open event's highest (smoothed) probability, and the embedding of the window that had it."""
+
+    def __init__(self, p: float, embedding: tuple | None):
+        self.p, self.embedding = p, embedding
+        self.changed = True  # not yet handed to the database
+
+
 class SourcePipeline:
     """A source's thread and the handling of its results. ``emit(kind, payload)`` receives
-    ``("window", (source, WindowResult))``, ``("event", DetectionEvent)`` and ``("touch", the
-    arguments of EventStore.touch)`` for the outputs and sinks;
+    ``("window", (source, WindowResult))``, ``("event", DetectionEvent)``, ``("touch", the
+    arguments of EventStore.touch)`` and, when windows come with embeddings, ``("embedding",
+    (event_id, window_seconds, vector))`` for the outputs and sinks;
     ``clips`` (a ClipRecorder or None) and ``clip_done(results)`` handle the event audio."""
 
     def __init__(self, name: str, source, *, config: StreamConfig, labels: list[str], params: LabelParams,
@@ -102,6 +111,10 @@ class SourcePipeline:
             self.smoother = Smoother(self.config.smooth)
             self._open: dict[str, tuple[int, datetime, float]] = {}  # label -> (id, start_utc, start_s)
             self._touched: dict[str, float] = {}
+            self._index = {label: i for i, label in enumerate(self.labels)}
+            # The newest windows' (smoothed probs, (embedding, seconds) or None): an event's first windows.
+            self._recent: deque[tuple[np.ndarray, tuple | None]] = deque(maxlen=int(params.min_windows.max(initial=1)))
+            self._peaks: dict[str, _Peak] = {}  # open label -> its peak window's embedding
 
     # -- the reading thread ---------------------------------------------------------------------
     def start(self) -> SourcePipeline:
@@ -211,7 +224,9 @@ class SourcePipeline:
                 self._quiet_at(at)
 
     # -- results (the inference thread) ---------------------------------------------------------
-    def on_result(self, window: Window, probs: np.ndarray, sims: np.ndarray, seconds: float) -> None:
+    def on_result(self, window: Window, probs: np.ndarray, sims: np.ndarray, seconds: float, *,
+                  embedding: np.ndarray | None = None) -> None:
+        """A classified window; ``embedding``: its normalised audio embedding, kept for the events it peaks in."""
         t_start = window.start / SAMPLE_RATE
         t_end = (window.start + len(window.samples)) / SAMPLE_RATE
         with self._lock:
@@ -223,6 +238,8 @@ class SourcePipeline:
                                   level_db=level_db(window.samples))
             result.latency_ms = (time.monotonic() - window.arrival) * 1e3
             events = [e for detector in self.detectors for e in detector.update(t_end, probs)]
+            seconds_long = len(window.samples) / SAMPLE_RATE
+            self._follow_peaks(events, probs, None if embedding is None else (embedding, seconds_long))
             self._t = t_end
             self.last = result
             if self.metrics is not None:
@@ -245,6 +262,7 @@ class SourcePipeline:
                 start_utc = now_utc - timedelta(seconds=max(t - e.t, 0.0))
                 self._open[e.label] = (event_id, start_utc, e.t)
                 record = DetectionEvent(event_id, "start", self.name, e.label, start_utc, e.t, e.peak, e.peak)
+                peak = self._peaks[e.label] = self._first_peak(e.label)
                 self.events += 1
                 if self.metrics is not None:
                     self.metrics.event(self.name, e.label)
@@ -256,10 +274,33 @@ class SourcePipeline:
                 self._touched.pop(e.label, None)
                 record = DetectionEvent(event_id, "end", self.name, e.label, start_utc, start_s, e.peak,
                                         e.peak if e.mean is None else e.mean, end_utc=now_utc, end_s=e.t)
+                peak = self._peaks.pop(e.label, None)
                 if self.clips is not None:
                     with self.clip_lock:
                         self.clips.request(event_id, self.name, start_s, e.t, start_utc, label=e.label)
             self.emit("event", record)
+            if peak is not None and peak.changed and peak.embedding is not None:
+                vector, window_seconds = peak.embedding
+                self.emit("embedding", (event_id, window_seconds, vector))
+                peak.changed = False
+
+    # -- each event's peak window ------------------------------------------------------------------
+    def _follow_peaks(self, events: list[Event], probs: np.ndarray, embedding: tuple | None) -> None:
+        """Remember this window; an open event that goes on through it takes it as its peak window when its
+        label's probability beats the peak so far (the first window of the highest, as the detector's peak)."""
+        self._recent.append((probs, embedding))
+        ending = {e.label for e in events if e.kind == "end"}
+        for label, peak in self._peaks.items():
+            p = float(probs[self._index[label]])
+            if label not in ending and p > peak.p:
+                peak.p, peak.embedding, peak.changed = p, embedding, True
+
+    def _first_peak(self, label: str) -> _Peak:
+        """The peak among the windows that started ``label``'s event: its ``min_windows`` newest."""
+        i = self._index[label]
+        first = list(self._recent)[-int(self.params.min_windows[i]):]
+        p, embedding = max(first, key=lambda item: float(item[0][i]))  # max keeps the first of equals
+        return _Peak(float(p[i]), embedding)
 
     def _touch(self, t: float, arrival: float) -> None:
         """Open events' last-seen time to the database, at most once a second each."""

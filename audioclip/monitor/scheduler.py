@@ -22,13 +22,29 @@ from typing import Callable
 
 import numpy as np
 
+from ..archive.job import EmbeddingTap
 from ..stream.buffer import Window
 from ..stream.engine import Classifier
 
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[Window, np.ndarray, np.ndarray, float], None]
-"""``on_result(window, probs [L], similarities [L], inference_seconds)``, on the inference thread."""
+"""``on_result(window, probs [L], similarities [L], inference_seconds)``, on the inference thread; with
+``embeddings=True`` also ``embedding=`` the window's normalised audio embedding ``[D]`` (float16)."""
+
+
+class ScoringTap(EmbeddingTap):
+    """:class:`~audioclip.archive.job.EmbeddingTap` that also keeps what an incremental scorer hands to
+    ``scores_of`` (its window's normalised embedding), passing it on unchanged: the scores stay the scorer's."""
+
+    def __init__(self, classifier):
+        if getattr(classifier, "linear", None) is not None:
+            raise ValueError("a standalone head scores pooled features and gives no audio embeddings")
+        super().__init__(classifier)
+
+    def scores_of(self, embedding):
+        self.embeddings.append(np.atleast_2d(embedding.float().cpu().numpy()).astype(np.float16))
+        return self.classifier.scores_of(embedding)
 
 
 @dataclass
@@ -60,10 +76,13 @@ class InferenceScheduler:
     later windows go on.
     """
 
-    def __init__(self, classifier: Classifier, *, batch: int = 1):
+    def __init__(self, classifier: Classifier, *, batch: int = 1, embeddings: bool = False):
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
-        self.classifier, self.batch = classifier, batch
+        self.batch = batch
+        self.embeddings = embeddings
+        self._tap: ScoringTap | None = None
+        self._set(classifier)
         self._slots: dict[str, _Slot] = {}
         self._order: list[str] = []
         self._next = 0
@@ -101,7 +120,18 @@ class InferenceScheduler:
     def set_classifier(self, classifier: Classifier) -> None:
         """Use ``classifier`` from the next window on (labels reloaded without stopping the sources)."""
         with self._cond:
-            self.classifier = classifier
+            self._set(classifier)
+
+    def _set(self, classifier: Classifier) -> None:
+        """``classifier``, and with ``embeddings`` its tap (none, with a warning, for a classifier that gives
+        no audio embeddings: the windows are scored as before)."""
+        self._tap = None
+        if self.embeddings:
+            try:
+                self._tap = ScoringTap(classifier)
+            except ValueError as e:
+                log.warning("events are stored without embeddings (not searchable by description): %s", e)
+        self.classifier = classifier
 
     @property
     def labels(self) -> list[str]:
@@ -160,18 +190,25 @@ class InferenceScheduler:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            classifier = self.classifier
+            with self._cond:
+                classifier, tap = self.classifier, self._tap
+            scorer = classifier if tap is None else tap  # the tap passes the same numbers on, keeping each embedding
             t0 = time.perf_counter()
             try:
                 slot, window = batch[0]
                 if len(batch) == 1 and slot.score is not None:
-                    probs, sims = slot.score(window, classifier)
+                    probs, sims = slot.score(window, scorer)
                 else:
-                    probs, sims = classifier.scores(np.stack([window.samples for _, window in batch]))
+                    probs, sims = scorer.scores(np.stack([window.samples for _, window in batch]))
                 probs, sims = np.asarray(probs, np.float64), np.asarray(sims, np.float64)
                 if not (np.isfinite(probs).all() and np.isfinite(sims).all()):
                     raise FloatingPointError("the classifier returned non-finite scores")
+                embeddings = None if tap is None else tap.take()
+                if embeddings is not None and len(embeddings) != len(batch):
+                    raise RuntimeError(f"{len(embeddings)} embeddings for {len(batch)} windows")
             except Exception as e:
+                if tap is not None:
+                    tap.take()
                 for slot, window in batch:
                     self._failed(slot, f"window {window.index} could not be classified", e)
                 continue
@@ -179,7 +216,10 @@ class InferenceScheduler:
             for row, (slot, window) in enumerate(batch):
                 slot.counters.busy_seconds += busy
                 try:
-                    slot.on_result(window, probs[row], sims[row], busy)
+                    if embeddings is None:
+                        slot.on_result(window, probs[row], sims[row], busy)
+                    else:
+                        slot.on_result(window, probs[row], sims[row], busy, embedding=embeddings[row])
                 except Exception as e:
                     self._failed(slot, f"handling window {window.index} failed", e)
                     continue

@@ -39,7 +39,7 @@ SHUTDOWN_SECONDS = 5.0
 
 
 class StoreSink(QueueSink):
-    """The detections database as a sink: events, open events' last-seen times, clip paths."""
+    """The detections database as a sink: events, open events' last-seen times, clip paths, embeddings."""
 
     def __init__(self, store: EventStore, *, queue_size: int = 10_000):
         super().__init__(f"database {store.path}", queue_size=queue_size, backoff=(0.5, 30.0))
@@ -53,6 +53,8 @@ class StoreSink(QueueSink):
             self.store.touch(*payload)
         elif kind == "clip":
             self.store.set_clip(*payload)
+        elif kind == "embedding":
+            self.store.set_embedding(*payload)
         elif kind == "clear":
             self.store.clear_clips(payload)
 
@@ -154,6 +156,8 @@ class Monitor:
                                           hold=longest)  # privacy mutes of every window over a clip land first
                 self._retention()
         self.next_id = IdCounter(first_id)
+        model = config.model
+        self.embedding_model = f"onnx:{model.onnx}" if model.onnx is not None else str(model.checkpoint)
         if config.mqtt is not None:
             from .mqtt import MqttSink
 
@@ -174,7 +178,9 @@ class Monitor:
                     self.metrics.watch_sink(sink)
 
     def _start_sources(self) -> None:
-        self.scheduler = InferenceScheduler(self._classifier).start()
+        store = self.config.store
+        self.scheduler = InferenceScheduler(self._classifier,
+                                            embeddings=store is not None and store.embeddings).start()
         for source in self.config.enabled_sources:
             stream = self.config.stream_config(source, **self.stream_extra)
             pipeline = SourcePipeline(
@@ -258,6 +264,11 @@ class Monitor:
         if kind == "touch":
             if self.store_sink is not None:
                 self.store_sink.put(("touch", payload))
+            return
+        if kind == "embedding":
+            if self.store_sink is not None:
+                event_id, window, vector = payload
+                self.store_sink.put(("embedding", (event_id, self.embedding_model, window, vector)))
             return
         if self.store_sink is not None:
             self.store_sink.put(("event", payload))

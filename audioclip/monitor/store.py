@@ -1,11 +1,11 @@
 """The detections database: one SQLite file in WAL mode, written by one thread, read by anyone.
 
-One writer (the database sink's thread) records event starts, ends and clip paths in short
-transactions; other processes (``sqlite3`` on the command line, the dashboard) read the same file
-at the same time. An event's row exists from its start with ``end_utc`` NULL, and its
-``last_seen_*`` columns follow it while it is open (:meth:`EventStore.touch`), so a ``kill -9``
-leaves the event visible and the next start closes it where it was last seen
-(:meth:`EventStore.close_open`).
+One writer (the database sink's thread) records event starts, ends, clip paths and each event's
+audio embedding (the ``embeddings`` table, what ``audioclip-search`` reads) in short transactions;
+other processes (``sqlite3`` on the command line, the dashboard) read the same file at the same time.
+An event's row exists from its start with ``end_utc`` NULL, and its ``last_seen_*`` columns follow
+it while it is open (:meth:`EventStore.touch`), so a ``kill -9`` leaves the event visible and the
+next start closes it where it was last seen (:meth:`EventStore.close_open`).
 
 WAL with ``synchronous=NORMAL``: a committed transaction survives the process being killed; a
 power cut may lose the last few, never the file's integrity.
@@ -19,6 +19,8 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from .events import DetectionEvent, utc_iso
 
@@ -49,8 +51,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX events_open ON events (id) WHERE end_utc IS NULL",
         "CREATE INDEX events_clip ON events (start_utc) WHERE clip IS NOT NULL",
     ),
+    (
+        # One normalised float16 audio embedding per event (its peak window's), for audioclip-search.
+        """CREATE TABLE embeddings (
+            event_id INTEGER PRIMARY KEY,
+            model TEXT NOT NULL,
+            window REAL NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+EMBEDDINGS_VERSION = 2
+"""The schema version that added the ``embeddings`` table."""
+EMBEDDING_DTYPE = np.dtype("<f2")
+"""How a stored vector's bytes read: little-endian float16."""
 
 COLUMNS = ("id", "source", "label", "start_utc", "end_utc", "start_s", "end_s", "peak", "mean", "clip",
            "last_seen_utc", "last_seen_s")
@@ -166,6 +183,15 @@ class EventStore:
             self._write(insert + " ON CONFLICT (id) DO UPDATE SET end_utc = excluded.end_utc, "
                         "end_s = excluded.end_s, peak = excluded.peak, mean = excluded.mean, "
                         "last_seen_utc = excluded.last_seen_utc, last_seen_s = excluded.last_seen_s", row)
+
+    def set_embedding(self, event_id: int, model: str, window: float, vector: np.ndarray) -> None:
+        """Store (or replace) event ``event_id``'s audio embedding: ``vector`` ``[D]`` from ``model``'s audio head
+        over a window of ``window`` seconds, kept as float16."""
+        vector = np.asarray(vector).reshape(-1).astype(EMBEDDING_DTYPE)
+        self._write("INSERT INTO embeddings (event_id, model, window, dim, vector) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (event_id) DO UPDATE SET model = excluded.model, window = excluded.window, "
+                    "dim = excluded.dim, vector = excluded.vector",
+                    (event_id, model, float(window), len(vector), vector.tobytes()))
 
     def touch(self, event_id: int, utc: datetime | str, s: float, peak: float, mean: float) -> None:
         """Note that open event ``event_id`` was still on at ``utc`` / stream second ``s``."""
