@@ -7,7 +7,7 @@ and resampling are in the path), the ratio of the two, and the share of the labe
 encoders were busy (measured inside the run, so immune to drifting load). Then the latency of an
 exact search over N synthetic float16 embeddings. Example:
 
-    python benchmarks/archive.py --checkpoint ../shared/golden/checkpoint.pt --onnx /tmp/golden_export \\
+    python benchmarks/label.py --checkpoint ../shared/golden/checkpoint.pt --onnx /tmp/golden_export \\
         --files 4 --seconds 60 --pools 1x2 2x1 --search-rows 1000000
 """
 

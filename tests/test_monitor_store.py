@@ -37,7 +37,7 @@ def test_new_file_has_the_versioned_schema_in_wal_mode(tmp_path):
     path = tmp_path / "events.sqlite"
     EventStore(path).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     columns = {r[1]: (r[2], r[3]) for r in conn.execute("PRAGMA table_info(events)")}
     assert list(columns)[:10] == ["id", "source", "label", "start_utc", "end_utc", "start_s", "end_s",
@@ -74,12 +74,12 @@ def test_forward_migration_runs_only_the_missing_steps_and_keeps_rows(tmp_path):
 
     later = (*MIGRATIONS, ("ALTER TABLE events ADD COLUMN note TEXT DEFAULT 'none'",))
     conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, later, name=str(path)) == 2
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert migrate(conn, later, name=str(path)) == SCHEMA_VERSION + 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     assert conn.execute("SELECT id, end_s, note FROM events").fetchall() == [(1, 2.0, "none")]
-    assert migrate(conn, later, name=str(path)) == 2  # nothing left to do
+    assert migrate(conn, later, name=str(path)) == SCHEMA_VERSION + 1  # nothing left to do
     conn.close()
-    with pytest.raises(StoreError) as err:  # this release knows version 1 only
+    with pytest.raises(StoreError) as err:  # this release knows up to SCHEMA_VERSION only
         EventStore(path)
     assert str(path) in str(err.value) and "newer" in str(err.value) and "\n" not in str(err.value)
 
