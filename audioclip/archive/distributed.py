@@ -21,7 +21,7 @@ def require_ray():
     try:
         import ray
     except ImportError as e:
-        raise ValueError("--ray needs Ray: pip install 'audioclip-stream[archive]' (or 'ray[data]')") from e
+        raise ValueError("--ray needs Ray: pip install 'audioclip-stream[ray]' (or 'audioclip-stream[archive]')") from e
     return ray
 
 
