@@ -7,6 +7,9 @@ the fixtures built on them live in ``conftest.py``.
 from __future__ import annotations
 
 import csv
+import io
+import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,10 @@ import soundfile as sf
 import torch
 
 from audioclip.model import AudioCLIP, AudioCLIPConfig, AudioConfig, TextConfig, VisionConfig
+from audioclip.model.constants import SAMPLE_RATE
+from audioclip.monitor.config import MonitorConfig
+from audioclip.monitor.output import JsonlOutput
+from audioclip.monitor.service import Monitor
 
 TINY_CONFIG = AudioCLIPConfig(
     embed_dim=32,
@@ -118,3 +125,40 @@ def make_folder(root: Path, per_class: int = 5, seconds: float = 0.5, seed: int 
         for i in range(per_class):
             write_clip(root / f"my_{kind}" / f"{i}.flac", synth(kind, rng, seconds, 16000), 16000, "PCM_16", 1)
     return root
+
+
+# -- the monitor ---------------------------------------------------------------------------------
+
+def burst_wav(path: Path, pattern=((2.0, 0.0), (3.0, 0.3), (5.0, 0.0)), seed: int = 0) -> Path:
+    """Silence and white-noise bursts: ``pattern`` is (seconds, amplitude) pieces."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([amp * rng.standard_normal(int(s * SAMPLE_RATE)).astype(np.float32) for s, amp in pattern])
+    sf.write(path, np.clip(x, -1, 1), SAMPLE_RATE, subtype="FLOAT")
+    return path
+
+
+def monitor_config(tmp_path: Path, checkpoint: Path, sources: list[dict], **sections) -> MonitorConfig:
+    """A monitor over ``sources`` with ``checkpoint``: 1-s windows, two labels; ``sections`` add or replace."""
+    d = {
+        "model": {"checkpoint": str(checkpoint)},
+        "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
+        "labels": [{"name": "cat", "prompts": ["cat", "meowing cat"]}, {"name": "rain"}],
+        "sources": sources,
+        **sections,
+    }
+    return MonitorConfig.from_dict(d, origin="test.toml")
+
+
+def run_monitor(cfg: MonitorConfig, **kwargs) -> tuple[Monitor, list[dict]]:
+    """Run ``cfg`` to the end of its sources: the monitor and its JSON lines."""
+    out = io.StringIO()
+    monitor = Monitor(cfg, output=JsonlOutput(out), **kwargs)
+    monitor.run()
+    return monitor, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def event_rows(db: Path) -> list[dict]:
+    """The ``events`` table of a monitor's database, by id."""
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM events ORDER BY id")]

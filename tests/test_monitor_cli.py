@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_monitor_service import burst_wav
 
 from audioclip.monitor.config import MonitorConfig
 from audioclip.monitor.output import JsonlOutput
 from audioclip.monitor.service import Monitor
+
+from helpers import burst_wav
 
 EXE = Path(sys.executable).with_name("audioclip-stream")
 

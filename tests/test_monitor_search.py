@@ -9,29 +9,30 @@ import sqlite3
 import numpy as np
 import pytest
 import soundfile as sf
-from test_monitor_service import SR, burst_wav, config, rows, run
 from typer.testing import CliRunner
 
 from audioclip.archive.cli import search_app
 from audioclip.archive.search import QueryEncoder
-from audioclip.model.constants import STRIDE_SAMPLES
+from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from audioclip.monitor.config import ConfigError, LabelParams, MonitorConfig
 from audioclip.monitor.pipeline import IdCounter, SourcePipeline
 from audioclip.monitor.store import EMBEDDING_DTYPE, MIGRATIONS, SCHEMA_VERSION, EventStore, migrate
 from audioclip.stream.buffer import Window
 from audioclip.stream.config import StreamConfig
 
-HOP = 2 * STRIDE_SAMPLES / SR  # aligned: each source's windows go through its incremental scorer
+from helpers import burst_wav, event_rows, monitor_config, run_monitor
+
+HOP = 2 * STRIDE_SAMPLES / SAMPLE_RATE  # aligned: each source's windows go through its incremental scorer
 WINDOW = 2.0
 
 
 def chirp_wav(path, seed: int = 0):
     """Silence, a 3-s rising chirp with a little noise, silence: a sound unlike burst_wav's noise."""
     rng = np.random.default_rng(seed)
-    t = np.arange(3 * SR) / SR
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
     loud = 0.4 * np.sin(2 * np.pi * (300 * t + 900 * t ** 2)) + 0.01 * rng.standard_normal(len(t))
-    x = np.concatenate([np.zeros(2 * SR), loud, np.zeros(5 * SR)]).astype(np.float32)
-    sf.write(path, x, SR, subtype="FLOAT")
+    x = np.concatenate([np.zeros(2 * SAMPLE_RATE), loud, np.zeros(5 * SAMPLE_RATE)]).astype(np.float32)
+    sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
     return path
 
 
@@ -50,11 +51,11 @@ def search(*args) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def monitor_config(tmp_path, checkpoint, files: dict, db, **store) -> MonitorConfig:
+def search_config(tmp_path, checkpoint, files: dict, db, **store) -> MonitorConfig:
     sources = [{"name": name, "file": str(f), "realtime": False} for name, f in files.items()]
-    return config(tmp_path, checkpoint, sources,
-                  defaults={"window": WINDOW, "hop": HOP, "threshold": 0.3, "min_dbfs": -60.0},
-                  store={"db": str(db), **store})
+    return monitor_config(tmp_path, checkpoint, sources,
+                          defaults={"window": WINDOW, "hop": HOP, "threshold": 0.3, "min_dbfs": -60.0},
+                          store={"db": str(db), **store})
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,9 @@ def monitored(tmp_path_factory, tiny_checkpoint):
     tmp = tmp_path_factory.mktemp("monitored")
     files = {"porch": burst_wav(tmp / "porch.wav", seed=1), "yard": chirp_wav(tmp / "yard.wav")}
     db = tmp / "d.sqlite"
-    monitor, lines = run(monitor_config(tmp, tiny_checkpoint, files, db))
+    monitor, lines = run_monitor(search_config(tmp, tiny_checkpoint, files, db))
     windows = {name: [x for x in lines if "t_start" in x and x["source"] == name] for name in files}
-    return db, files, windows, rows(db), monitor
+    return db, files, windows, event_rows(db), monitor
 
 
 def peak_window(event: dict, windows: list[dict]) -> dict:
@@ -149,7 +150,7 @@ def test_the_peak_window_is_taken_from_the_windows_that_started_the_event_and_th
                               next_id=IdCounter(7))
     dog = [0.9, 0.2, 0.6, 0.8, 0.7, 0.95, 0.95, 0.6, 0.1]
     for i, p in enumerate(dog):  # window i's embedding: the i-th unit vector
-        pipeline.on_result(Window(i, i * SR, np.full(SR, 0.1, np.float32), 0.0), np.array([p, 1 - p]),
+        pipeline.on_result(Window(i, i * SAMPLE_RATE, np.full(SAMPLE_RATE, 0.1, np.float32), 0.0), np.array([p, 1 - p]),
                            np.zeros(2), 0.01, embedding=np.eye(len(dog), dtype=np.float16)[i])
     kinds = [(kind, x.kind if kind == "event" else None) for kind, x in emitted if kind in ("event", "embedding")]
     assert kinds == [("event", "start"), ("embedding", None), ("event", "end"), ("embedding", None)]
@@ -170,11 +171,11 @@ def test_storing_embeddings_leaves_the_scores_unchanged_and_can_be_switched_off(
                                                                                  tiny_checkpoint):
     db, files, windows, events, _ = monitored
     off = tmp_path / "off.sqlite"
-    _, lines = run(monitor_config(tmp_path, tiny_checkpoint, files, off, embeddings=False))
+    _, lines = run_monitor(search_config(tmp_path, tiny_checkpoint, files, off, embeddings=False))
     for name in files:
         plain = [x for x in lines if "t_start" in x and x["source"] == name]
         assert [(w["t_end"], w["probs"]) for w in plain] == [(w["t_end"], w["probs"]) for w in windows[name]]
-    assert sorted((e["source"], e["start_s"], e["end_s"]) for e in rows(off)) == \
+    assert sorted((e["source"], e["start_s"], e["end_s"]) for e in event_rows(off)) == \
         sorted((e["source"], e["start_s"], e["end_s"]) for e in events)  # ids follow the sources' threads
     assert stored(off) == []
     code, _, stderr = search(off, "--text", "a cat")
@@ -202,10 +203,10 @@ def test_an_old_database_migrates_and_only_new_events_are_searchable(tmp_path, t
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert "no event embeddings (schema version 1)" in stderr and "embeddings = true" in stderr
 
-    run(monitor_config(tmp_path, tiny_checkpoint, {"porch": burst_wav(tmp_path / "a.wav", seed=3)}, db))
+    run_monitor(search_config(tmp_path, tiny_checkpoint, {"porch": burst_wav(tmp_path / "a.wav", seed=3)}, db))
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    events = rows(db)
+    events = event_rows(db)
     assert events[0]["id"] == 1 and events[0]["end_s"] == 3.0 and len(events) > 1  # the old row kept
     assert [r["event_id"] for r in stored(db)] == [e["id"] for e in events[1:]]
     code, stdout, stderr = search(db, "--text", "a cat", "--k", "50", "--format", "jsonl")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import threading
 import time
 import urllib.request
@@ -16,56 +15,24 @@ import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
-from audioclip.model.constants import STRIDE_SAMPLES
+from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from audioclip.monitor.clips import ClipFolderError
 from audioclip.monitor.config import MonitorConfig, load_config
 from audioclip.monitor.output import JsonlOutput
 from audioclip.monitor.service import Monitor
 from audioclip.stream.incremental import window_scorer
 
-SR = 44100
-
-
-def burst_wav(path: Path, pattern=((2.0, 0.0), (3.0, 0.3), (5.0, 0.0)), seed: int = 0) -> Path:
-    """Silence and white-noise bursts: ``pattern`` is (seconds, amplitude) pieces."""
-    rng = np.random.default_rng(seed)
-    x = np.concatenate([amp * rng.standard_normal(int(s * SR)).astype(np.float32) for s, amp in pattern])
-    sf.write(path, np.clip(x, -1, 1), SR, subtype="FLOAT")
-    return path
-
-
-def config(tmp_path: Path, checkpoint: Path, sources: list[dict], **sections) -> MonitorConfig:
-    d = {
-        "model": {"checkpoint": str(checkpoint)},
-        "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
-        "labels": [{"name": "cat", "prompts": ["cat", "meowing cat"]}, {"name": "rain"}],
-        "sources": sources,
-        **sections,
-    }
-    return MonitorConfig.from_dict(d, origin="test.toml")
-
-
-def run(cfg: MonitorConfig, **kwargs) -> tuple[Monitor, list[dict]]:
-    out = io.StringIO()
-    monitor = Monitor(cfg, output=JsonlOutput(out), **kwargs)
-    monitor.run()
-    return monitor, [json.loads(line) for line in out.getvalue().splitlines()]
-
-
-def rows(db: Path) -> list[dict]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM events ORDER BY id")]
+from helpers import burst_wav, event_rows, monitor_config, run_monitor
 
 
 def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
     a, b = burst_wav(tmp_path / "a.wav", seed=1), burst_wav(tmp_path / "b.wav", seed=2)
     db, clips = tmp_path / "d.sqlite", tmp_path / "clips"
-    cfg = config(tmp_path, tiny_checkpoint,
-                 [{"name": "porch", "file": str(a), "realtime": False},
-                  {"name": "yard", "file": str(b), "realtime": False}],
-                 store={"db": str(db), "clips": str(clips), "pre_roll": 2.0, "post_roll": 2.0})
-    monitor, lines = run(cfg)
+    cfg = monitor_config(tmp_path, tiny_checkpoint,
+                         [{"name": "porch", "file": str(a), "realtime": False},
+                          {"name": "yard", "file": str(b), "realtime": False}],
+                         store={"db": str(db), "clips": str(clips), "pre_roll": 2.0, "post_roll": 2.0})
+    monitor, lines = run_monitor(cfg)
 
     windows = [x for x in lines if "t_start" in x]
     events = [x for x in lines if "event" in x]
@@ -75,7 +42,7 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
         assert ts == [2.5 + 0.5 * k for k in range(7)]  # windows with sound; the silent ones are gated
     assert monitor.pipelines[0].gated == 19 - 7
 
-    stored = rows(db)
+    stored = event_rows(db)
     assert sorted((r["source"], r["label"]) for r in stored) == [("porch", "cat"), ("yard", "cat")]
     for r in stored:
         assert r["start_s"] == 2.5 and r["end_s"] == 6.0  # first window with sound .. first silent window
@@ -84,10 +51,11 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
         ends = [e for e in events if e["id"] == r["id"] and e["event"] == "end"]
         assert len(starts) == 1 and len(ends) == 1 and ends[0]["mean"] == pytest.approx(r["mean"], abs=1e-6)
         audio, rate = sf.read(r["clip"], dtype="float32")
-        assert rate == SR and r["clip"].endswith(".flac") and Path(r["clip"]).is_relative_to(clips / r["source"])
-        assert len(audio) / SR == pytest.approx(2.0 + (6.0 - 2.5) + 2.0, abs=0.5)  # within one hop
+        assert rate == SAMPLE_RATE and r["clip"].endswith(".flac")
+        assert Path(r["clip"]).is_relative_to(clips / r["source"])
+        assert len(audio) / SAMPLE_RATE == pytest.approx(2.0 + (6.0 - 2.5) + 2.0, abs=0.5)  # within one hop
         source = sf.read(a if r["source"] == "porch" else b, dtype="float32")[0]
-        lo = int(0.5 * SR)
+        lo = int(0.5 * SAMPLE_RATE)
         np.testing.assert_allclose(audio, source[lo:lo + len(audio)], atol=1 / 32768)
 
 
@@ -108,12 +76,12 @@ def test_each_source_shares_work_between_overlapping_windows_with_the_results_of
     a, b = burst_wav(tmp_path / "a.wav", seed=1), burst_wav(tmp_path / "b.wav", seed=2)
     sources = [{"name": "porch", "file": str(a), "realtime": False},
                {"name": "yard", "file": str(b), "realtime": False}]
-    hop = 2 * STRIDE_SAMPLES / SR
+    hop = 2 * STRIDE_SAMPLES / SAMPLE_RATE
     results = {}
     for exact in (True, False):
-        cfg = config(tmp_path, tiny_checkpoint, sources,
-                     defaults={"window": 2.0, "hop": hop, "threshold": 0.3, "min_dbfs": -60.0, "exact_windows": exact})
-        _, lines = run(cfg)
+        defaults = {"window": 2.0, "hop": hop, "threshold": 0.3, "min_dbfs": -60.0, "exact_windows": exact}
+        cfg = monitor_config(tmp_path, tiny_checkpoint, sources, defaults=defaults)
+        _, lines = run_monitor(cfg)
         results[exact] = [x for x in lines if "t_start" in x]
     assert scorers[:2] == [None, None]  # exact windows
     assert len(scorers) == 4 and all(s is not None for s in scorers[2:])
@@ -136,8 +104,8 @@ def test_privacy_label_mutes_the_clip(tmp_path, tiny_checkpoint):
          "labels": [{"name": "cat", "privacy": True}, {"name": "rain"}],
          "sources": [{"name": "porch", "file": str(a), "realtime": False}],
          "store": {"db": str(db), "clips": str(tmp_path / "clips")}}
-    run(MonitorConfig.from_dict(d))
-    (r,) = rows(db)
+    run_monitor(MonitorConfig.from_dict(d))
+    (r,) = event_rows(db)
     audio, _ = sf.read(r["clip"], dtype="float32")
     assert np.abs(audio).max() == 0.0  # every window with sound was won by the private label
 
@@ -148,7 +116,7 @@ def test_event_false_labels_are_scored_not_events(tmp_path, tiny_checkpoint):
          "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
          "labels": [{"name": "cat", "event": False}, {"name": "rain"}],
          "sources": [{"name": "porch", "file": str(a), "realtime": False}]}
-    _, lines = run(MonitorConfig.from_dict(d))
+    _, lines = run_monitor(MonitorConfig.from_dict(d))
     assert any("t_start" in x and x["top"] == "cat" for x in lines)
     assert not [x for x in lines if "event" in x]
 
@@ -209,9 +177,9 @@ def test_mqtt_and_metrics_from_a_running_monitor(tmp_path, tiny_checkpoint, mosq
     try:
         a = burst_wav(tmp_path / "a.wav")
         db = tmp_path / "d.sqlite"
-        cfg = config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(a), "realtime": True}],
-                     store={"db": str(db)}, mqtt={"url": mosquitto.url, "prefix": "svc", "homeassistant": True},
-                     metrics={"listen": f"127.0.0.1:{free_port()}"})
+        cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(a), "realtime": True}],
+                             store={"db": str(db)}, mqtt={"url": mosquitto.url, "prefix": "svc", "homeassistant": True},
+                             metrics={"listen": f"127.0.0.1:{free_port()}"})
         monitor = Monitor(cfg, output=None)
         thread = threading.Thread(target=monitor.run)
         thread.start()
@@ -236,7 +204,7 @@ def test_mqtt_and_metrics_from_a_running_monitor(tmp_path, tiny_checkpoint, mosq
     assert samples[("audioclip_gated_windows_total", (("source", "porch"),))] >= 3
     assert ("audioclip_inference_seconds_count", ()) in samples
 
-    (r,) = rows(db)
+    (r,) = event_rows(db)
     states = [p for t, p, _ in got if t == "svc/porch/cat"]
     assert states[:1] == ["OFF"] or "ON" in states
     assert states[-2:] == ["ON", "OFF"]
@@ -250,8 +218,8 @@ def test_mqtt_and_metrics_from_a_running_monitor(tmp_path, tiny_checkpoint, mosq
 def test_unwritable_clip_folder_refused_at_start(tmp_path, tiny_checkpoint):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
-    cfg = config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(burst_wav(tmp_path / "a.wav"))}],
-                 store={"db": str(tmp_path / "d.sqlite"), "clips": str(blocker / "clips")})
+    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(burst_wav(tmp_path / "a.wav"))}],
+                         store={"db": str(tmp_path / "d.sqlite"), "clips": str(blocker / "clips")})
     with pytest.raises(ClipFolderError, match="not-a-folder"):
         Monitor(cfg).run()
     assert not (tmp_path / "d.sqlite").exists()
@@ -263,10 +231,12 @@ def test_unreachable_broker_at_start_does_not_stop_the_service(tmp_path, tiny_ch
 
     db = tmp_path / "d.sqlite"
     burst_wav(tmp_path / "a.wav")
-    cfg = config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(tmp_path / "a.wav"), "realtime": False}],
-                 store={"db": str(db)}, mqtt={"url": f"mqtt://127.0.0.1:{free_port()}"})
+    cfg = monitor_config(tmp_path, tiny_checkpoint,
+                                 [{"name": "porch", "file": str(tmp_path / "a.wav"), "realtime": False}],
+                                 store={"db": str(db)}, mqtt={"url": f"mqtt://127.0.0.1:{free_port()}"})
     t0 = time.monotonic()
-    monitor, lines = run(cfg)
+    monitor, lines = run_monitor(cfg)
     assert time.monotonic() - t0 < 60
-    assert len(rows(db)) == 1 and rows(db)[0]["end_utc"] is not None  # the database got the event regardless
+    stored = event_rows(db)
+    assert len(stored) == 1 and stored[0]["end_utc"] is not None  # the database got the event regardless
     assert monitor.sinks[0].dropped >= 2  # the broker never came: its messages were dropped at close, counted
