@@ -76,6 +76,21 @@ def top_k(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray
     return best_rows, best_scores
 
 
+def query_checkpoint(root, model: str, checkpoint: str | None) -> str:
+    """The checkpoint that embeds queries for embeddings ``model`` made (as recorded: a checkpoint, or
+    ``onnx:FOLDER``): that one; for an ONNX export the ``checkpoint`` it was exported from, which must be
+    given; another checkpoint is refused, naming both."""
+    if model.startswith("onnx:"):
+        if checkpoint is None:
+            raise ValueError(f"{root} was embedded with the ONNX export {model[5:]}: pass --checkpoint, "
+                             "the checkpoint it was exported from, to embed queries")
+        return checkpoint
+    if checkpoint is not None and checkpoint != model:
+        raise ValueError(f"{root} was embedded with {model}, not {checkpoint}: its embeddings cannot be "
+                         f"compared with another model's; search with --checkpoint {model}")
+    return model
+
+
 class ArchiveIndex:
     """An ``audioclip-label --embeddings`` folder opened for search (embeddings memory-mapped)."""
 
@@ -106,16 +121,7 @@ class ArchiveIndex:
 
     def model_for(self, checkpoint: str | None) -> str:
         """The checkpoint that embeds queries: the index's own; another one is refused, naming both."""
-        model = self.settings["model"]
-        if model.startswith("onnx:"):
-            if checkpoint is None:
-                raise ValueError(f"{self.root} was labelled with the ONNX export {model[5:]}: pass --checkpoint, "
-                                 "the checkpoint it was exported from, to embed queries")
-            return checkpoint
-        if checkpoint is not None and checkpoint != model:
-            raise ValueError(f"{self.root} was embedded with {model}, not {checkpoint}: its embeddings cannot be "
-                             f"compared with another model's; search with --checkpoint {model}")
-        return model
+        return query_checkpoint(self.root, self.settings["model"], checkpoint)
 
     def vector_index(self):
         """The archive's :class:`~.vindex.VectorIndex`, opened or built on first use; ``None`` without FAISS."""
@@ -256,17 +262,9 @@ class MonitorIndex:
             raise ValueError(f"{self.root}: events were embedded by several models ({', '.join(models)}): pick one "
                              "with --checkpoint")
         (model,) = models
-        if model.startswith("onnx:"):
-            if checkpoint is None:
-                raise ValueError(f"{self.root}: events were embedded by the ONNX export {model[5:]}: pass "
-                                 "--checkpoint, the checkpoint it was exported from, to embed queries")
-            self.model = model
-            return checkpoint
-        if checkpoint is not None:
-            raise ValueError(f"{self.root} was embedded with {model}, not {checkpoint}: its embeddings cannot be "
-                             f"compared with another model's; search with --checkpoint {model}")
+        checkpoint = query_checkpoint(self.root, model, checkpoint)
         self.model = model
-        return model
+        return checkpoint
 
     @property
     def window(self) -> float:
