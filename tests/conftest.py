@@ -48,8 +48,12 @@ def keep_logging():
     def ours(handlers):  # pytest's own capture handlers come and go with each phase: leave them be
         return [h for h in handlers if not type(h).__module__.startswith("_pytest")]
 
-    root, package = logging.getLogger(), logging.getLogger("audioclip")
-    handlers, level, package_level = ours(root.handlers), root.level, package.level
+    def package_levels():  # the package's loggers, e.g. one a command turns up to INFO
+        return {name: logging.getLogger(name).level for name in list(logging.root.manager.loggerDict)
+                if name == "audioclip" or name.startswith("audioclip.")}
+
+    root = logging.getLogger()
+    handlers, level, levels = ours(root.handlers), root.level, package_levels()
     formatwarning = warnings.formatwarning
     yield
     for handler in ours(root.handlers):
@@ -58,7 +62,8 @@ def keep_logging():
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
-    package.setLevel(package_level)
+    for name in package_levels():
+        logging.getLogger(name).setLevel(levels.get(name, logging.NOTSET))
     warnings.formatwarning = formatwarning
     logging.captureWarnings(False)
 
