@@ -16,7 +16,7 @@ import importlib
 _LAZY = {
     "OnnxClassifier": "runtime",
     "export_onnx": "exporter",
-    "ExportError": "exporter",
+    "ExportError": "writing",
     "ExportResult": "exporter",
 }
 

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,12 +28,12 @@ from ..model.labels import window_samples as check_window
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .layout import widen_grouped_convs
-from .logs import dropping
 from .report import readme_text, tensorrt_files, trtexec_lines
 from .runtime import gpu_providers, tensorrt_name
 from .shared import SHARED_WEIGHTS_FILE, share_weights
 from .trt_check import tensorrt_problems
-from .verify import Check, check_audio, check_text, fit, load_clips, synthetic_clips
+from .verify import Check, check_audio, check_incremental, check_text, fit, load_clips, synthetic_clips
+from .writing import ExportError, export_graph, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +48,6 @@ MAX_SECONDS = 600
 DYNAMIC_MIN_SAMPLES = 10070
 """Shortest input of a ``--dynamic-length`` graph (0.228 s): below it layer4's width is 1, which
 broadcasts differently, and ``torch.export`` refuses to cover both cases with one graph."""
-
-
-class ExportError(ValueError):
-    """An export that cannot be made or that failed its verification; the message is one line."""
-
-    def __init__(self, message: str, checks: Sequence[Check] = ()):
-        super().__init__(message)
-        self.checks = list(checks)
 
 
 @dataclass
@@ -77,33 +68,6 @@ def _check_out_dir(out: Path, force: bool) -> None:
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not os.access(existing, os.W_OK | os.X_OK):
         raise ExportError(f"{out}: cannot write here ({existing} is not writable)")
-
-
-def _export(module: torch.nn.Module, example: tuple, path: Path, *, input_name: str, output_names: list[str],
-            dynamic: dict, opset: int) -> onnx.ModelProto:
-    """Export ``module`` to ``path`` and return the graph written there, checked to have ``opset``."""
-    # torch's exporter notes, 4 lines per graph, that torchvision is absent: this model has no torchvision ops
-    with warnings.catch_warnings(), torch.no_grad(), \
-            dropping("torch.onnx._internal.exporter._registration", "torchvision is not installed"):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module.eval(), example, dynamo=True, input_names=[input_name],
-                                    output_names=output_names, dynamic_shapes={input_name: dynamic},
-                                    opset_version=opset, optimize=True, verbose=False)
-    program.save(str(path))
-    graph = onnx.load(str(path))
-    written = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
-    if written != opset:  # the exporter falls back to its own opset when it cannot convert
-        raise ExportError(f"torch's ONNX exporter wrote opset {written}, not the {opset} asked for: "
-                          f"pass --opset {written}")
-    return graph
-
-
-def _set_metadata(path: Path, metadata: dict) -> None:
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, {k: str(v) for k, v in metadata.items()})
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
 
 
 def _check_batches(clips: list[tuple[str, np.ndarray]], window_samples: int, dynamic_length: bool) -> list:
@@ -181,6 +145,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
         "min_samples": DYNAMIC_MIN_SAMPLES if dynamic_length else window_samples,
         "embedding_size": model.config.embed_dim, "precision": precision, "source": source,
         "source_sha256": sha256, "version": __version__, "opset": opset,
+        "trunk_blocks": json.dumps([len(model.audio.layer1), len(model.audio.layer2)]),
     }
     if model.metadata.source_name:
         metadata["base_checkpoint"] = json.dumps({"name": model.metadata.source_name,
@@ -205,8 +170,13 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
         checks = []
         for provider in ["CPUExecutionProvider", *gpu_providers()]:
             for tensorrt in ((False, True) if precision == "int8" else (False,)):
-                checks += check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
-                                      batches=batches, tensorrt=tensorrt, provider=provider)
+                audio = check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
+                                    batches=batches, tensorrt=tensorrt, provider=provider)
+                if audio:  # the provider loaded
+                    audio += check_incremental(graph_dir=tmp, precision=precision, classifier=classifier,
+                                               clips=check_clips, window_samples=window_samples, threads=threads,
+                                               tensorrt=tensorrt, provider=provider)
+                checks += audio
         if model.has_text:
             checks.append(check_text(graph_dir=tmp, model=model, labels=classifier.labels,
                                      template=classifier.template, threads=threads))
@@ -222,7 +192,8 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
              "window_samples": metadata["window_samples"]}, indent=2) + "\n")
         lines = trtexec_lines(files=files, precision=precision, window_samples=window_samples,
                               dynamic_length=dynamic_length, max_batch=TRT_MAX_BATCH, max_samples=60 * SAMPLE_RATE,
-                              min_samples=metadata["min_samples"], opset=opset)
+                              min_samples=metadata["min_samples"], opset=opset,
+                              stage_shapes=_stage_shapes(tmp, files, model, window_samples, dynamic_length))
         (tmp / "trtexec.txt").write_text("\n".join(lines) + "\n")
         (tmp / "README.txt").write_text(readme_text(metadata=metadata, files=files + weights, checks=checks,
                                                     notes=notes, trtexec=lines, labels=classifier.labels))
@@ -267,13 +238,14 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
     for name, (module, outputs) in graphs.items():
         fp32 = tmp / (name if precision == "fp32" else f"{name}.fp32")
         log.info("exporting %s", name)
-        graph = _export(module, example, fp32, input_name="waveform", output_names=outputs, dynamic=dims, opset=opset)
+        graph = export_graph(module, example, fp32, input_name="waveform", output_names=outputs, dynamic=dims,
+                             opset=opset)
         if widen_grouped_convs(graph):
             onnx.save(graph, str(fp32))
         if precision == "fp16":
             onnx.save(prec.to_fp16(graph), str(tmp / name))
         if precision != "int8":
-            _set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
+            set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
             files.append(name)
         else:
             for tensorrt in (False, True):
@@ -281,7 +253,7 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
                 blocks = int8_blocks.get(tensorrt) or _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt)
                 int8_blocks[tensorrt] = blocks
                 prec.quantize_int8(fp32, tmp / target, calibration=calib, blocks=blocks, tensorrt=tensorrt)
-                _set_metadata(tmp / target, {**metadata, "graph": name.removesuffix(".onnx"),
+                set_metadata(tmp / target, {**metadata, "graph": name.removesuffix(".onnx"),
                                              "int8_blocks": _describe_blocks(blocks),
                                              "int8_scheme": INT8_SCHEMES[tensorrt]})
                 files.append(target)
@@ -290,14 +262,101 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
                                  f"{_describe_blocks(blocks)}; the rest fp32")
         if precision != "fp32":
             fp32.unlink()
+    files += _write_stage_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
+                                 dynamic_length=dynamic_length, precision=precision, opset=opset,
+                                 calibration=calib if precision == "int8" else None, int8_blocks=int8_blocks,
+                                 metadata=metadata)
     if model.has_text:
         log.info("exporting text_encoder.onnx (fp32 at every precision)")
         tokens = torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int64)
-        _export(TextEncoderGraph(model), (tokens,), tmp / "text_encoder.onnx", input_name="tokens",
+        export_graph(TextEncoderGraph(model), (tokens,), tmp / "text_encoder.onnx", input_name="tokens",
                 output_names=["embedding"], dynamic={0: torch.export.Dim("n", min=1, max=4096)}, opset=opset)
-        _set_metadata(tmp / "text_encoder.onnx", {**metadata, "graph": "text_encoder", "precision": "fp32"})
+        set_metadata(tmp / "text_encoder.onnx", {**metadata, "graph": "text_encoder", "precision": "fp32"})
         files.append("text_encoder.onnx")
     return files
+
+
+def _write_stage_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
+                        opset: int, calibration: np.ndarray | None, int8_blocks: dict, metadata: dict) -> list[str]:
+    """Export the incremental graphs (:func:`.stages.stage_graph_specs`) at ``precision``; returns the file names.
+
+    The front end stays fp32 at every precision (one file, like the text encoder). int8 quantises
+    the blocks chosen for the whole-window graphs (``int8_blocks`` per flavour) in each stage graph
+    that holds some, calibrated on the stage's input for whole calibration windows, and writes
+    both flavours of each stage graph (a graph with none of the blocks is the fp32 graph in both).
+    """
+    from ..model.incremental import IncrementalEncoder
+    from .incremental import FRONT_FILE
+    from .stages import stage_graph_specs
+
+    specs = stage_graph_specs(model, classifier, window_samples, dynamic_length)
+    stage_inputs: dict[str, list[np.ndarray]] = {}
+    if calibration is not None:
+        encoder = IncrementalEncoder(model, window_samples)
+        for window in calibration:
+            outputs = encoder.stages_of(window)
+            for name in ("db", "stem", "layer1", "layer2"):
+                stage_inputs.setdefault(name, []).append(outputs[name][0].contiguous().numpy())
+    files = []
+    for name, module, example, input_name, outputs, dynamic in specs:
+        fp32 = tmp / (name if precision == "fp32" or name == FRONT_FILE else f"{name}.fp32")
+        log.info("exporting %s", name)
+        graph = export_graph(module, (example,), fp32, input_name=input_name, output_names=outputs, dynamic=dynamic,
+                             opset=opset)
+        if widen_grouped_convs(graph):
+            onnx.save(graph, str(fp32))
+        graph_metadata = {**metadata, "graph": name.removesuffix(".onnx")}
+        if precision == "fp32" or name == FRONT_FILE:
+            set_metadata(tmp / name, {**graph_metadata, "precision": "fp32"})
+            files.append(name)
+            continue
+        if precision == "fp16":
+            onnx.save(prec.to_fp16(graph, cast_outputs=True), str(tmp / name))
+            set_metadata(tmp / name, graph_metadata)
+            files.append(name)
+        else:
+            for tensorrt in (False, True):
+                target = tensorrt_name(name) if tensorrt else name
+                if prec.int8_nodes(graph, int8_blocks[tensorrt]):
+                    prec.quantize_int8(fp32, tmp / target, calibration=stage_inputs[input_name],
+                                       blocks=int8_blocks[tensorrt], tensorrt=tensorrt)
+                else:
+                    shutil.copyfile(fp32, tmp / target)
+                set_metadata(tmp / target, {**graph_metadata, "int8_blocks": _describe_blocks(int8_blocks[tensorrt]),
+                                            "int8_scheme": INT8_SCHEMES[tensorrt]})
+                files.append(target)
+        fp32.unlink()
+    return files
+
+
+def _stage_shapes(folder: Path, files: Sequence[str], model, window_samples: int, dynamic_length: bool) -> dict:
+    """Each incremental graph's input for ``trtexec``: name, shape without its width and ``(min, opt, max)``
+    widths over whole windows and every shift that shares columns (:meth:`OverlapEncoder.widths`), for the
+    export's window or, for a dynamic length, from the shortest input to a 60-s window."""
+    from ..model.overlap import OverlapEncoder, trunk_blocks
+    from .incremental import FRONT_FILE, LAYER1_FILE, LAYER2_FILES, STEM_FILE, TAIL_FILE
+
+    lengths = [window_samples] + ([DYNAMIC_MIN_SAMPLES, 60 * SAMPLE_RATE] if dynamic_length else [])
+    plans = [OverlapEncoder(trunk_blocks(model.audio), n) for n in lengths]
+    widths = [plan.widths() for plan in plans]
+    tails = [plan.lengths["layer2"] for plan in plans]
+    stages = {FRONT_FILE: "front", STEM_FILE: "stem", LAYER1_FILE: "layer1",
+              **{f: "layer2" for f in LAYER2_FILES.values()}}
+    shapes = {}
+    for name in (*stages, TAIL_FILE):
+        file = name if name in files else tensorrt_name(name)
+        if file not in files:
+            continue
+        graph_input = onnx.load(str(folder / file), load_external_data=False).graph.input[0]
+        dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+        dims = [dims[0], *dims[2:]] if name == FRONT_FILE else dims[:-1]
+        if name == TAIL_FILE:
+            span = (min(tails), tails[0], max(tails))
+        else:
+            span = (min(w[stages[name]][0] for w in widths), widths[0][stages[name]][1],
+                    max(w[stages[name]][1] for w in widths))
+        shapes[name] = (graph_input.name, dims, span)
+    return shapes
 
 
 HOP_EXAMPLE_SHIFT = 1234

@@ -121,6 +121,10 @@ class FrontEnd(nn.Module):
         x = F.pad(to_reference_scale(waveform), (left, right + 3 * HOP_LENGTH - FRAME_LENGTH))
         rows = x.reshape(x.shape[0], -1, HOP_LENGTH)
         raw = torch.cat((rows[:, :-2], rows[:, 1:-1], rows[:, 2:, :FRAME_LENGTH - 2 * HOP_LENGTH]), dim=-1)
+        return self.db_of_frames(raw)
+
+    def db_of_frames(self, raw: torch.Tensor) -> torch.Tensor:
+        """Frames ``[B, frames, FRAME_LENGTH]`` of the padded signal at the reference's scale -> dB bands."""
         pad = (N_FFT - FRAME_LENGTH) // 2
         framed = F.pad(raw * self.window, (pad, N_FFT - FRAME_LENGTH - pad))  # [B, frames, N_FFT]
         return self._db((framed @ self.transform).transpose(1, 2))  # [B, 2 * 1023, frames]
@@ -148,7 +152,14 @@ class Trunk(nn.Module):
         """The pooled features ``[B, F]`` that enter the projection (a standalone head's linear classifier)."""
         a = self.audio
         x = a.maxpool(a.relu(a.bn1(a.conv1(db))))
-        for layer, gate in zip((a.layer1, a.layer2, a.layer3, a.layer4), self.gates):
+        for layer, gate in zip((a.layer1, a.layer2), self.gates[:2]):
+            x = layer(x) * gate(x)
+        return self.pooled_from_layer2(x)
+
+    def pooled_from_layer2(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`pooled` from layer2's output: layer3, layer4 and the gated reduction."""
+        a = self.audio
+        for layer, gate in zip((a.layer3, a.layer4), self.gates[2:]):
             x = layer(x) * gate(x)
         pooled = x.mean(dim=(-2, -1), keepdim=True)
         gate = torch.sigmoid(a.att5.bn(a.att5.conv_point(a.att5.conv_depth(x.amax(dim=(-2, -1), keepdim=True)))))
@@ -190,10 +201,14 @@ class ClassifierGraph(nn.Module):
             self.register_buffer("bias", linear[1].detach().float().clone())
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.encoder.trunk.pooled(self.encoder.front(waveform)))
+
+    def head(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, probs)`` of pooled features ``[B, F]``."""
         if self.linear:
-            logits = self.encoder.trunk.pooled(self.encoder.front(waveform)) @ self.weight_t + self.bias
+            logits = pooled @ self.weight_t + self.bias
         else:
-            logits = self.logit_scale * (self.encoder(waveform) @ self.label_embeddings_t)
+            logits = self.logit_scale * (l2_normalize(self.encoder.trunk.audio.fc(pooled)) @ self.label_embeddings_t)
         return logits, torch.softmax(logits, dim=-1)
 
 

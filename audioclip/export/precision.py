@@ -88,11 +88,14 @@ The early layers see dB values that fp16 rounds by up to 0.06 dB.
 """
 
 
-def to_fp16(model: onnx.ModelProto, keep_stages: Sequence[str] = FP16_KEEP_STAGES) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, keep_stages: Sequence[str] = FP16_KEEP_STAGES, *,
+            cast_outputs: bool = False) -> onnx.ModelProto:
     """fp16 trunk between an fp32 front end and an fp32 head; inputs and outputs stay float32.
 
     The trunk's float initializers become fp16 and one ``Cast`` is placed on each float tensor
-    that crosses the boundary between the fp32 and fp16 parts.
+    that crosses the boundary between the fp32 and fp16 parts. An output computed in fp16 is an
+    error (the head is expected to stay fp32) unless ``cast_outputs``: a stage graph of the
+    incremental path then casts it to float32, which the next stage graph takes.
     """
     model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
@@ -142,8 +145,16 @@ def to_fp16(model: onnx.ModelProto, keep_stages: Sequence[str] = FP16_KEEP_STAGE
                     half = onnx.numpy_helper.to_array(attr.t).astype(np.float16)
                     attr.t.CopyFrom(onnx.numpy_helper.from_array(half, attr.t.name))
     for out in graph.output:
-        if is_half.get(out.name, False):
+        if not is_half.get(out.name, False):
+            continue
+        if not cast_outputs:
             raise ValueError(f"graph output {out.name} would be fp16: the head is expected to stay fp32")
+        half = f"{out.name}__fp16"
+        for node in nodes:
+            node.output[:] = [half if o == out.name else o for o in node.output]
+            node.input[:] = [half if i == out.name else i for i in node.input]
+        nodes.append(onnx.helper.make_node("Cast", [half], [out.name], name=f"cast_{out.name}_fp32",
+                                           to=onnx.TensorProto.FLOAT))
     graph.initializer.extend(new_inits)
     del graph.node[:]
     graph.node.extend(nodes)

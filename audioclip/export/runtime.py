@@ -137,6 +137,9 @@ class OnnxClassifier:
             file = (path if path.is_dir() else path.parent) / ENCODER_FILE
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no such file; pass a folder written by `audioclip-export onnx`")
+        self.folder = file.parent
+        self.threads, self.providers = threads, providers
+        self._incremental = None
         self.session = session(file, threads=threads, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
@@ -171,9 +174,31 @@ class OnnxClassifier:
             logits, probs = self.session.run(["logits", "probs"], {self.input_name: x})
             return logits, probs
         (embedding,) = self.session.run(["embedding"], {self.input_name: x})
+        return self._head(embedding)
+
+    def _head(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, probs)`` of normalised embeddings against the new labels."""
         logits = (embedding @ self.label_embeddings.T) * np.float32(self.logit_scale)
         e = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return logits, e / e.sum(axis=-1, keepdims=True)
+
+    def incremental_graphs(self):
+        """The export's incremental graphs (:class:`~audioclip.export.incremental.IncrementalGraphs`), loaded
+        on first use and shared by every stream of this classifier; ``ValueError`` when the export has none."""
+        if self._incremental is None:
+            from .incremental import IncrementalGraphs
+
+            self._incremental = IncrementalGraphs(self.folder, threads=self.threads, providers=self.providers)
+        return self._incremental
+
+    def scores_of_tail(self, output) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, similarities)`` of a window from what the incremental tail graph gave for it
+        (:class:`~audioclip.export.incremental.TailOutput`): its scores of the exported labels, or its
+        embedding against new ones."""
+        if self.label_embeddings is None:
+            return output.probs, output.logits / np.float32(self.logit_scale)
+        logits, probs = self._head(output.embedding)
+        return probs, logits / np.float32(self.logit_scale)
 
     def probs(self, waveform) -> np.ndarray:
         """Label probabilities ``[B, L]``."""

@@ -138,45 +138,97 @@ def check_audio(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifi
         graph += f" [{provider.removesuffix('ExecutionProvider')}]"
     checks = []
     for name, x in batches:
-        with torch.inference_mode():
-            ref = classifier.embed(x).numpy()
-            ref_probs = classifier.probs(x).numpy()
         (emb,), ms = _timed_run(encoder, {"waveform": x})
         logits, probs = clf.run(None, {"waveform": x})
-        diff = float(np.abs(emb - ref).max())
-        cos = float(_cosine(emb, ref).min())
-        ref_logits = np.log(np.maximum(ref_probs, 1e-30))
-        pick = probs.argmax(-1)
-        gap = ref_logits.max(-1) - ref_logits[np.arange(len(x)), pick]  # PyTorch's margin over the ONNX pick
-        agree = int((gap == 0).sum())
-        ties = int(((gap > 0) & (gap < TOP1_TIE_LOGITS)).sum())
-        if precision == "fp32":
-            noise = float(np.abs(exact_front_end_embeddings(classifier.model, x) - ref).max())
-            limit = max(FP32_MAX_DIFF, 2 * noise)
-            bound = f"diff <= {limit:.2g}" + (f" (2 x noise {noise:.2g})" if limit > FP32_MAX_DIFF else "")
-            passed = diff <= limit
-        elif precision == "fp16":
-            bound, passed = f"cos >= {FP16_MIN_COSINE}", cos >= FP16_MIN_COSINE
-        else:
-            bound = f"cos >= {INT8_MIN_COSINE}, same top-1"
-            passed = cos >= INT8_MIN_COSINE and agree + ties == len(x)
-        # the classifier graph: its probabilities are the PyTorch head's on the encoder graph's
-        # embeddings (compared with PyTorch's own probabilities, the logit scale of up to 100
-        # amplifies the front end's rounding noise past any fixed bound: 1.6e-3 on a 1-s chirp whose
-        # embeddings were within their bound)
-        if classifier.linear is None:
-            with torch.inference_mode():
-                head_probs = classifier.scores_of(torch.from_numpy(emb))[0].numpy()
-        else:  # a standalone head reads pooled features, not the embedding: fp32 against PyTorch's probabilities,
-            head_probs = ref_probs if precision == "fp32" else probs  # fp16/int8 by embedding and top-1 only
-        head_diff = float(np.abs(probs - head_probs).max())
-        if head_diff > HEAD_MAX_DIFF:
-            bound, passed = bound + f"; classifier head off by {head_diff:.2g}", False
-        top1 = f"{agree}/{len(x)}" + (f" +{ties} tie" if ties else "")
-        checks.append(Check(graph, precision, name, tuple(x.shape), diff, cos, top1, bound,
-                            passed, ms))
-        log.info("check %s %s %s: max|diff| %.3g, cos %.6f, top-1 %d/%d, %s", precision, name, x.shape, diff, cos,
-                 agree, len(x), "ok" if passed else "FAILED")
+        checks.append(_judge(classifier, precision, graph, name, x, emb, probs, ms))
+    return checks
+
+
+def _judge(classifier: ZeroShotClassifier, precision: str, graph: str, name: str, x: np.ndarray, emb: np.ndarray,
+           probs: np.ndarray, ms: float) -> Check:
+    """One check: ONNX Runtime's embeddings ``emb`` and probabilities ``probs`` of waveforms ``x`` against PyTorch's,
+    with the bound of ``precision`` (the module's docstring)."""
+    with torch.inference_mode():
+        ref = classifier.embed(x).numpy()
+        ref_probs = classifier.probs(x).numpy()
+    diff = float(np.abs(emb - ref).max())
+    cos = float(_cosine(emb, ref).min())
+    ref_logits = np.log(np.maximum(ref_probs, 1e-30))
+    pick = probs.argmax(-1)
+    gap = ref_logits.max(-1) - ref_logits[np.arange(len(x)), pick]  # PyTorch's margin over the ONNX pick
+    agree = int((gap == 0).sum())
+    ties = int(((gap > 0) & (gap < TOP1_TIE_LOGITS)).sum())
+    if precision == "fp32":
+        noise = float(np.abs(exact_front_end_embeddings(classifier.model, x) - ref).max())
+        limit = max(FP32_MAX_DIFF, 2 * noise)
+        bound = f"diff <= {limit:.2g}" + (f" (2 x noise {noise:.2g})" if limit > FP32_MAX_DIFF else "")
+        passed = diff <= limit
+    elif precision == "fp16":
+        bound, passed = f"cos >= {FP16_MIN_COSINE}", cos >= FP16_MIN_COSINE
+    else:
+        bound = f"cos >= {INT8_MIN_COSINE}, same top-1"
+        passed = cos >= INT8_MIN_COSINE and agree + ties == len(x)
+    # the classifier graph: its probabilities are the PyTorch head's on the encoder graph's
+    # embeddings (compared with PyTorch's own probabilities, the logit scale of up to 100
+    # amplifies the front end's rounding noise past any fixed bound: 1.6e-3 on a 1-s chirp whose
+    # embeddings were within their bound)
+    if classifier.linear is None:
+        with torch.inference_mode():
+            head_probs = classifier.scores_of(torch.from_numpy(emb))[0].numpy()
+    else:  # a standalone head reads pooled features, not the embedding: fp32 against PyTorch's probabilities,
+        head_probs = ref_probs if precision == "fp32" else probs  # fp16/int8 by embedding and top-1 only
+    head_diff = float(np.abs(probs - head_probs).max())
+    if head_diff > HEAD_MAX_DIFF:
+        bound, passed = bound + f"; classifier head off by {head_diff:.2g}", False
+    top1 = f"{agree}/{len(x)}" + (f" +{ties} tie" if ties else "")
+    log.info("check %s %s %s %s: max|diff| %.3g, cos %.6f, top-1 %d/%d, %s", graph, precision, name, x.shape, diff,
+             cos, agree, len(x), "ok" if passed else "FAILED")
+    return Check(graph, precision, name, tuple(x.shape), diff, cos, top1, bound, passed, ms)
+
+
+INCREMENTAL_HOP_STRIDES = 5
+"""The verified stream's hop, in layer2 columns (0.50884 s, the stream's default hop)."""
+
+
+def check_incremental(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifier,
+                      clips: Sequence[tuple[str, np.ndarray]], window_samples: int, threads: int = 2,
+                      tensorrt: bool = False, provider: str = "CPUExecutionProvider") -> list[Check]:
+    """The incremental graphs over the check clips played one after another, at the stream's default hop and
+    at a hop twice as long, against PyTorch on each whole window, with the whole-window graphs' bounds.
+
+    One check per hop covers every window of the stream (the first computed whole, the others from
+    the previous window's columns); a window that did not take the incremental path fails it.
+    """
+    from ..model.constants import STRIDE_SAMPLES
+    from .incremental import IncrementalGraphs, OnnxIncrementalEncoder
+
+    providers = [provider]
+    if provider == "CUDAExecutionProvider":
+        providers = [(provider, {"use_tf32": "0"}), "CPUExecutionProvider"]
+    graphs = IncrementalGraphs(graph_dir, threads=threads, providers=providers, tensorrt=tensorrt)
+    stream = np.concatenate([fit(a, max(len(a), window_samples)) for _, a in clips])
+    graph = "incremental" + (" .trt" if tensorrt else "")
+    if provider != "CPUExecutionProvider":
+        graph += f" [{provider.removesuffix('ExecutionProvider')}]"
+    checks = []
+    for strides in (INCREMENTAL_HOP_STRIDES, 2 * INCREMENTAL_HOP_STRIDES):
+        hop = strides * STRIDE_SAMPLES
+        encoder = OnnxIncrementalEncoder(graphs, window_samples, hop_samples=hop)
+        starts = range(0, len(stream) - window_samples + 1, hop)
+        windows = np.stack([stream[s:s + window_samples] for s in starts])
+        outputs, ms = [], 0.0
+        for start, window in zip(starts, windows):
+            t0 = time.perf_counter()
+            outputs.append(encoder.encode(window, start))
+            ms += (time.perf_counter() - t0) * 1000
+        emb = np.concatenate([o.embedding for o in outputs])
+        probs = np.concatenate([o.probs for o in outputs])
+        name = f"stream {len(stream) / SAMPLE_RATE:.1f}s hop {hop / SAMPLE_RATE:.4g}s"
+        check = _judge(classifier, precision, graph, name, windows, emb, probs, ms / len(windows))
+        if encoder.incremental_windows != len(windows) - 1:
+            check.bound += f"; only {encoder.incremental_windows} of {len(windows) - 1} windows shared columns"
+            check.passed = False
+        checks.append(check)
     return checks
 
 

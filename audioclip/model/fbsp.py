@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constants import BAND_HEIGHT, FRAME_LENGTH, HOP_LENGTH, LOG10_FLOOR, N_BANDS, N_BINS, N_FFT
+from .frames import frame_count, frame_padding  # noqa: F401 (part of this module's interface)
 
 _EPS = 1e-8
 
@@ -28,20 +29,6 @@ def blackman_harris_window(length: int = FRAME_LENGTH) -> torch.Tensor:
     phase = 2.0 * np.pi * n / length
     w = a[0] - a[1] * np.cos(phase) + a[2] * np.cos(2 * phase) - a[3] * np.cos(3 * phase)
     return torch.from_numpy(w).to(torch.float32)
-
-
-def frame_count(num_samples: int) -> int:
-    """Frames the reference cuts from ``num_samples`` samples."""
-    if num_samples <= FRAME_LENGTH:
-        return 1
-    return 1 + math.ceil((num_samples - FRAME_LENGTH) / HOP_LENGTH)
-
-
-def frame_padding(num_samples: int) -> tuple[int, int]:
-    """Zeros the reference adds before and after a signal so that its frames tile it."""
-    total = (frame_count(num_samples) - 1) * HOP_LENGTH + FRAME_LENGTH - num_samples
-    total = max(total, 0)
-    return total // 2, total - total // 2
 
 
 def _complex_power(base: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:

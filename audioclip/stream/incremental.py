@@ -1,6 +1,6 @@
 """The stream's use of :class:`~audioclip.model.incremental.IncrementalEncoder`: which windows share work.
 
-Torch is imported only for a PyTorch classifier; an ONNX Runtime stream computes whole windows.
+Torch is imported only for a PyTorch classifier; an ONNX Runtime stream runs the export's incremental graphs.
 """
 
 from __future__ import annotations
@@ -19,50 +19,79 @@ WindowScorer = Callable[[Window], tuple]
 
 
 class IncrementalScorer:
-    """A ``ZeroShotClassifier``'s scores of one stream's windows, each equal to ``classifier.scores(window)``,
-    with the front end to layer2 shared between overlapping windows (a gap or a skipped window is handled
-    by the encoder: it compares the overlapping samples)."""
+    """A classifier's scores of one stream's windows, each equal to ``classifier.scores(window)``, with the
+    front end to layer2 shared between overlapping windows (a gap or a skipped window is handled by the
+    encoder: it compares the overlapping samples). PyTorch's ``ZeroShotClassifier`` runs the eager
+    stages; ONNX Runtime's ``OnnxClassifier`` the export's incremental graphs, without torch."""
 
     def __init__(self, classifier, window_samples: int, hop_samples: int):
-        from ..model.incremental import IncrementalEncoder
-
         self.classifier = classifier
         self.window_samples = window_samples
-        self.encoder = IncrementalEncoder(classifier.model, window_samples, hop_samples=hop_samples)
+        self.onnx = not hasattr(classifier, "model")
+        if self.onnx:
+            from ..export.incremental import OnnxIncrementalEncoder
+
+            self.encoder = OnnxIncrementalEncoder(classifier.incremental_graphs(), window_samples,
+                                                  hop_samples=hop_samples)
+        else:
+            from ..model.incremental import IncrementalEncoder
+
+            self.encoder = IncrementalEncoder(classifier.model, window_samples, hop_samples=hop_samples)
 
     def __call__(self, window: Window, classifier=None) -> tuple:
         """The scores of ``window`` (its ``start`` in the stream's samples); ``classifier``: labels
         reloaded since (the same model), else the one given at construction."""
-        import torch
-
         classifier = self.classifier if classifier is None else classifier
         if len(window.samples) != self.window_samples:  # a short input's only window: scored whole
             return classifier.scores(window.samples[None])
-        embedding = self.encoder.encode(window.samples, window.start)
-        return classifier.scores_of(embedding / torch.linalg.vector_norm(embedding, dim=-1, keepdim=True))
+        out = self.encoder.encode(window.samples, window.start)
+        if self.onnx:
+            return classifier.scores_of_tail(out)
+        import torch
+
+        return classifier.scores_of(out / torch.linalg.vector_norm(out, dim=-1, keepdim=True))
 
     def reset(self) -> None:
         self.encoder.reset()
 
 
+def _trunk_blocks(classifier) -> tuple[int, int] | None:
+    """The classifier's layer1 and layer2 block counts, or None when it cannot share work between windows
+    (an ONNX export without incremental graphs, one line logged; a standalone head on PyTorch)."""
+    if hasattr(classifier, "model"):
+        if getattr(classifier, "linear", None) is not None:
+            log.debug("whole windows: a standalone head scores pooled features, which the PyTorch incremental "
+                      "path does not keep")
+            return None
+        from ..model.overlap import trunk_blocks
+
+        return trunk_blocks(classifier.model.audio)
+    if not hasattr(classifier, "incremental_graphs"):
+        log.debug("whole windows: this classifier has no incremental path")
+        return None
+    try:
+        return classifier.incremental_graphs().blocks
+    except ValueError as e:
+        log.info("whole windows: %s", e)
+        return None
+
+
 def window_scorer(classifier, config: StreamConfig) -> IncrementalScorer | None:
     """The incremental scorer for ``classifier`` and ``config``, or None where windows are computed whole:
-    ``config.exact_windows``, an ONNX Runtime classifier, or a hop that is not a multiple of
+    ``config.exact_windows``, a classifier without an incremental path, or a hop that is not a multiple of
     ``STRIDE_SAMPLES`` (one log line then names the nearest aligned hop and what it would save)."""
     if config.exact_windows:
         return None
-    if not hasattr(classifier, "scores_of") or not hasattr(classifier, "model"):
-        log.debug("whole windows: the incremental path runs on PyTorch only")
+    blocks = _trunk_blocks(classifier)
+    if blocks is None:
         return None
-    if getattr(classifier, "linear", None) is not None:
-        log.debug("whole windows: a standalone head scores pooled features, which the incremental path does not keep")
-        return None
+    from ..model.overlap import OverlapEncoder
+
+    plan = OverlapEncoder(blocks, config.window_samples)
     hop = config.hop_samples
     if hop % STRIDE_SAMPLES:
-        from ..model.incremental import IncrementalEncoder
-
         k = max(1, round(hop / STRIDE_SAMPLES))
-        cost = IncrementalEncoder(classifier.model, config.window_samples).cost(k)
+        cost = plan.cost(k)
         if cost >= 1.0:  # windows too far apart to share work at the nearest aligned hop either
             return None
         aligned = k * STRIDE_SAMPLES / SAMPLE_RATE
@@ -70,9 +99,9 @@ def window_scorer(classifier, config: StreamConfig) -> IncrementalScorer | None:
                  "--hop %.5f (%d x %d samples) would reuse the overlap and compute about %.0f%% less per window",
                  config.hop, hop, STRIDE_SAMPLES, aligned, k, STRIDE_SAMPLES, 100 * (1 - cost))
         return None
-    scorer = IncrementalScorer(classifier, config.window_samples, hop)
-    if scorer.encoder.cost(hop // STRIDE_SAMPLES) >= 1.0:  # windows too far apart to overlap usefully
+    cost = plan.cost(hop // STRIDE_SAMPLES)
+    if cost >= 1.0:  # windows too far apart to overlap usefully
         return None
     log.info("overlapping windows share their front end to layer2 (about %.0f%% less compute per window; "
-             "--exact-windows computes each whole)", 100 * (1 - scorer.encoder.cost(hop // STRIDE_SAMPLES)))
-    return scorer
+             "--exact-windows computes each whole)", 100 * (1 - cost))
+    return IncrementalScorer(classifier, config.window_samples, hop)
