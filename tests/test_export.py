@@ -27,6 +27,7 @@ from audioclip.export.exporter import (
     export_onnx,
 )
 from audioclip.export.graphs import FrontEnd, max_pool_half, max_pool_half_any_width
+from audioclip.export.incremental import FRONT_FILE, STAGE_FILES, IncrementalGraphs, OnnxIncrementalEncoder
 from audioclip.export.layout import widen_grouped_convs
 from audioclip.export.precision import int8_nodes, longest_passing, residual_blocks
 from audioclip.export.runtime import OnnxClassifier
@@ -81,14 +82,15 @@ def dynamic_export(tiny_checkpoint, tmp_path_factory):
 def test_export_writes_every_file_atomically(dynamic_export):
     out = dynamic_export.out
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx", SHARED_WEIGHTS_FILE, "labels.json",
-         "trtexec.txt", "README.txt"])
+        ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx", *STAGE_FILES, SHARED_WEIGHTS_FILE,
+         "labels.json", "trtexec.txt", "README.txt"])
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folders left behind"
     labels = json.loads((out / "labels.json").read_text())
     assert "OnnxClassifier('THIS_FOLDER', labels=['dog', 'rain']" in (out / "README.txt").read_text()
     assert labels["labels"] == LABELS and labels["template"] == "the sound of {}"
     assert all(c.passed for c in dynamic_export.checks)
-    assert {c.inputs.split()[-1] for c in dynamic_export.checks if c.graph != "text_encoder"} == {"2s", "1s", "7.3s"}
+    assert {c.inputs.split()[-1] for c in dynamic_export.checks if c.graph == "audio_encoder+classifier"} == {
+        "2s", "1s", "7.3s"}
     assert {c.shape[0] for c in dynamic_export.checks} >= {1, 4}
 
 
@@ -108,7 +110,7 @@ def test_the_audio_graphs_store_the_weights_they_share_once(dynamic_export):
     assert f"{SHARED_WEIGHTS_FILE}: the weights the audio graphs hold alike" in (out / "README.txt").read_text()
 
 
-@pytest.mark.parametrize("name", ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx"])
+@pytest.mark.parametrize("name", ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx", *STAGE_FILES])
 def test_graphs_are_tensorrt_ready(dynamic_export, name):
     model = onnx.load(str(dynamic_export.out / name))
     onnx.checker.check_model(model, full_check=True)
@@ -118,14 +120,18 @@ def test_graphs_are_tensorrt_ready(dynamic_export, name):
     assert not ops & FORBIDDEN_OPS
     assert tensorrt_problems(model) == []
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param, "batch axis must be dynamic"
-    if name != "text_encoder.onnx":
+    if name in STAGE_FILES:  # one window at a time; frames (the front end) or columns of any number
+        assert dims[0].dim_value == 1 and dims[1 if name == FRONT_FILE else 3].dim_param
+        assert f"--onnx={name} " in (dynamic_export.out / "trtexec.txt").read_text()
+    else:
+        assert dims[0].dim_param, "batch axis must be dynamic"
+    if name not in ("text_encoder.onnx", *STAGE_FILES):
         assert dims[1].dim_param, "samples must be dynamic with --dynamic-length"
         assert "MatMul" in ops  # the learned transform, as constant weights
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["labels"]) == LABELS
     assert meta["sample_rate"] == str(SAMPLE_RATE) and meta["window_samples"] == "dynamic"
-    assert meta["embedding_size"] == "32" and meta["precision"] == "fp32"
+    assert meta["embedding_size"] == "32" and meta["precision"] == "fp32" and meta["trunk_blocks"] == "[1, 1]"
     assert len(meta["source_sha256"]) == 64 and meta["version"]
 
 
@@ -498,3 +504,127 @@ def test_a_head_fine_tuned_on_other_clip_lengths_than_the_window_is_noted(tmp_pa
     assert f"{path} was fine-tuned on 1-s clips but these graphs take 0.5-s windows: pass --window 1 to match" \
         in result.notes
     assert "pass --window 1 to match" in (result.out / "README.txt").read_text()
+
+
+# -- the incremental graphs: overlapping windows share the front end to layer2 on ONNX Runtime ---------------------
+
+
+@pytest.fixture(scope="module")
+def joined(clips_dir) -> np.ndarray:
+    """The five real clips joined into one 25-s stream."""
+    import soundfile as sf
+
+    return np.concatenate([sf.read(p, dtype="float32")[0] for p in sorted(clips_dir.glob("*.wav"))])
+
+
+@pytest.fixture(scope="module")
+def whole_graphs(dynamic_export):
+    from audioclip.export.runtime import session
+
+    return (session(dynamic_export.out / "audio_encoder.onnx", threads=2),
+            session(dynamic_export.out / "classifier.onnx", threads=2))
+
+
+@pytest.mark.parametrize("window,strides", [(5.0, 1), (5.0, 2), (5.0, 5), (5.0, 10), (3.0, 1), (3.0, 5)])
+def test_incremental_graphs_give_every_window_of_the_real_clips_as_the_whole_window_graphs(
+        dynamic_export, whole_graphs, joined, window, strides):
+    """Within 1e-4 relative of audio_encoder.onnx, the same top-1 label as classifier.onnx, every window."""
+    encoder_graph, classifier_graph = whole_graphs
+    n = int(window * SAMPLE_RATE)
+    hop = strides * 4488
+    encoder = OnnxIncrementalEncoder(IncrementalGraphs(dynamic_export.out, threads=2), n, hop_samples=hop)
+    starts = range(0, len(joined) - n + 1, hop)
+    for start in starts:
+        x = joined[start:start + n]
+        got = encoder.encode(x, start)
+        (expected,) = encoder_graph.run(None, {"waveform": x[None]})
+        _, probs = classifier_graph.run(None, {"waveform": x[None]})
+        assert np.abs(got.embedding - expected).max() / np.abs(expected).max() <= 1e-4, start
+        assert got.probs.argmax() == probs.argmax(), start
+        np.testing.assert_allclose(got.probs, probs, atol=1e-4)
+    assert (encoder.full_windows, encoder.incremental_windows) == (1, len(starts) - 1)
+
+
+def test_incremental_graphs_after_a_dropped_window_and_a_reconnect_equal_whole_windows(dynamic_export, whole_graphs,
+                                                                                        joined):
+    encoder_graph, _ = whole_graphs
+    n, hop = 3 * SAMPLE_RATE, 5 * 4488
+    encoder = OnnxIncrementalEncoder(IncrementalGraphs(dynamic_export.out, threads=2), n, hop_samples=hop)
+    other = joined[::-1].copy()  # after a reconnect the stream's samples at a start are others
+    plan = [(0, joined), (hop, joined), (3 * hop, joined), (4 * hop, other), (5 * hop, other)]
+    for start, signal in plan:
+        x = signal[start:start + n]
+        (expected,) = encoder_graph.run(None, {"waveform": x[None]})
+        got = encoder.encode(x, start).embedding
+        assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4, start
+    # the skipped window still shares (two hops on); the reconnect's first window is whole
+    assert (encoder.full_windows, encoder.incremental_windows) == (2, 3)
+
+
+def test_incremental_graphs_run_on_the_widths_their_tensorrt_profiles_cover(dynamic_export, joined):
+    """Every stage graph's input during a stream lies within the min / max widths written in trtexec.txt."""
+    import re
+
+    graphs = IncrementalGraphs(dynamic_export.out, threads=2)
+    seen: dict[str, set] = {}
+    run = graphs.run
+
+    def recording(file, x):
+        seen.setdefault(file, set()).add(x.shape[1] if file == FRONT_FILE else x.shape[-1])
+        return run(file, x)
+
+    graphs.run = recording
+    n = 2 * SAMPLE_RATE  # the export's window: the profiles' "opt" is its whole width
+    for strides in (1, 3, 7):
+        encoder = OnnxIncrementalEncoder(graphs, n, hop_samples=strides * 4488)
+        for start in range(0, 6 * SAMPLE_RATE, strides * 4488):
+            encoder.encode(joined[start:start + n], start)
+    lines = (dynamic_export.out / "trtexec.txt").read_text().splitlines()
+    for file, widths in seen.items():
+        line = next(x for x in lines if f"--onnx={file} " in x)
+        axis = 1 if file == FRONT_FILE else -1
+        lo, opt, hi = (int(re.search(f"--{kind}Shapes=[a-z0-9]+:([0-9x]+)", line)[1].split("x")[axis])
+                       for kind in ("min", "opt", "max"))
+        assert lo <= min(widths) and max(widths) <= hi and max(widths) == opt, (file, sorted(widths), lo, opt, hi)
+
+
+def test_the_export_verifies_the_incremental_graphs_as_a_stream(dynamic_export):
+    rows = [c for c in dynamic_export.checks if c.graph == "incremental"]
+    assert [r.inputs.split()[-1] for r in rows] == ["0.5088s", "1.018s"] and all(r.passed for r in rows)
+    # every window of the four 2-s check signals played one after another
+    assert rows[0].shape == (len(range(0, 6 * SAMPLE_RATE + 1, 5 * 4488)), 2 * SAMPLE_RATE)
+    readme = (dynamic_export.out / "README.txt").read_text()
+    assert "incremental_tail.onnx: a whole window's layer2 -> embedding, logits, probs" in readme
+    assert "incremental  " in readme  # the verification table's rows
+
+
+def test_incremental_graphs_need_no_torch(dynamic_export, joined):
+    code = (
+        "import sys, numpy as np\n"
+        "from audioclip.export.runtime import OnnxClassifier\n"
+        "from audioclip.export.incremental import OnnxIncrementalEncoder\n"
+        f"clf = OnnxClassifier({str(dynamic_export.out)!r}, threads=1)\n"
+        "enc = OnnxIncrementalEncoder(clf.incremental_graphs(), 88200, hop_samples=4488)\n"
+        "x = np.sin(np.arange(200000) / 7.0).astype(np.float32) * 0.3\n"
+        "outs = [enc.encode(x[s:s + 88200], s) for s in range(0, 40000, 4488)]\n"
+        "print(enc.incremental_windows, clf.scores_of_tail(outs[-1])[0].shape, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["8", "(1,", "3)", "False"]
+
+
+def test_an_export_without_incremental_graphs_streams_whole_windows_and_says_why(dynamic_export, tmp_path, caplog):
+    import shutil
+
+    from audioclip.stream.config import StreamConfig
+    from audioclip.stream.incremental import window_scorer
+
+    old = tmp_path / "old"
+    shutil.copytree(dynamic_export.out, old)
+    for name in STAGE_FILES:
+        (old / name).unlink()
+    with caplog.at_level(logging.INFO, logger="audioclip.stream.incremental"):
+        assert window_scorer(OnnxClassifier(old, threads=1), StreamConfig(window=2.0)) is None
+    assert "has no incremental graphs" in caplog.text and "export it again" in caplog.text
+    assert window_scorer(OnnxClassifier(dynamic_export.out, threads=1), StreamConfig(window=2.0)) is not None

@@ -76,14 +76,14 @@ def test_an_unaligned_hop_is_kept_with_one_line_naming_the_nearest_aligned_hop(f
     assert "% less per window" in lines[0]
 
 
-def test_window_scorer_is_off_for_exact_windows_unaligned_hops_and_onnx(caplog):
+def test_window_scorer_is_off_for_exact_windows_unaligned_hops_and_other_classifiers(caplog):
     classifier = ZeroShotClassifier(make_tiny_model(), LABELS)
     assert isinstance(window_scorer(classifier, StreamConfig()), IncrementalScorer)
     assert window_scorer(classifier, StreamConfig(exact_windows=True)) is None
     with caplog.at_level(logging.INFO, logger="audioclip.stream.incremental"):
         assert window_scorer(classifier, StreamConfig(hop=0.25)) is None
     assert "--hop 0.20354 (2 x 4488 samples)" in caplog.text
-    assert window_scorer(object(), StreamConfig()) is None  # an ONNX classifier: whole windows
+    assert window_scorer(object(), StreamConfig()) is None  # a classifier without an incremental path
     with pytest.raises(ParameterError, match="exact_windows"):
         StreamConfig(exact_windows="yes")
 

@@ -68,16 +68,38 @@ def test_onnx_backend_streams_without_importing_torch(exported, clips_dir):
     code = (
         "import sys\n"
         "from audioclip.stream.cli import main\n"
+        "from audioclip.export.incremental import OnnxIncrementalEncoder as E\n"
+        "shared = []\n"
+        "step = E._incremental\n"
+        "E._incremental = lambda self, *a: shared.append(1) or step(self, *a)\n"
         f"sys.argv = ['audioclip-stream', '--onnx', {str(export_dir)!r}, '--input', {clip!r}, '--format', 'jsonl',"
-        " '--window', '2', '--hop', '1', '-q', '--labels', 'rain,thunder']\n"
+        " '--window', '2', '-q', '--labels', 'rain,thunder']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n"
+        "print('TORCH', 'torch' in sys.modules, 'SHARED', len(shared), file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "TORCH False" in done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines() if "t_start" in line]
-    assert len(rows) == 4 and all(list(row["probs"]) == ["rain", "thunder"] for row in rows)
+    # the default hop (5 x 4488 samples): every window after the first shares the previous one's columns
+    assert len(rows) == 6 and all(list(row["probs"]) == ["rain", "thunder"] for row in rows)
+    assert "TORCH False SHARED 5" in done.stderr
+
+
+def test_onnx_stream_gives_the_lines_of_exact_windows_and_says_what_it_saves(exported, clips_dir):
+    _, export_dir = exported
+    common = ["--onnx", str(export_dir), "--input", str(clips_dir / "car_horn_1-24074-A-43.wav"), "--format", "jsonl",
+              "--window", "2", "--threads", "1"]
+    runner = CliRunner()
+    shared = runner.invoke(app, common)
+    exact = runner.invoke(app, [*common, "--exact-windows", "-q"])
+    assert shared.exit_code == 0 and exact.exit_code == 0, shared.stderr
+    assert "overlapping windows share their front end to layer2" in shared.stderr
+    rows_s = [json.loads(line) for line in shared.stdout.splitlines() if "t_start" in line]
+    rows_e = [json.loads(line) for line in exact.stdout.splitlines() if "t_start" in line]
+    assert len(rows_s) == len(rows_e) == 6
+    for a, b in zip(rows_s, rows_e):
+        assert (a["t_start"], a["t_end"], a["top"]) == (b["t_start"], b["t_end"], b["top"])
+        assert np.abs(np.array(list(a["probs"].values())) - np.array(list(b["probs"].values()))).max() <= 1e-4
 
 
 def test_onnx_backend_streams_new_labels_like_the_torch_backend(exported, clips_dir):
