@@ -6,12 +6,13 @@ real-time factor and CPU use, idle and with a competing busy process on the mach
     python benchmarks/stream.py --checkpoint /work/shared/golden/checkpoint.pt \\
         --onnx /tmp/onnx_fp32 --onnx /tmp/onnx_int8 --hops 1.0 0.5 0.25 --seconds 20 --load idle busy
 
-``--incremental`` instead measures, window after window of the same file and side by side, the
-PyTorch compute of a whole window (``encode_audio``) and of the incremental path
-(``IncrementalEncoder``: the previous window's front end to layer2 columns reused), and their ratio:
+``--incremental`` instead measures, window after window of the same file and side by side, per
+backend the compute of a whole window (PyTorch's ``encode_audio``, ``audio_encoder.onnx``) and of
+the incremental path (the previous window's front end to layer2 columns reused: ``IncrementalEncoder``,
+``OnnxIncrementalEncoder``), their ratio and the cores the incremental calls keep busy:
 
-    python benchmarks/stream.py --checkpoint /work/shared/golden/checkpoint.pt --incremental \\
-        --hops 0.20354 0.2544 0.50884 --seconds 20 --threads 1
+    python benchmarks/stream.py --checkpoint /work/shared/golden/checkpoint.pt --onnx /tmp/onnx_fp32 \\
+        --incremental --hops 0.2544 0.50884 --seconds 20 --threads 2
 """
 
 from __future__ import annotations
@@ -61,61 +62,103 @@ def measure(classifier, path: Path, hop: float, window: float) -> dict:
             "p95_ms": stats.p95_latency_ms, "rtf": stats.rtf, "cpu_cores": cpu / wall}
 
 
-def incremental(checkpoint: str, path: Path, hops: list[float], window: float, threads: int,
+class _Whole:
+    """One backend for the side-by-side timing: its whole-window embedding and its incremental encoder."""
+
+    def __init__(self, kind: str, source: str, threads: int):
+        self.kind = kind
+        if kind == "torch":
+            import torch
+
+            from audioclip.model import load_model
+
+            torch.set_num_threads(threads)
+            self.model = load_model(source)
+            self.name = "PyTorch"
+        else:
+            from audioclip.export.incremental import IncrementalGraphs
+            from audioclip.export.runtime import session
+
+            self.session = session(Path(source) / "audio_encoder.onnx", threads=threads)
+            self.graphs = IncrementalGraphs(source, threads=threads)
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self.name = f"ONNX Runtime {meta.get('precision', 'fp32')}"
+
+    def embed(self, window: np.ndarray) -> np.ndarray:
+        if self.kind == "torch":
+            import torch
+
+            with torch.inference_mode():
+                return self.model.encode_audio(window).numpy()
+        return self.session.run(None, {"waveform": window[None]})[0]
+
+    def encoder(self, window_samples: int):
+        if self.kind == "torch":
+            from audioclip.model.incremental import IncrementalEncoder
+
+            return IncrementalEncoder(self.model, window_samples)
+        from audioclip.export.incremental import OnnxIncrementalEncoder
+
+        return OnnxIncrementalEncoder(self.graphs, window_samples)
+
+    def encode(self, encoder, window: np.ndarray, start: int) -> np.ndarray:
+        out = encoder.encode(window, start)
+        return out.numpy() if self.kind == "torch" else out.embedding
+
+
+def incremental(backend: _Whole, path: Path, hops: list[float], window: float, threads: int,
                 repeat: int) -> list[dict]:
     """Per window: whole-window and incremental compute, timed one after the other on the same samples,
     each the fastest of ``repeat`` runs (the incremental one from the same state: on a shared machine the
-    fastest run is the one least disturbed)."""
-    import torch
-
-    from audioclip.model import load_model
-    from audioclip.model.incremental import IncrementalEncoder
-
-    torch.set_num_threads(threads)
-    model = load_model(checkpoint)
+    fastest run is the one least disturbed). ``cores``: CPU time over wall time of the incremental calls."""
     x = sf.read(path, dtype="float32")[0]
     win = int(round(window * SAMPLE_RATE))
     rows = []
     for hop in hops:
         hop_n = int(round(hop * SAMPLE_RATE))
-        encoder = IncrementalEncoder(model, win)
-        whole, shared, worst = [], [], 0.0
-        with torch.inference_mode():
-            model.encode_audio(x[:win])  # warm up
-            for start in range(0, len(x) - win + 1, hop_n):
-                w = x[start:start + win]
-                times = []
-                for _ in range(repeat):
-                    trial = copy.copy(encoder)  # encode() replaces its state, so the copy leaves encoder's
-                    t0 = time.perf_counter()
-                    expected = model.encode_audio(w)
-                    t1 = time.perf_counter()
-                    got = trial.encode(w, start)
-                    times.append((t1 - t0, time.perf_counter() - t1))
-                encoder = trial
-                whole.append(min(t[0] for t in times))
-                shared.append(min(t[1] for t in times))
-                worst = max(worst, float((got - expected).abs().max() / expected.abs().max()))
+        encoder = backend.encoder(win)
+        whole, shared, worst, cpu, wall = [], [], 0.0, 0.0, 0.0
+        backend.embed(x[:win])  # warm up
+        for start in range(0, len(x) - win + 1, hop_n):
+            w = x[start:start + win]
+            times = []
+            for _ in range(repeat):
+                trial = copy.copy(encoder)  # encode() replaces its state, so the copy leaves encoder's
+                t0 = time.perf_counter()
+                expected = backend.embed(w)
+                t1, c1 = time.perf_counter(), time.process_time()
+                got = backend.encode(trial, w, start)
+                t2 = time.perf_counter()
+                cpu, wall = cpu + time.process_time() - c1, wall + t2 - t1
+                times.append((t1 - t0, t2 - t1))
+            encoder = trial
+            whole.append(min(t[0] for t in times))
+            shared.append(min(t[1] for t in times))
+            if backend.kind == "torch":
+                expected = expected / np.linalg.norm(expected, axis=-1, keepdims=True)
+                got = got / np.linalg.norm(got, axis=-1, keepdims=True)
+            worst = max(worst, float(np.abs(got - expected).max() / np.abs(expected).max()))
         whole, shared = whole[1:], shared[1:]  # the first window is a whole computation on both paths
-        rows.append({"hop": hop, "hop_samples": hop_n, "aligned": hop_n % STRIDE_SAMPLES == 0, "threads": threads,
-                     "windows": len(whole), "whole_ms": 1e3 * float(np.median(whole)),
-                     "incremental_ms": 1e3 * float(np.median(shared)), "ratio": sum(shared) / sum(whole),
+        rows.append({"backend": backend.name, "hop": hop, "hop_samples": hop_n,
+                     "aligned": hop_n % STRIDE_SAMPLES == 0, "threads": threads, "windows": len(whole),
+                     "whole_ms": 1e3 * float(np.median(whole)), "incremental_ms": 1e3 * float(np.median(shared)),
+                     "ratio": sum(shared) / sum(whole), "cores": cpu / wall,
                      "estimate": encoder.cost(hop_n // STRIDE_SAMPLES) if hop_n % STRIDE_SAMPLES == 0 else 1.0,
                      "max_rel_diff": worst})
     return rows
 
 
 def incremental_table(rows: list[dict], seconds: float, window: float) -> Table:
-    table = Table(title=f"PyTorch, {window:g}-s windows over a {seconds:g}-s file: compute per hop, incremental / "
-                        f"whole ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end)")
-    columns = ("hop s", "samples", "aligned", "threads", "windows", "whole ms", "incremental ms", "ratio",
-               "arithmetic", "max rel diff")
+    table = Table(title=f"{window:g}-s windows over a {seconds:g}-s file: compute per hop, incremental / whole, "
+                        f"side by side ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end)")
+    columns = ("backend", "hop s", "samples", "aligned", "threads", "windows", "whole ms", "incremental ms", "ratio",
+               "arithmetic", "cores", "max rel diff")
     for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(f"{r['hop']:g}", str(r["hop_samples"]), "yes" if r["aligned"] else "no", str(r["threads"]),
-                      str(r["windows"]), f"{r['whole_ms']:.0f}", f"{r['incremental_ms']:.0f}", f"{r['ratio']:.2f}",
-                      f"{r['estimate']:.2f}", f"{r['max_rel_diff']:.1e}")
+        table.add_row(r["backend"], f"{r['hop']:g}", str(r["hop_samples"]), "yes" if r["aligned"] else "no",
+                      str(r["threads"]), str(r["windows"]), f"{r['whole_ms']:.0f}", f"{r['incremental_ms']:.0f}",
+                      f"{r['ratio']:.2f}", f"{r['estimate']:.2f}", f"{r['cores']:.2f}", f"{r['max_rel_diff']:.1e}")
     return table
 
 
@@ -133,16 +176,19 @@ def main() -> None:
     parser.add_argument("--clips", type=Path, default=SHARED_AUDIO)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--incremental", action="store_true",
-                        help="PyTorch: the incremental path's compute per hop against whole windows")
+                        help="the incremental path's compute per hop against whole windows, per backend")
     parser.add_argument("--repeat", type=int, default=3, help="--incremental: runs per window, the fastest counts")
     args = parser.parse_args()
     if args.incremental:
-        if not args.checkpoint:
-            parser.error("--incremental needs --checkpoint")
+        if not args.checkpoint and not args.onnx:
+            parser.error("--incremental needs --checkpoint and/or --onnx")
         threads = args.threads[0] or default_threads()
+        backends = ([("torch", args.checkpoint)] if args.checkpoint else []) + [("onnx", d) for d in args.onnx]
+        rows = []
         with tempfile.TemporaryDirectory() as tmp:
             path = long_file(args.seconds, args.clips, Path(tmp) / "long.wav")
-            rows = incremental(args.checkpoint, path, args.hops, args.window, threads, args.repeat)
+            for kind, source in backends:
+                rows += incremental(_Whole(kind, source, threads), path, args.hops, args.window, threads, args.repeat)
         Console(width=160).print(incremental_table(rows, args.seconds, args.window))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
