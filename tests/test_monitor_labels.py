@@ -126,3 +126,50 @@ def test_onnx_groups_score_like_torch_groups_without_importing_torch(export_dir,
     # in this process too: the group embeddings are the torch ones
     in_process = onnx_group_classifier(export_dir, GROUPS, TEMPLATE, threads=1)
     np.testing.assert_allclose(in_process.label_embeddings, by_torch.label_embeddings.numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_monitor_sources_share_work_with_the_rows_and_embeddings_of_whole_windows(export_dir, tmp_path,
+                                                                                        monkeypatch):
+    """Each source keeps its own incremental state over the export's stage graphs (no torch in the path)."""
+    import sqlite3
+
+    import audioclip.monitor.service as service
+    from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
+    from audioclip.stream.incremental import window_scorer
+
+    from helpers import burst_wav, monitor_config, run_monitor
+
+    scorers = []
+
+    def recording_scorer(classifier, stream):
+        scorers.append(window_scorer(classifier, stream))
+        return scorers[-1]
+
+    monkeypatch.setattr(service, "window_scorer", recording_scorer)
+    a, b = burst_wav(tmp_path / "a.wav", seed=1), burst_wav(tmp_path / "b.wav", seed=2)
+    sources = [{"name": "porch", "file": str(a), "realtime": False},
+               {"name": "yard", "file": str(b), "realtime": False}]
+    results, vectors = {}, {}
+    for exact in (True, False):
+        db = tmp_path / f"{exact}.sqlite"
+        defaults = {"window": 2.0, "hop": 3 * STRIDE_SAMPLES / SAMPLE_RATE, "threshold": 0.3, "min_dbfs": -60.0,
+                    "exact_windows": exact}
+        cfg = monitor_config(tmp_path, tmp_path / "unused.pt", sources, defaults=defaults,
+                             model={"onnx": str(export_dir), "threads": 1}, store={"db": str(db)})
+        _, lines = run_monitor(cfg)
+        results[exact] = sorted((x for x in lines if "t_start" in x), key=lambda x: (x["source"], x["t_start"]))
+        with sqlite3.connect(db) as conn:
+            vectors[exact] = [np.frombuffer(v, np.float16) for (v,) in
+                              conn.execute("SELECT vector FROM embeddings ORDER BY event_id")]
+    assert scorers[:2] == [None, None] and all(s is not None and s.onnx for s in scorers[2:])
+    whole, shared = results[True], results[False]
+    assert len(whole) == len(shared) > 20
+    for w, s in zip(whole, shared):
+        assert (w["source"], w["t_start"], w["t_end"], w["top"]) == (s["source"], s["t_start"], s["t_end"], s["top"])
+        np.testing.assert_allclose(list(s["probs"].values()), list(w["probs"].values()), atol=1e-4)
+    assert len(vectors[True]) == len(vectors[False]) >= 2  # an event per source at least, each with its embedding
+    for w, s in zip(vectors[True], vectors[False]):
+        np.testing.assert_allclose(s.astype(np.float32), w.astype(np.float32), atol=2e-3)  # float16 storage
+    for scorer in scorers[2:]:
+        assert scorer.encoder.incremental_windows > 3 * scorer.encoder.full_windows

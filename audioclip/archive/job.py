@@ -88,9 +88,8 @@ class EmbeddingTap:
         c = self.classifier
         x = as_mono_batch(waveform, min_samples=c.min_samples, window_samples=c.window_samples)
         (embedding,) = c.session.run(["embedding"], {c.input_name: x})
-        logits = (embedding @ c.label_embeddings.T) * np.float32(c.logit_scale)
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True), logits / np.float32(c.logit_scale), embedding
+        logits, probs = c.logits_probs_of(embedding)
+        return probs, logits / np.float32(c.logit_scale), embedding
 
     def take(self) -> np.ndarray | None:
         out = np.concatenate(self.embeddings) if self.embeddings else None

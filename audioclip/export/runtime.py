@@ -174,9 +174,9 @@ class OnnxClassifier:
             logits, probs = self.session.run(["logits", "probs"], {self.input_name: x})
             return logits, probs
         (embedding,) = self.session.run(["embedding"], {self.input_name: x})
-        return self._head(embedding)
+        return self.logits_probs_of(embedding)
 
-    def _head(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def logits_probs_of(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, probs)`` of normalised embeddings against the new labels."""
         logits = (embedding @ self.label_embeddings.T) * np.float32(self.logit_scale)
         e = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -197,7 +197,7 @@ class OnnxClassifier:
         embedding against new ones."""
         if self.label_embeddings is None:
             return output.probs, output.logits / np.float32(self.logit_scale)
-        logits, probs = self._head(output.embedding)
+        logits, probs = self.logits_probs_of(output.embedding)
         return probs, logits / np.float32(self.logit_scale)
 
     def probs(self, waveform) -> np.ndarray:

@@ -35,7 +35,8 @@ OnResult = Callable[[Window, np.ndarray, np.ndarray, float], None]
 
 class ScoringTap(EmbeddingTap):
     """:class:`~audioclip.archive.job.EmbeddingTap` that also keeps what an incremental scorer hands to
-    ``scores_of`` (its window's normalised embedding), passing it on unchanged: the scores stay the scorer's."""
+    ``scores_of`` or ``scores_of_tail`` (its window's normalised embedding), passing it on unchanged: the
+    scores stay the scorer's."""
 
     def __init__(self, classifier):
         if getattr(classifier, "linear", None) is not None:
@@ -45,6 +46,11 @@ class ScoringTap(EmbeddingTap):
     def scores_of(self, embedding):
         self.embeddings.append(np.atleast_2d(embedding.float().cpu().numpy()).astype(np.float16))
         return self.classifier.scores_of(embedding)
+
+    def scores_of_tail(self, output):
+        """The ONNX Runtime incremental path's form: the tail graph's output for one window."""
+        self.embeddings.append(np.atleast_2d(output.embedding).astype(np.float16))
+        return self.classifier.scores_of_tail(output)
 
 
 @dataclass
