@@ -19,7 +19,11 @@ def test_golden_fp32_dynamic_length_export_matches_reference(golden_dir, clips_d
                          dynamic_length=True, clips=[clips_dir])
     audio_checks = [c for c in result.checks if c.graph != "text_encoder"]
     assert all(c.passed for c in result.checks)
-    assert {c.inputs.split()[-1] for c in audio_checks} == {"5s", "1s", "7.3s"}
+    assert {c.inputs.split()[-1] for c in audio_checks if c.graph == "audio_encoder+classifier"} == {"5s", "1s", "7.3s"}
+    # the incremental graphs as a stream of the five clips (25 s), every 5-s window at the default hop
+    stream = [c for c in audio_checks if c.graph == "incremental"]
+    assert [c.shape for c in stream] == [(40, 5 * 44100)]
+    assert all(c.top1_agree == f"{c.shape[0]}/{c.shape[0]}" for c in stream)
     assert {1, 4} <= {c.shape[0] for c in audio_checks}
     assert max(c.max_abs_diff for c in audio_checks) < 3e-4 and min(c.min_cosine for c in audio_checks) > 0.99999
     # white noise has no quiet bins: within 1e-4 of the reference implementation itself
@@ -53,14 +57,15 @@ def test_golden_reduced_precision_meets_bounds(golden_dir, clips_dir, tmp_path, 
     result = export_onnx(checkpoint=golden_dir / "checkpoint.pt", out=tmp_path / precision, labels=LABELS,
                          precision=precision, clips=[clips_dir], dynamic_length=dynamic_length)
     audio_checks = [c for c in result.checks if c.graph != "text_encoder"]
-    per_flavour = 10 if dynamic_length else 6
+    per_flavour = (10 if dynamic_length else 6) + 1  # + the incremental graphs as a stream
     assert all(c.passed for c in audio_checks) and len(audio_checks) == per_flavour * (2 if precision == "int8" else 1)
     bound = 0.99 if precision == "int8" else 0.999
     assert min(c.min_cosine for c in audio_checks) >= bound
     if precision == "int8":
         assert all(c.top1_agree.split()[0].split("/")[0] != "0" for c in audio_checks if c.shape[0] == 4)
-        assert {c.graph for c in audio_checks} == {"audio_encoder+classifier", "audio_encoder+classifier .trt"}
-        for name in ("audio_encoder", "classifier"):
+        assert {c.graph for c in audio_checks} == {"audio_encoder+classifier", "audio_encoder+classifier .trt",
+                                                   "incremental", "incremental .trt"}
+        for name in ("audio_encoder", "classifier", "incremental_tail"):
             ort_graph = onnx.load(str(result.out / f"{name}.onnx"))
             trt_graph = onnx.load(str(result.out / f"{name}.trt.onnx"))
             meta = {p.key: p.value for p in ort_graph.metadata_props}
