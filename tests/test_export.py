@@ -471,9 +471,12 @@ def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny
     result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
                          clips=[clips_dir / "cat_3-95694-A-5.wav"], window=0.5)
     assert "calibrated and checked on 1 clip(s) only" in result.notes[0]
-    graphs = {"audio_encoder.onnx", "audio_encoder.trt.onnx", "classifier.onnx", "classifier.trt.onnx",
-              "incremental_front.onnx", "incremental_tail.onnx", "incremental_tail.trt.onnx"}
-    assert graphs <= set(result.files) and "incremental_front.trt.onnx" not in result.files
+    graphs = {"audio_encoder.onnx", "audio_encoder.trt.onnx", "classifier.onnx", "classifier.trt.onnx"}
+    assert graphs <= set(result.files)
+    # 0.5-s windows share no columns at any hop: no incremental graphs, and a note that says why
+    assert not set(STAGE_FILES) & set(result.files)
+    assert ("no incremental graphs: 0.5-s windows are too short to share columns at any hop, so streams compute "
+            "them whole") in result.notes
     for name in result.files:
         if name.endswith(".trt.onnx"):
             assert tensorrt_problems(onnx.load(str(result.out / name))) == [], name

@@ -27,6 +27,7 @@ from ..model.labels import ParameterError, check_template
 from ..model.labels import window_samples as check_window
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
+from .incremental import TAIL_FILE
 from .layout import widen_grouped_convs
 from .report import readme_text, tensorrt_files, trtexec_lines
 from .runtime import gpu_providers, tensorrt_name
@@ -172,7 +173,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
             for tensorrt in ((False, True) if precision == "int8" else (False,)):
                 audio = check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
                                     batches=batches, tensorrt=tensorrt, provider=provider)
-                if audio:  # the provider loaded
+                if audio and TAIL_FILE in files:  # the provider loaded, and the export has incremental graphs
                     audio += check_incremental(graph_dir=tmp, precision=precision, classifier=classifier,
                                                clips=check_clips, window_samples=window_samples, threads=threads,
                                                tensorrt=tensorrt, provider=provider)
@@ -262,10 +263,15 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
                                  f"{_describe_blocks(blocks)}; the rest fp32")
         if precision != "fp32":
             fp32.unlink()
-    files += _write_stage_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
-                                 dynamic_length=dynamic_length, precision=precision, opset=opset,
-                                 calibration=calib if precision == "int8" else None, int8_blocks=int8_blocks,
-                                 metadata=metadata)
+    if dynamic_length or _windows_share(model, window_samples):
+        files += _write_stage_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
+                                     dynamic_length=dynamic_length, precision=precision, opset=opset,
+                                     calibration=calib if precision == "int8" else None, int8_blocks=int8_blocks,
+                                     metadata=metadata)
+    else:
+        notes.append(f"no incremental graphs: {window_samples / SAMPLE_RATE:g}-s windows are too short to share "
+                     f"columns at any hop, so streams compute them whole")
+        log.info(notes[-1])
     if model.has_text:
         log.info("exporting text_encoder.onnx (fp32 at every precision)")
         tokens = torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int64)
@@ -274,6 +280,13 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
         set_metadata(tmp / "text_encoder.onnx", {**metadata, "graph": "text_encoder", "precision": "fp32"})
         files.append("text_encoder.onnx")
     return files
+
+
+def _windows_share(model, window_samples: int) -> bool:
+    """Whether windows of ``window_samples`` share columns at some hop (the shortest, one stride)."""
+    from ..model.overlap import OverlapEncoder, trunk_blocks
+
+    return OverlapEncoder(trunk_blocks(model.audio), window_samples).cost(1) < 1.0
 
 
 def _write_stage_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
