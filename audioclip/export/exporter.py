@@ -168,15 +168,15 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
                               notes=notes)
         weights = [SHARED_WEIGHTS_FILE] if share_weights(tmp, [f for f in files if f != "text_encoder.onnx"]) else []
         _check_tensorrt_ready(tmp, tensorrt_files(files, precision))
-        checks = []
+        checks, references = [], {}  # PyTorch's results per check input, computed once for every graph
         for provider in ["CPUExecutionProvider", *gpu_providers()]:
             for tensorrt in ((False, True) if precision == "int8" else (False,)):
                 audio = check_audio(graph_dir=tmp, precision=precision, classifier=classifier, threads=threads,
-                                    batches=batches, tensorrt=tensorrt, provider=provider)
+                                    batches=batches, tensorrt=tensorrt, provider=provider, references=references)
                 if audio and TAIL_FILE in files:  # the provider loaded, and the export has incremental graphs
                     audio += check_incremental(graph_dir=tmp, precision=precision, classifier=classifier,
                                                clips=check_clips, window_samples=window_samples, threads=threads,
-                                               tensorrt=tensorrt, provider=provider)
+                                               tensorrt=tensorrt, provider=provider, references=references)
                 checks += audio
         if model.has_text:
             checks.append(check_text(graph_dir=tmp, model=model, labels=classifier.labels,
