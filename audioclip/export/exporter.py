@@ -276,7 +276,7 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
         log.info("exporting text_encoder.onnx (fp32 at every precision)")
         tokens = torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int64)
         export_graph(TextEncoderGraph(model), (tokens,), tmp / "text_encoder.onnx", input_name="tokens",
-                output_names=["embedding"], dynamic={0: torch.export.Dim("n", min=1, max=4096)}, opset=opset)
+                     output_names=["embedding"], dynamic={0: torch.export.Dim("n", min=1, max=4096)}, opset=opset)
         set_metadata(tmp / "text_encoder.onnx", {**metadata, "graph": "text_encoder", "precision": "fp32"})
         files.append("text_encoder.onnx")
     return files

@@ -196,8 +196,9 @@ class OnnxClassifier:
         (:class:`~audioclip.export.incremental.TailOutput`): its scores of the exported labels, or its
         embedding against new ones."""
         if self.label_embeddings is None:
-            return output.probs, output.logits / np.float32(self.logit_scale)
-        logits, probs = self.logits_probs_of(output.embedding)
+            logits, probs = output.logits, output.probs
+        else:
+            logits, probs = self.logits_probs_of(output.embedding)
         return probs, logits / np.float32(self.logit_scale)
 
     def probs(self, waveform) -> np.ndarray:
