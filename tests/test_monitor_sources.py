@@ -391,3 +391,70 @@ def test_a_suspended_device_is_a_stall_the_source_comes_back_and_close_never_blo
         subprocess.run(["pactl", "suspend-sink", sink, "false"], check=True)
         mic.source.close()
     assert mic.source.reconnects == 1 and len(mic.gaps()) == 1
+
+
+def _alsa_mics(home, *mics: tuple[str, str]) -> None:
+    """Write ``home/.asoundrc`` so that PortAudio lists each ``(name, PulseAudio source)`` as a microphone."""
+    rc = "".join(f'pcm."{name}" {{ type pulse device "{source}" }}\n' for name, source in mics)
+    (home / ".asoundrc").write_text(rc)
+
+
+@pytest.mark.audio_device
+def test_a_microphone_back_under_another_name_and_index_is_found_and_the_other_one_reopens_once(
+        pulse_null_sink, tmp_path, monkeypatch, caplog):
+    # Two microphones as ALSA devices over PulseAudio sources: "USB Mic Audio (hw 1,0)" goes away and
+    # comes back as "USB Mic Audio (hw 2,0)" at another index, as a replugged USB card does on Linux.
+    from audioclip.stream import devices
+
+    caplog.set_level(logging.INFO)
+    _, arguments = pulse_null_sink
+    sink = arguments.split("sink_name=")[1].split()[0]
+    desk = subprocess.run(["pactl", "load-module", "module-null-sink", "sink_name=audioclip_desk"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    usb_mic, desk_mic = ("USB Mic Audio (hw 1,0)", f"{sink}.monitor"), ("Desk Mic", "audioclip_desk.monitor")
+    monkeypatch.setenv("HOME", str(tmp_path))  # ALSA reads ~/.asoundrc when PortAudio starts
+    _alsa_mics(tmp_path, usb_mic, desk_mic)
+    devices.restart_portaudio("a test's devices")
+    first = {d.name: d.index for d in devices.list_input_devices()}[usb_mic[0]]
+    usb = Reader(ResilientSource(device_opener(usb_mic[0]), name="usb", stall_seconds=2.0, backoff=(1.0, 2.0)))
+    other = Reader(ResilientSource(device_opener("Desk Mic"), name="desk", stall_seconds=2.0, backoff=(0.5, 1.0)))
+    try:
+        usb.wait_for(lambda: usb.blocks() and other.blocks(), 10, "audio from both microphones")
+        subprocess.run(["pactl", "suspend-sink", sink, "true"], check=True)  # unplugged: it stalls, then is gone
+        usb.wait_for(lambda: not usb.source.up, 5, "the unplugged microphone down")
+        module = _null_sink_module()[0]
+        subprocess.run(["pactl", "unload-module", module], check=True)
+        _alsa_mics(tmp_path, desk_mic)
+        time.sleep(5.0)  # attempts fail while it is away; the other microphone is not interrupted meanwhile
+        assert not usb.source.up and other.source.reconnects == 0 and not other.gaps()
+        _alsa_mics(tmp_path, ("Another Card Mic (hw 0,0)", "audioclip_desk.monitor"),
+                   ("USB Mic Audio (hw 2,0)", f"{sink}.monitor"), desk_mic)
+        back = time.monotonic()
+        _load_null_sink(arguments)
+        usb.wait_for(lambda: usb.blocks(after=back), 15, "audio from the microphone back under another name")
+        played = time.monotonic()
+        subprocess.run(["paplay", f"--device={sink}", str(_tone(tmp_path))], check=True, timeout=20)
+        usb.wait_for(lambda: any(np.abs(b.samples).max() > 0.1 for b in usb.blocks(after=played)), 5,
+                     "the tone played into the replugged microphone's sink")
+        heard = time.monotonic()
+        other.wait_for(lambda: other.blocks(after=heard), 5, "the other microphone delivering again")
+        second = {d.name: d.index for d in devices.list_input_devices()}["USB Mic Audio (hw 2,0)"]
+    finally:
+        usb.close()
+        other.close()
+        subprocess.run(["pactl", "unload-module", desk], check=False)
+        monkeypatch.undo()
+        devices.restart_portaudio("the test's devices are gone")
+    now = {d.name: d.index for d in devices.list_input_devices()}
+    assert usb_mic[0] not in now and "USB Mic Audio (hw 2,0)" not in now  # the real ~/.asoundrc again
+    assert usb.source.reconnects == 1 and other.source.reconnects == 1 and len(other.gaps()) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert second != first
+    assert f"input device {usb_mic[0]!r} is back as 'USB Mic Audio (hw 2,0)' (index {second}, was {first})" in messages
+    assert sum("PortAudio restarted" in m and "1 other input stream(s) reopen" in m for m in messages) == 1
+
+
+def _tone(folder) -> object:
+    path = folder / "tone.wav"
+    sf.write(path, 0.5 * np.sin(2 * np.pi * 440 * np.arange(22050) / 44100), 44100, subtype="PCM_16")
+    return path

@@ -72,10 +72,13 @@ def url_opener(url: str, *, name: str, open_timeout: float = 10.0, read_timeout:
 
 
 def device_opener(device: str | int | None) -> Callable[[], Any]:
-    """A factory of microphone sources; each call resolves ``device`` (index, name or part of one) again."""
+    """A factory of microphone sources; each call finds ``device`` (index, name or part of one) again,
+    also when it came back under another index or name (:class:`~audioclip.stream.devices.DeviceFinder`)."""
+    from ..stream.devices import DeviceFinder
     from ..stream.sources import MicrophoneSource
 
-    return lambda: MicrophoneSource(device)
+    find = DeviceFinder(device)
+    return lambda: MicrophoneSource(find())
 
 
 def file_opener(path: str | Path, *, loop: bool = True, realtime: bool = True) -> Callable[[], Any]:

@@ -2,18 +2,11 @@
 
 from .backends import load_classifier
 from .config import StreamConfig
+from .devices import AudioDeviceError, InputDevice, list_input_devices
 from .engine import Classifier, StreamStats
 from .postprocess import Event, EventDetector, WindowResult
 from .runner import event_detector, run_stream
-from .sources import (
-                      AudioDeviceError,
-                      AudioFileError,
-                      FileSource,
-                      InputDevice,
-                      MicrophoneSource,
-                      StdinSource,
-                      list_input_devices,
-)
+from .sources import AudioFileError, FileSource, MicrophoneSource, StdinSource
 
 __all__ = [
     "AudioDeviceError", "AudioFileError", "Classifier", "Event", "EventDetector", "FileSource", "InputDevice",

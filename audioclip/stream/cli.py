@@ -21,10 +21,11 @@ from ..cli_common import (
 from ..model.labels import ParameterError
 from .backends import fit_window, load_classifier
 from .config import StreamConfig
+from .devices import AudioDeviceError, list_input_devices
 from .engine import StreamStats
 from .outputs import CsvWriter, JsonlWriter, LiveDisplay, summary_lines
 from .runner import check_window, event_detector, run_stream
-from .sources import AudioDeviceError, FileSource, MicrophoneSource, StdinSource, list_input_devices
+from .sources import FileSource, MicrophoneSource, StdinSource
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Label sounds continuously with AudioCLIP: zero-shot text labels or a fine-tuned checkpoint's.")

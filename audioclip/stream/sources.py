@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -18,6 +17,8 @@ import numpy as np
 
 from ..audio import AudioFileError
 from ..model.constants import SAMPLE_RATE
+from . import devices
+from .devices import AudioDeviceError, InputDevice, import_sounddevice, resolve_device
 from .wavpipe import WavFormat, read_wav_header
 
 log = logging.getLogger(__name__)
@@ -27,75 +28,6 @@ BLOCK_SECONDS = 0.05
 
 RING_SECONDS = 10.0
 """Capacity of the microphone ring buffer; a consumer that stalls longer loses input (counted)."""
-
-PORTAUDIO_HINT = ("PortAudio library not found: install it (Debian/Ubuntu: apt-get install libportaudio2; "
-                  "Fedora: dnf install portaudio; macOS: brew install portaudio), or stream a file with --input")
-
-
-class AudioDeviceError(RuntimeError):
-    """PortAudio is missing, or an input device cannot be found or opened."""
-
-
-def import_sounddevice():
-    """The ``sounddevice`` module, or :class:`AudioDeviceError` telling how to install PortAudio."""
-    try:
-        import sounddevice
-    except OSError as e:  # sounddevice raises OSError('PortAudio library not found') at import
-        raise AudioDeviceError(PORTAUDIO_HINT) from e
-    return sounddevice
-
-
-@dataclass(frozen=True)
-class InputDevice:
-    index: int
-    name: str
-    hostapi: str
-    channels: int
-    samplerate: float
-    is_default: bool
-
-    def describe(self) -> str:
-        mark = " (default)" if self.is_default else ""
-        return f"{self.index}: {self.name!r} [{self.hostapi}] {self.channels} ch, {self.samplerate:g} Hz{mark}"
-
-
-def list_input_devices() -> list[InputDevice]:
-    """Every device PortAudio can record from."""
-    sd = import_sounddevice()
-    try:
-        default = sd.default.device[0]
-        if default is None or default < 0:
-            default = sd.query_devices(kind="input")["index"]
-    except (sd.PortAudioError, ValueError):
-        default = -1
-    apis = [api["name"] for api in sd.query_hostapis()]
-    return [InputDevice(d["index"], d["name"], apis[d["hostapi"]], d["max_input_channels"],
-                        d["default_samplerate"], d["index"] == default)
-            for d in sd.query_devices() if d["max_input_channels"] > 0]
-
-
-def resolve_device(device: str | int | None) -> InputDevice:
-    """An input device by index, exact name or unique name substring; ``None`` is the default."""
-    devices = list_input_devices()
-    listing = "; ".join(d.describe() for d in devices) or "none"
-    if not devices:
-        raise AudioDeviceError("no audio input devices found (PortAudio lists none): stream a file with "
-                               "--input FILE, or raw audio or a WAV from stdin with --input -")
-    if device is None:
-        for d in devices:
-            if d.is_default:
-                return d
-        raise AudioDeviceError(f"no default input device; choose one with --device: {listing}")
-    key = str(device).strip()
-    if key.lstrip("-").isdigit():
-        found = [d for d in devices if d.index == int(key)]
-    else:
-        found = [d for d in devices if d.name == key] or [d for d in devices if key.lower() in d.name.lower()]
-    if len(found) != 1:
-        what = "unknown" if not found else "ambiguous"
-        raise AudioDeviceError(f"{what} input device {key!r}; input devices: {listing}")
-    return found[0]
-
 
 class FileSource:
     """Blocks of an audio file that libsndfile reads; ``realtime=True`` paces them like a live source."""
@@ -192,11 +124,11 @@ class MicrophoneSource:
     Virtual ALSA devices (``default``, ``pulse``) claim 32 channels; at most two are opened.
     """
 
-    def __init__(self, device: str | int | None = None, *, ring_seconds: float = RING_SECONDS):
+    def __init__(self, device: str | int | InputDevice | None = None, *, ring_seconds: float = RING_SECONDS):
         from .buffer import BlockRing
 
         self._sd = import_sounddevice()
-        self.device = resolve_device(device)
+        self.device = device if isinstance(device, InputDevice) else resolve_device(device)
         self.rate = float(self.device.samplerate)
         self.channels = max(1, min(self.device.channels, 2))
         self.live = True
@@ -204,6 +136,7 @@ class MicrophoneSource:
         self.ring = BlockRing(int(ring_seconds * self.rate), self.channels)
         self.input_overflows = 0  # PortAudio's input_overflow flags
         self._stream = None
+        self._restarted = False  # PortAudio restarted under this stream (see devices.restart_portaudio)
 
     def _callback(self, indata, frames, time_info, status) -> None:
         if status.input_overflow:
@@ -217,25 +150,39 @@ class MicrophoneSource:
 
     def blocks(self) -> Iterator[tuple[np.ndarray, float]]:
         sd = self._sd
-        try:
-            self._stream = sd.InputStream(device=self.device.index, samplerate=self.rate, channels=self.channels,
-                                          dtype="float32", callback=self._callback)
-            self._stream.start()
-        except (sd.PortAudioError, ValueError) as e:
-            raise AudioDeviceError(f"cannot open input device {self.device.describe()}: {e}") from e
+        with devices.STREAM_LOCK:
+            try:
+                self._stream = sd.InputStream(device=self.device.index, samplerate=self.rate, channels=self.channels,
+                                              dtype="float32", callback=self._callback)
+                self._stream.start()
+            except (sd.PortAudioError, ValueError) as e:
+                self._stream = None
+                raise AudioDeviceError(f"cannot open input device {self.device.describe()}: {e}") from e
+            devices.opened(self, self._close_for_restart)
         log.info("listening on %s", self.name)
         try:
             while True:
                 block, stamp = self.ring.read(timeout=0.02)
                 if len(block):
                     yield block, stamp
-                elif not self._stream.active:
-                    raise AudioDeviceError(f"input device {self.device.name!r} stopped delivering audio")
+                    continue
+                with devices.STREAM_LOCK:  # a restart may have closed the stream: never poll a freed one
+                    if self._restarted:
+                        raise AudioDeviceError(f"input device {self.device.name!r} closed: PortAudio restarted "
+                                               "to find another device")
+                    if not self._stream.active:
+                        raise AudioDeviceError(f"input device {self.device.name!r} stopped delivering audio")
         finally:
             self.close()
 
+    def _close_for_restart(self) -> None:
+        self._restarted = True
+        self.close()
+
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
+        with devices.STREAM_LOCK:
+            stream, self._stream = self._stream, None
+            devices.closed(self)
+            if stream is not None:
+                stream.abort()  # not stop(): that waits for a stalled device's audio thread
+                stream.close()
