@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,11 @@ from audioclip.export.exporter import (
 from audioclip.export.graphs import FrontEnd, max_pool_half, max_pool_half_any_width
 from audioclip.export.incremental import FRONT_FILE, STAGE_FILES, IncrementalGraphs, OnnxIncrementalEncoder
 from audioclip.export.layout import widen_grouped_convs
-from audioclip.export.precision import int8_nodes, longest_passing, residual_blocks
+from audioclip.export.precision import choose_int8_blocks, int8_nodes, longest_passing, residual_blocks
 from audioclip.export.runtime import OnnxClassifier
 from audioclip.export.shared import SHARED_WEIGHTS_FILE
 from audioclip.export.trt_check import tensorrt_problems
+from audioclip.export.verify import load_clips
 from audioclip.model import SAMPLE_RATE, ZeroShotClassifier, atomic_save, finetuned_checkpoint, tokenize
 from audioclip.model.esresnext import adaptive_max_pool2d_exact
 from audioclip.model.labels import ParameterError
@@ -467,7 +469,18 @@ def test_int8_calibration_windows_hold_each_clip_and_the_seams_between_clips():
 
 
 @pytest.mark.slow
-def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny_checkpoint, clips_dir, tmp_path):
+def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny_checkpoint, clips_dir, tmp_path,
+                                                                             monkeypatch):
+    from audioclip.export import precision
+
+    choose, searches = precision.choose_int8_blocks, []
+
+    def recorded(*args, **kwargs):
+        blocks, cosine = choose(*args, **kwargs)
+        searches.append((kwargs["tensorrt"], kwargs["most"], blocks))
+        return blocks, cosine
+
+    monkeypatch.setattr(precision, "choose_int8_blocks", recorded)
     result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
                          clips=[clips_dir / "cat_3-95694-A-5.wav"], window=0.5)
     assert "calibrated and checked on 1 clip(s) only" in result.notes[0]
@@ -482,6 +495,19 @@ def test_int8_from_one_clip_warns_that_its_accuracy_elsewhere_is_unmeasured(tiny
             assert tensorrt_problems(onnx.load(str(result.out / name))) == [], name
     readme = (result.out / "README.txt").read_text()
     assert all(c.passed for c in result.checks) and "1 clip(s) only" in readme and '"int8_blocks"' in readme
+    # the TensorRT form's search is bounded by the blocks the ONNX Runtime form keeps
+    assert [(tensorrt, most) for tensorrt, most, _ in searches] == [(False, None), (True, len(searches[0][2]))]
+
+
+@pytest.mark.slow
+def test_the_int8_search_tries_no_more_trailing_blocks_than_it_is_given(dynamic_export, clips_dir, caplog):
+    caplog.set_level(logging.INFO, logger="audioclip.export.precision")
+    graph = dynamic_export.out / "audio_encoder.onnx"
+    calibration = calibration_windows(load_clips([clips_dir]), 2 * SAMPLE_RATE)[:3]
+    blocks, cosine = choose_int8_blocks(graph, calibration, threads=2, tensorrt=True, most=2)
+    tries = [re.match(r"int8 \(TensorRT\): last (\d+) of 4 residual", r.getMessage()) for r in caplog.records]
+    assert [int(m[1]) for m in tries if m] == [2]  # without `most` the search starts at all 4
+    assert blocks == residual_blocks(onnx.load(str(graph), load_external_data=False))[-2:] and cosine >= 0.995
 
 
 def test_cli_shows_progress_by_default_and_records_where_the_checkpoint_is(tiny_checkpoint, tmp_path, monkeypatch):

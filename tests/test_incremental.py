@@ -83,13 +83,13 @@ def golden_windows(golden_model, joined, fourteen) -> dict:
             for name, signal in (("joined", joined), ("fourteen", fourteen)) for window in (WINDOW_5S, WINDOW_3S)}
 
 
-# Every shift of 1, 2, 5 and 10 strides on both signals and both window lengths, each pairing once
-# (the whole grid of 16 took minutes of CI for no case these do not reach; whole windows are shared;
-# one stride runs on the 14-s file, where it is half the windows of the joined clips).
+# Shifts of 1, 2, 5 and 10 strides on both signals and both window lengths, each signal, length and
+# shift at least once (the whole grid of 16 took minutes of CI for no case these do not reach; whole
+# windows are shared; one stride runs on the 14-s file, where it is half the windows of the joined clips).
 @pytest.mark.slow
 @pytest.mark.parametrize("signal, window, hops", [
     ("fourteen", WINDOW_5S, 1), ("joined", WINDOW_3S, 2), ("joined", WINDOW_5S, 10),
-    ("fourteen", WINDOW_3S, 1), ("fourteen", WINDOW_5S, 5), ("fourteen", WINDOW_3S, 10)])
+    ("fourteen", WINDOW_5S, 5), ("fourteen", WINDOW_3S, 10)])
 def test_golden_every_window_of_the_real_clips_and_a_14s_file_equals_whole_windows(golden_windows, signal, window,
                                                                                    hops):
     encoder = check_stream(golden_windows[signal, window], hops * STRIDE_SAMPLES)

@@ -251,7 +251,8 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
         else:
             for tensorrt in (False, True):
                 target = tensorrt_name(name) if tensorrt else name
-                blocks = int8_blocks.get(tensorrt) or _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt)
+                blocks = int8_blocks.get(tensorrt) or _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt,
+                                                                          most=len(int8_blocks.get(False, [])) or None)
                 int8_blocks[tensorrt] = blocks
                 prec.quantize_int8(fp32, tmp / target, calibration=calib, blocks=blocks, tensorrt=tensorrt)
                 set_metadata(tmp / target, {**metadata, "graph": name.removesuffix(".onnx"),
@@ -399,10 +400,11 @@ def calibration_windows(clips: list[tuple[str, np.ndarray]], window_samples: int
 
 
 def _choose_int8_blocks(fp32: Path, calibration: np.ndarray, inputs: list[np.ndarray], threads: int,
-                        tensorrt: bool) -> list:
+                        tensorrt: bool, most: int | None) -> list:
     """The blocks int8 quantises, judged on the calibration windows and every check input."""
     try:
-        return prec.choose_int8_blocks(fp32, calibration, threads=threads, tensorrt=tensorrt, inputs=inputs)[0]
+        return prec.choose_int8_blocks(fp32, calibration, threads=threads, tensorrt=tensorrt, inputs=inputs,
+                                       most=most)[0]
     except ValueError as e:
         raise ExportError(f"{e}{' (TensorRT form)' if tensorrt else ''}") from None
 

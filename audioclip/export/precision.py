@@ -251,8 +251,8 @@ export's bound is 0.99; the margin covers inputs the choice was not made on)."""
 
 
 def choose_int8_blocks(src: Path, calibration: np.ndarray, *, threads: int, tensorrt: bool = False,
-                       inputs: Sequence[np.ndarray] | None = None,
-                       min_cosine: float = INT8_SELECT_COSINE) -> tuple[list[tuple[int, int]], float]:
+                       inputs: Sequence[np.ndarray] | None = None, min_cosine: float = INT8_SELECT_COSINE,
+                       most: int | None = None) -> tuple[list[tuple[int, int]], float]:
     """The longest run of trailing residual blocks whose int8 graph keeps ``min_cosine`` to fp32.
 
     Sensitivity to rounding grows towards the input: on the golden checkpoint, uint8-sized noise
@@ -263,7 +263,10 @@ def choose_int8_blocks(src: Path, calibration: np.ndarray, *, threads: int, tens
     figures: docs/export.md).
     ``tensorrt``: choose for :func:`quantize_int8`'s TensorRT form (symmetric int8 activations).
     ``inputs``: waveforms ``[B, T]`` (any lengths the graph takes) to judge the cosine on; by
-    default the calibration waveforms.
+    default the calibration waveforms. ``most``: the most trailing blocks to consider (the export
+    passes the ONNX Runtime form's choice when it chooses for the TensorRT form: symmetric int8 has
+    half the levels for the non-negative activations after a ReLU, and was below the asymmetric
+    form at every count on the golden checkpoint, docs/export.md).
     Returns the blocks and their worst cosine; raises ``ValueError`` when not even the last block
     keeps the bound (export fp32 or fp16 then).
     """
@@ -289,7 +292,7 @@ def choose_int8_blocks(src: Path, calibration: np.ndarray, *, threads: int, tens
                  " (TensorRT)" if tensorrt else "", k, len(blocks), cos.min(), len(cos))
         return float(cos.min())
 
-    lo, best = longest_passing(len(blocks), worst_cosine, min_cosine)
+    lo, best = longest_passing(len(blocks) if most is None else min(most, len(blocks)), worst_cosine, min_cosine)
     if lo == 0:
         raise ValueError(f"int8 loses too much on this checkpoint: quantising even the last residual block gives "
                          f"cosine below {min_cosine} to fp32 on the check clips; export fp32 or fp16")
