@@ -28,13 +28,13 @@ from ..model.labels import window_samples as check_window
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .incremental import TAIL_FILE
-from .layout import widen_grouped_convs
 from .report import readme_text, tensorrt_files, trtexec_lines
-from .runtime import gpu_providers, tensorrt_name
+from .runtime import gpu_providers
 from .shared import SHARED_WEIGHTS_FILE, share_weights
+from .stages import stage_shapes, write_stage_graphs
 from .trt_check import tensorrt_problems
 from .verify import Check, check_audio, check_incremental, check_text, fit, load_clips, synthetic_clips
-from .writing import ExportError, export_graph, set_metadata
+from .writing import ExportError, describe_blocks, export_fp32, export_graph, set_metadata, write_at_precision
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
         lines = trtexec_lines(files=files, precision=precision, window_samples=window_samples,
                               dynamic_length=dynamic_length, max_batch=TRT_MAX_BATCH, max_samples=60 * SAMPLE_RATE,
                               min_samples=metadata["min_samples"], opset=opset,
-                              stage_shapes=_stage_shapes(tmp, files, model, window_samples, dynamic_length))
+                              stage_shapes=stage_shapes(tmp, files, model,
+                                                       _stream_lengths(window_samples, dynamic_length)))
         (tmp / "trtexec.txt").write_text("\n".join(lines) + "\n")
         (tmp / "README.txt").write_text(readme_text(metadata=metadata, files=files + weights, checks=checks,
                                                     notes=notes, trtexec=lines, labels=classifier.labels))
@@ -231,43 +232,27 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
                             ["logits", "probs"]),
     }
     files = []
-    # per flavour (tensorrt?), chosen on the encoder: the classifier has the same trunk
-    int8_blocks: dict[bool, list] = {}
+    int8_blocks: dict[bool, list] = {}  # per flavour (tensorrt?)
+    calib = None
     if precision == "int8":
         calib = calibration_windows(calibration, window_samples)
         inputs = [w[None] for w in calib] + [x for _, x in batches]
     for name, (module, outputs) in graphs.items():
-        fp32 = tmp / (name if precision == "fp32" else f"{name}.fp32")
-        log.info("exporting %s", name)
-        graph = export_graph(module, example, fp32, input_name="waveform", output_names=outputs, dynamic=dims,
-                             opset=opset)
-        if widen_grouped_convs(graph):
-            onnx.save(graph, str(fp32))
-        if precision == "fp16":
-            onnx.save(prec.to_fp16(graph), str(tmp / name))
-        if precision != "int8":
-            set_metadata(tmp / name, {**metadata, "graph": name.removesuffix(".onnx")})
-            files.append(name)
-        else:
+        fp32, graph = export_fp32(tmp, name, module, example, precision, input_name="waveform", output_names=outputs,
+                                   dynamic=dims, opset=opset)
+        if precision == "int8" and not int8_blocks:  # chosen on the encoder: the classifier has the same trunk
             for tensorrt in (False, True):
-                target = tensorrt_name(name) if tensorrt else name
-                blocks = int8_blocks.get(tensorrt) or _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt,
-                                                                          most=len(int8_blocks.get(False, [])) or None)
+                blocks = _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt,
+                                             most=len(int8_blocks[False]) if tensorrt else None)
                 int8_blocks[tensorrt] = blocks
-                prec.quantize_int8(fp32, tmp / target, calibration=calib, blocks=blocks, tensorrt=tensorrt)
-                set_metadata(tmp / target, {**metadata, "graph": name.removesuffix(".onnx"),
-                                             "int8_blocks": _describe_blocks(blocks),
-                                             "int8_scheme": INT8_SCHEMES[tensorrt]})
-                files.append(target)
-                if name == "audio_encoder.onnx":
-                    notes.append(f"int8 {'TensorRT (*.trt.onnx)' if tensorrt else 'ONNX Runtime'}: "
-                                 f"{_describe_blocks(blocks)}; the rest fp32")
-        if precision != "fp32":
-            fp32.unlink()
+                notes.append(f"int8 {'TensorRT (*.trt.onnx)' if tensorrt else 'ONNX Runtime'}: "
+                             f"{describe_blocks(blocks)}; the rest fp32")
+        files += write_at_precision(tmp, name, fp32, graph, precision=precision, metadata=metadata,
+                                     int8_blocks=int8_blocks, calibration=calib)
     if dynamic_length or _windows_share(model, window_samples):
-        files += _write_stage_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
+        files += write_stage_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
                                      dynamic_length=dynamic_length, precision=precision, opset=opset,
-                                     calibration=calib if precision == "int8" else None, int8_blocks=int8_blocks,
+                                     calibration=calib, int8_blocks=int8_blocks,
                                      metadata=metadata)
     else:
         notes.append(f"no incremental graphs: {window_samples / SAMPLE_RATE:g}-s windows are too short to share "
@@ -283,94 +268,17 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
     return files
 
 
+def _stream_lengths(window_samples: int, dynamic_length: bool) -> list[int]:
+    """The window lengths the incremental graphs' ``trtexec`` profiles cover: the export's window first, and for
+    a dynamic length the shortest input and a 60-s window."""
+    return [window_samples] + ([DYNAMIC_MIN_SAMPLES, 60 * SAMPLE_RATE] if dynamic_length else [])
+
+
 def _windows_share(model, window_samples: int) -> bool:
     """Whether windows of ``window_samples`` share columns at some hop (the shortest, one stride)."""
     from ..model.overlap import OverlapEncoder, trunk_blocks
 
     return OverlapEncoder(trunk_blocks(model.audio), window_samples).cost(1) < 1.0
-
-
-def _write_stage_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
-                        opset: int, calibration: np.ndarray | None, int8_blocks: dict, metadata: dict) -> list[str]:
-    """Export the incremental graphs (:func:`.stages.stage_graph_specs`) at ``precision``; returns the file names.
-
-    The front end stays fp32 at every precision (one file, like the text encoder). int8 quantises
-    the blocks chosen for the whole-window graphs (``int8_blocks`` per flavour) in each stage graph
-    that holds some, calibrated on the stage's input for whole calibration windows, and writes
-    both flavours of each stage graph (a graph with none of the blocks is the fp32 graph in both).
-    """
-    from ..model.incremental import IncrementalEncoder
-    from .incremental import FRONT_FILE
-    from .stages import stage_graph_specs
-
-    specs = stage_graph_specs(model, classifier, window_samples, dynamic_length)
-    stage_inputs: dict[str, list[np.ndarray]] = {}
-    if calibration is not None:
-        encoder = IncrementalEncoder(model, window_samples)
-        for window in calibration:
-            outputs = encoder.stages_of(window)
-            for name in ("db", "stem", "layer1", "layer2"):
-                stage_inputs.setdefault(name, []).append(outputs[name][0].contiguous().numpy())
-    files = []
-    for name, module, example, input_name, outputs, dynamic in specs:
-        fp32 = tmp / (name if precision == "fp32" or name == FRONT_FILE else f"{name}.fp32")
-        log.info("exporting %s", name)
-        graph = export_graph(module, (example,), fp32, input_name=input_name, output_names=outputs, dynamic=dynamic,
-                             opset=opset)
-        if widen_grouped_convs(graph):
-            onnx.save(graph, str(fp32))
-        graph_metadata = {**metadata, "graph": name.removesuffix(".onnx")}
-        if precision == "fp32" or name == FRONT_FILE:
-            set_metadata(tmp / name, {**graph_metadata, "precision": "fp32"})
-            files.append(name)
-            continue
-        if precision == "fp16":
-            onnx.save(prec.to_fp16(graph, cast_outputs=True), str(tmp / name))
-            set_metadata(tmp / name, graph_metadata)
-            files.append(name)
-        else:
-            for tensorrt in (False, True):
-                target = tensorrt_name(name) if tensorrt else name
-                if prec.int8_nodes(graph, int8_blocks[tensorrt]):
-                    prec.quantize_int8(fp32, tmp / target, calibration=stage_inputs[input_name],
-                                       blocks=int8_blocks[tensorrt], tensorrt=tensorrt)
-                else:
-                    shutil.copyfile(fp32, tmp / target)
-                set_metadata(tmp / target, {**graph_metadata, "int8_blocks": _describe_blocks(int8_blocks[tensorrt]),
-                                            "int8_scheme": INT8_SCHEMES[tensorrt]})
-                files.append(target)
-        fp32.unlink()
-    return files
-
-
-def _stage_shapes(folder: Path, files: Sequence[str], model, window_samples: int, dynamic_length: bool) -> dict:
-    """Each incremental graph's input for ``trtexec``: name, shape without its width and ``(min, opt, max)``
-    widths over whole windows and every shift that shares columns (:meth:`OverlapEncoder.widths`), for the
-    export's window or, for a dynamic length, from the shortest input to a 60-s window."""
-    from ..model.overlap import OverlapEncoder, trunk_blocks
-    from .incremental import FRONT_FILE, LAYER1_FILE, LAYER2_FILES, STEM_FILE, TAIL_FILE
-
-    lengths = [window_samples] + ([DYNAMIC_MIN_SAMPLES, 60 * SAMPLE_RATE] if dynamic_length else [])
-    plans = [OverlapEncoder(trunk_blocks(model.audio), n) for n in lengths]
-    widths = [plan.widths() for plan in plans]
-    tails = [plan.lengths["layer2"] for plan in plans]
-    stages = {FRONT_FILE: "front", STEM_FILE: "stem", LAYER1_FILE: "layer1",
-              **{f: "layer2" for f in LAYER2_FILES.values()}}
-    shapes = {}
-    for name in (*stages, TAIL_FILE):
-        file = name if name in files else tensorrt_name(name)
-        if file not in files:
-            continue
-        graph_input = onnx.load(str(folder / file), load_external_data=False).graph.input[0]
-        dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
-        dims = [dims[0], *dims[2:]] if name == FRONT_FILE else dims[:-1]
-        if name == TAIL_FILE:
-            span = (min(tails), tails[0], max(tails))
-        else:
-            span = (min(w[stages[name]][0] for w in widths), widths[0][stages[name]][1],
-                    max(w[stages[name]][1] for w in widths))
-        shapes[name] = (graph_input.name, dims, span)
-    return shapes
 
 
 HOP_EXAMPLE_SHIFT = 1234
@@ -380,8 +288,6 @@ blocks to 10 (all of them checked on that clip alone)."""
 MAX_CALIBRATION_CLIPS = 32
 """int8 calibrates on at most this many windows (:func:`calibration_windows`): calibration and the
 choice of blocks run the graph on each of them, several times over."""
-INT8_SCHEMES = {False: "uint8 activations with zero points, per-channel int8 weights (ONNX Runtime CPU)",
-                True: "symmetric int8 activations and per-channel weights, zero points 0 (TensorRT)"}
 
 
 def calibration_windows(clips: list[tuple[str, np.ndarray]], window_samples: int) -> np.ndarray:
@@ -416,11 +322,6 @@ def _check_tensorrt_ready(folder: Path, names: Sequence[str]) -> None:
         if problems:
             raise ExportError(f"{name} is not TensorRT-ready ({len(problems)} problem(s)), first: {problems[0]}; "
                               f"this is a bug in audioclip-export, please report it")
-
-
-def _describe_blocks(blocks: Sequence[tuple[int, int]]) -> str:
-    (s0, b0), (s1, b1) = blocks[0], blocks[-1]
-    return f"pointwise convolutions of layer{s0}.{b0} to layer{s1}.{b1} ({len(blocks)} residual blocks)"
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -1,4 +1,5 @@
-"""PyTorch modules for the incremental graphs: the stages that overlapping windows share, and the tail.
+"""The incremental graphs: PyTorch modules for the stages that overlapping windows share and the tail, and
+writing them at the export's precision (:func:`write_stage_graphs`) with their ``trtexec`` shapes.
 
 :class:`audioclip.export.incremental.OnnxIncrementalEncoder` runs them as
 :class:`audioclip.model.incremental.IncrementalEncoder` runs the eager stages: the front end on
@@ -9,13 +10,21 @@ with the trained submodules of the model.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..model.audioclip import AudioCLIP
-from ..model.overlap import pool_params
+from ..model.overlap import OverlapEncoder, pool_params, stage_lengths, trunk_blocks
 from .graphs import ClassifierGraph, FrontEnd, Trunk, l2_normalize
+from .incremental import FRONT_FILE, LAYER1_FILE, LAYER2_FILES, STEM_FILE, TAIL_FILE, layer2_file
+from .runtime import tensorrt_name
+from .writing import export_fp32, write_at_precision
 
 
 class FramesToDb(nn.Module):
@@ -89,8 +98,6 @@ def stage_graph_specs(model: AudioCLIP, classifier, window_samples: int, dynamic
     from torch.export import Dim
 
     from ..model.constants import FRAME_LENGTH
-    from ..model.overlap import stage_lengths
-    from .incremental import FRONT_FILE, LAYER1_FILE, LAYER2_FILES, STEM_FILE, TAIL_FILE, layer2_file
 
     a = model.audio
     columns = {3: Dim("columns", min=2, max=1 << 20)}
@@ -114,3 +121,59 @@ def stage_graph_specs(model: AudioCLIP, classifier, window_samples: int, dynamic
     specs.append((TAIL_FILE, TailStage(graph), torch.zeros(1, layer2_channels, heights["layer2"], layer2_width),
                   "layer2", ["embedding", "logits", "probs"], columns if dynamic_length else {}))
     return specs
+
+
+def write_stage_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
+                       opset: int, calibration: np.ndarray | None, int8_blocks: dict, metadata: dict) -> list[str]:
+    """Export the incremental graphs (:func:`stage_graph_specs`) at ``precision``; returns the file names.
+
+    The front end stays fp32 at every precision (one file, like the text encoder). int8 quantises
+    the blocks chosen for the whole-window graphs (``int8_blocks`` per flavour) in each stage graph
+    that holds some, calibrated on the stage's input for whole calibration windows, and writes
+    both flavours of each stage graph (a graph with none of the blocks is the fp32 graph in both).
+    """
+    from ..model.incremental import IncrementalEncoder
+
+    specs = stage_graph_specs(model, classifier, window_samples, dynamic_length)
+    stage_inputs: dict[str, list[np.ndarray]] = {}
+    if calibration is not None:
+        encoder = IncrementalEncoder(model, window_samples)
+        for window in calibration:
+            outputs = encoder.stages_of(window)
+            for name in ("db", "stem", "layer1", "layer2"):
+                stage_inputs.setdefault(name, []).append(outputs[name][0].contiguous().numpy())
+    files = []
+    for name, module, example, input_name, outputs, dynamic in specs:
+        at = "fp32" if name == FRONT_FILE else precision
+        fp32, graph = export_fp32(tmp, name, module, (example,), at, input_name=input_name, output_names=outputs,
+                                  dynamic=dynamic, opset=opset)
+        files += write_at_precision(tmp, name, fp32, graph, precision=at, metadata=metadata,
+                                    int8_blocks=int8_blocks, calibration=stage_inputs.get(input_name),
+                                    cast_outputs=True)
+    return files
+
+
+def stage_shapes(folder: Path, files: Sequence[str], model, lengths: Sequence[int]) -> dict:
+    """Each incremental graph's input for ``trtexec``: name, shape without its width and ``(min, opt, max)``
+    widths over whole windows and every shift that shares columns (:meth:`OverlapEncoder.widths`), for the
+    export's window or, for a dynamic length, from the shortest input to a 60-s window."""
+    plans = [OverlapEncoder(trunk_blocks(model.audio), n) for n in lengths]
+    widths = [plan.widths() for plan in plans]
+    tails = [plan.lengths["layer2"] for plan in plans]
+    stages = {FRONT_FILE: "front", STEM_FILE: "stem", LAYER1_FILE: "layer1",
+              **{f: "layer2" for f in LAYER2_FILES.values()}}
+    shapes = {}
+    for name in (*stages, TAIL_FILE):
+        file = name if name in files else tensorrt_name(name)
+        if file not in files:
+            continue
+        graph_input = onnx.load(str(folder / file), load_external_data=False).graph.input[0]
+        dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+        dims = [dims[0], *dims[2:]] if name == FRONT_FILE else dims[:-1]
+        if name == TAIL_FILE:
+            span = (min(tails), tails[0], max(tails))
+        else:
+            span = (min(w[stages[name]][0] for w in widths), widths[0][stages[name]][1],
+                    max(w[stages[name]][1] for w in widths))
+        shapes[name] = (graph_input.name, dims, span)
+    return shapes
