@@ -190,25 +190,29 @@ class DeviceFinder:
 
     def __call__(self) -> InputDevice:
         previous = self.found if self.device is not None else None
-        if self._calls:
-            self._refresh(previous)
-        self._calls += 1
-        found = pick_device(list_input_devices(), self.device, previous)
+        with STREAM_LOCK:
+            others = bool(_STREAMS)
+        probed = probe_devices() if self._calls and others else None  # outside the lock: it takes a moment
+        with STREAM_LOCK:  # no restart by another finder between the refresh and the listing
+            if self._calls:
+                self._refresh(previous, probed)
+            self._calls += 1
+            found = pick_device(list_input_devices(), self.device, previous)
         if previous is not None and (found.index, found.name) != (previous.index, previous.name):
             log.info("input device %r is back as %r (index %d, was %d)", previous.name, found.name,
                      found.index, previous.index)
         self.found = found
         return found
 
-    def _refresh(self, previous: InputDevice | None) -> None:
-        with STREAM_LOCK:
-            alone = not _STREAMS
-        if alone:
+    def _refresh(self, previous: InputDevice | None, probed: list[InputDevice] | None) -> None:
+        if not _STREAMS:
             restart_portaudio("to find an input device again")
+            return
+        if probed is None:  # other streams opened since: the next attempt probes
             return
         # other microphones are open: restart only if that finds the device where the current list does not
         try:
-            fresh = pick_device(probe_devices(), self.device, previous)
+            fresh = pick_device(probed, self.device, previous)
         except AudioDeviceError:
             return
         try:
