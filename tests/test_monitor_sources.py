@@ -416,7 +416,9 @@ def test_a_microphone_back_under_another_name_and_index_is_found_and_the_other_o
     _alsa_mics(tmp_path, usb_mic, desk_mic)
     devices.restart_portaudio("a test's devices")
     first = {d.name: d.index for d in devices.list_input_devices()}[usb_mic[0]]
-    usb = Reader(ResilientSource(device_opener(usb_mic[0]), name="usb", stall_seconds=2.0, backoff=(1.0, 2.0)))
+    # the usb source waits 3 s between attempts: its sink is gone before it reopens (PulseAudio would move a
+    # stream open on it to the other sink, where no USB device would deliver)
+    usb = Reader(ResilientSource(device_opener(usb_mic[0]), name="usb", stall_seconds=2.0, backoff=(3.0, 3.0)))
     other = Reader(ResilientSource(device_opener("Desk Mic"), name="desk", stall_seconds=2.0, backoff=(0.5, 1.0)))
     try:
         usb.wait_for(lambda: usb.blocks() and other.blocks(), 10, "audio from both microphones")

@@ -8,9 +8,11 @@ prefixes ``2-``). :class:`DeviceFinder` finds a device at each reopen:
 - PortAudio is restarted (``Pa_Terminate``, ``Pa_Initialize``) so that its list is current. That
   closes every stream of the process, so while other microphones are open it restarts only when a
   fresh process (a short ``python -c``) sees the wanted device where this one does not; the other
-  microphones then reopen once (a gap of about a second each, logged). Streams are opened, closed
-  and restarted under one lock, so no thread touches a stream PortAudio has freed.
-- The device opened last is looked for first: by its exact name, then by its name without numbers
+  microphones then reopen once (a gap of about a second each, logged). Streams are opened and
+  PortAudio restarted under one lock, and a restart closes each stream under that stream's own lock,
+  which its polling and closing hold: no thread touches a stream PortAudio has freed, and a stalled
+  device that blocks its own close never holds up the other microphones.
+- The device opened last is looked for first: by its exact name, then by its name's words
   (:func:`stable_name`). A device given by index is only found again so: the index may now belong to
   another device. A name or part of one is then matched as at the first open; the default device is
   whichever is the default now.
@@ -43,7 +45,8 @@ print(json.dumps([[d["index"], d["name"], apis[d["hostapi"]], d["max_input_chann
 """
 
 STREAM_LOCK = threading.RLock()
-"""Held while a stream is opened, closed or polled, and while PortAudio restarts."""
+"""Held while a stream is opened or forgotten, while the device list is read, and while PortAudio restarts
+(which closes each open stream under that stream's own lock, which its polling and closing hold)."""
 
 _STREAMS: dict[int, Callable[[], None]] = {}
 """The open streams of this process: ``id(owner)`` -> a function that closes it for a restart."""
@@ -215,9 +218,8 @@ class DeviceFinder:
             fresh = pick_device(probed, self.device, previous)
         except AudioDeviceError:
             return
-        try:
-            current = pick_device(list_input_devices(), self.device, previous)
-            if (current.index, current.name) == (fresh.index, fresh.name):
+        try:  # the same name in both lists is the same device (its index may differ: it opens by this list's)
+            if pick_device(list_input_devices(), self.device, previous).name == fresh.name:
                 return
         except AudioDeviceError:
             pass

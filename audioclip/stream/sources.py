@@ -9,6 +9,7 @@ the clock; the others as fast as the consumer reads.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -137,6 +138,7 @@ class MicrophoneSource:
         self.input_overflows = 0  # PortAudio's input_overflow flags
         self._stream = None
         self._restarted = False  # PortAudio restarted under this stream (see devices.restart_portaudio)
+        self._lock = threading.Lock()  # this stream's: polling it, closing it (a stalled close blocks only here)
 
     def _callback(self, indata, frames, time_info, status) -> None:
         if status.input_overflow:
@@ -166,10 +168,12 @@ class MicrophoneSource:
                 if len(block):
                     yield block, stamp
                     continue
-                with devices.STREAM_LOCK:  # a restart may have closed the stream: never poll a freed one
+                with self._lock:  # a restart or close() may have closed the stream: never poll a freed one
                     if self._restarted:
                         raise AudioDeviceError(f"input device {self.device.name!r} closed: PortAudio restarted "
                                                "to find another device")
+                    if self._stream is None:
+                        raise AudioDeviceError(f"input device {self.device.name!r} closed")
                     if not self._stream.active:
                         raise AudioDeviceError(f"input device {self.device.name!r} stopped delivering audio")
         finally:
@@ -180,9 +184,12 @@ class MicrophoneSource:
         self.close()
 
     def close(self) -> None:
-        with devices.STREAM_LOCK:
+        # this stream's lock while PortAudio closes it, then the devices' lock (never both: a restart holds
+        # the devices' lock and waits for this one)
+        with self._lock:
             stream, self._stream = self._stream, None
-            devices.closed(self)
             if stream is not None:
                 stream.abort()  # not stop(): that waits for a stalled device's audio thread
                 stream.close()
+        with devices.STREAM_LOCK:
+            devices.closed(self)
