@@ -61,7 +61,7 @@ INT8_SCHEMES = {False: "uint8 activations with zero points, per-channel int8 wei
 
 
 def export_fp32(tmp: Path, name: str, module, example: tuple, precision: str,
-                 **export_args) -> tuple[Path, onnx.ModelProto]:
+                **export_args) -> tuple[Path, onnx.ModelProto]:
     """Export ``module`` as fp32 to ``tmp/name`` (to ``name.fp32`` when it is converted to ``precision`` next)."""
     fp32 = tmp / (name if precision == "fp32" else f"{name}.fp32")
     log.info("exporting %s", name)
@@ -72,7 +72,7 @@ def export_fp32(tmp: Path, name: str, module, example: tuple, precision: str,
 
 
 def write_at_precision(tmp: Path, name: str, fp32: Path, graph: onnx.ModelProto, *, precision: str, metadata: dict,
-                        int8_blocks: dict, calibration, cast_outputs: bool = False) -> list[str]:
+                       int8_blocks: dict, calibration, cast_outputs: bool = False) -> list[str]:
     """Write graph ``name`` at ``precision`` from its fp32 export (``fp32``, ``graph``); returns the file names.
 
     fp16 converts the trunk (``cast_outputs``: as :func:`.precision.to_fp16`). int8 writes both
