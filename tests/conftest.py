@@ -98,6 +98,16 @@ def tiny_model() -> AudioCLIP:
 
 
 @pytest.fixture(scope="session")
+def tiny_export_2s(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model exported to ONNX for 2-s windows (labels cat, dog, siren), shared by the streaming and
+    monitor tests that run on ONNX Runtime (an export takes most of a minute)."""
+    exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    exporter.export_onnx(checkpoint=tiny_checkpoint, out=out, labels=["cat", "dog", "siren"], window=2.0, threads=1)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny model's official-layout state dict: ``load_model`` infers the tiny sizes from its shapes."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"

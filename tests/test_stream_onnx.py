@@ -4,12 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from audioclip.stream.cli import app
-
-from helpers import make_tiny_model
 
 runtime = pytest.importorskip("audioclip.export.runtime", reason="the ONNX backend (audioclip.export) is not built")
 exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")
@@ -20,12 +17,9 @@ LABELS = ["cat", "dog", "siren"]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("onnx")
-    checkpoint = tmp / "tiny.pt"
-    torch.save(make_tiny_model().state_dict(), checkpoint)
-    exporter.export_onnx(checkpoint=checkpoint, out=tmp / "export", labels=LABELS, window=2.0, threads=1)
-    return checkpoint, tmp / "export"
+def exported(tiny_checkpoint, tiny_export_2s):
+    assert json.loads((tiny_export_2s / "labels.json").read_text())["labels"] == LABELS
+    return tiny_checkpoint, tiny_export_2s
 
 
 def test_onnx_backend_streams_like_the_torch_backend(exported, clips_dir):
