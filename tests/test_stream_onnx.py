@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 from audioclip.stream.cli import app
 
 runtime = pytest.importorskip("audioclip.export.runtime", reason="the ONNX backend (audioclip.export) is not built")
-exporter = pytest.importorskip("audioclip.export.exporter", reason="the ONNX exporter is not built")
 
 pytestmark = pytest.mark.slow  # exports a graph first
 LABELS = ["cat", "dog", "siren"]
