@@ -85,6 +85,16 @@ def golden_outputs(golden_dir):
 
 
 @pytest.fixture(scope="session")
+def reference_live(golden_dir, golden_outputs) -> dict[str, np.ndarray]:
+    """The published reference code's outputs for the golden inputs, computed on this machine (tests/reference.py)."""
+    from reference import load_reference, reference_outputs
+
+    _require(SHARED / "reference" / "code", "the reference implementation's code")
+    with torch.inference_mode():
+        return reference_outputs(load_reference(SHARED, golden_dir), golden_outputs, golden_dir)
+
+
+@pytest.fixture(scope="session")
 def golden_model(golden_dir) -> AudioCLIP:
     """The golden checkpoint (full audio head, reduced image and text towers), loaded once."""
     from audioclip.model import load_model
