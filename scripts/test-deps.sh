@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# System packages only the tests need (real servers the tests start on 127.0.0.1): Mosquitto, a
-# GStreamer RTSP server run by the system python3, and ffmpeg serving HTTP streams. Installed when
-# missing; the user's install (scripts/setup.sh) does not need them.
+# System packages only the tests need: real servers the tests start on 127.0.0.1 (Mosquitto, a
+# GStreamer RTSP server run by the system python3, ffmpeg serving HTTP streams), the sqlite3 program
+# that reads the monitor's database, and systemd for `systemd-analyze verify` of deploy/'s unit.
+# Installed when missing; the user's install (scripts/setup.sh) does not need them. In CI a test
+# whose program is missing fails rather than skips (tests/helpers.py, require).
 set -euo pipefail
-packages="mosquitto ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good"
+packages="mosquitto ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+          sqlite3 systemd"
 missing=$(for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -7,12 +7,15 @@ the fixtures built on them live in ``conftest.py``.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import sqlite3
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -21,6 +24,28 @@ from audioclip.model.constants import SAMPLE_RATE
 from audioclip.monitor.config import MonitorConfig
 from audioclip.monitor.output import JsonlOutput
 from audioclip.monitor.service import Monitor
+
+
+def require(condition: object, why: str) -> None:
+    """What a test needs from the machine (a program, a package, a file): without it the test skips on a
+    developer's machine and fails in CI (``CI=true``), where scripts/setup.sh and scripts/test-deps.sh install
+    everything the suite needs, so that a green CI run never hides a test that did not run."""
+    if condition:
+        return
+    from conftest import IN_CI  # conftest imports this module: import it back only when called
+
+    if IN_CI:
+        pytest.fail(f"{why}: CI must have it (scripts/setup.sh and scripts/test-deps.sh install it)")
+    pytest.skip(why, allow_module_level=True)
+
+
+def require_module(name: str, why: str) -> ModuleType:
+    """The module ``name``, imported; missing, ``require`` says why (skips outside CI, fails in CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require(False, f"{why}: module {name} is not installed")
+
 
 TINY_CONFIG = AudioCLIPConfig(
     embed_dim=32,

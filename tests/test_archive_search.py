@@ -19,6 +19,8 @@ from audioclip.archive.search import CLIP_MEAN, CLIP_STD, clip_preprocess, top_k
 from audioclip.model import load_model
 from audioclip.model.constants import SAMPLE_RATE
 
+from helpers import require
+
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, tiny_checkpoint):
@@ -162,8 +164,7 @@ def test_real_photographs_preprocess_and_query(archive, tmp_path):
     from conftest import SHARED
 
     photos = sorted((SHARED / "images").glob("*.jpg"))
-    if not photos:
-        pytest.skip(f"no photographs in {SHARED / 'images'}")
+    require(photos, f"no photographs in {SHARED / 'images'} (../shared beside the clone)")
     low, high = (0 - np.array(CLIP_MEAN)) / CLIP_STD, (1 - np.array(CLIP_MEAN)) / CLIP_STD
     for photo in photos:
         x = clip_preprocess(photo)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from helpers import require
 
 UNIT = Path(__file__).resolve().parents[1] / "deploy" / "audioclip-stream.service"
 INSTALLED = "/opt/audioclip-stream/.venv/bin/audioclip-stream"
@@ -46,11 +46,9 @@ def test_the_unit_runs_the_configured_service_as_a_sandboxed_user():
 
 def verify(tmp_path, text: str) -> str:
     """systemd-analyze verify's complaints about a copy of the unit (its ExecStart pointed at a real file)."""
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed (no systemd here)")
+    require(shutil.which("systemd-analyze"), "systemd-analyze is not installed (Debian package systemd)")
     executable = Path(sys.executable).with_name("audioclip-stream")
-    if not executable.exists():
-        pytest.skip(f"{executable} is not installed (pip install -e .)")
+    require(executable.exists(), f"{executable} is not installed (pip install -e .)")
     unit = tmp_path / UNIT.name
     unit.write_text(text.replace(INSTALLED, str(executable)))
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)

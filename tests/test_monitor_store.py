@@ -18,6 +18,8 @@ import pytest
 from audioclip.monitor.events import DetectionEvent, utc_iso
 from audioclip.monitor.store import SCHEMA_VERSION, EventStore, StoreError, migrate
 
+from helpers import require
+
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -185,8 +187,8 @@ def test_a_reader_process_reads_while_the_writer_writes(tmp_path):
     assert len(set(counts)) >= 3  # and it read while the rows were being written
 
 
-@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the sqlite3 command-line program is not installed")
 def test_the_sqlite3_command_reads_a_database_the_store_holds_open(tmp_path):
+    require(shutil.which("sqlite3"), "the sqlite3 command-line program is not installed (Debian package sqlite3)")
     path = tmp_path / "e.sqlite"
     with EventStore(path) as store:
         store.record(start(1))

@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-pyte = pytest.importorskip("pyte", reason="needs pyte (the dev extra)")
+from helpers import require_module
+
+pyte = require_module("pyte", "the terminal tests need pyte (the dev extra)")
 
 COLUMNS, LINES = 100, 30
 
