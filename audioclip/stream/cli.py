@@ -61,7 +61,7 @@ def stream(
                                      help="Audio file, or - for stdin: a WAV, else raw s16le 44.1 kHz mono."),
     device: str | None = typer.Option(None, "--device", "-d", help="Input device index or name."),
     list_devices: bool = typer.Option(False, "--list-devices", help="List input devices and exit."),
-    window: float = typer.Option(5.0, "--window", help="Window length in seconds (default 5, or the clip "
+    window: float = typer.Option(StreamConfig.window, "--window", help="Window length in seconds (default 5, or the clip "
                                                           "length a fine-tuned head was trained on)."),
     hop: float = typer.Option(StreamConfig.hop, "--hop", show_default=False,
                               help="Seconds between window starts (default 0.50884: 5 x 4488 samples, so that "
@@ -111,7 +111,7 @@ def stream(
     from ..monitor.cli import run_monitor_cli, wants_monitor
 
     if loop or wants_monitor(config=config_file, input=input, db=db, clips=clips, mqtt=mqtt, metrics=metrics):
-        _monitor(locals(), run_monitor_cli)
+        _monitor(locals(), run_monitor_cli, given=_given_flags(ctx))
         return
     given = {"threshold": threshold, "hysteresis": hysteresis, "min_windows": min_windows}
     config = StreamConfig(window=window, hop=hop, smooth=smooth, events=events, min_dbfs=min_dbfs, top_k=top_k,
@@ -148,27 +148,34 @@ def stream(
         raise typer.Exit(INTERRUPTED_EXIT)
 
 
-def _monitor(options: dict, run_monitor_cli) -> None:
+# the options a monitor.toml describes as well (the others: what to print, and how long)
+_MONITOR_OPTIONS = ("labels", "labels_file", "template", "checkpoint", "onnx", "input", "device", "window", "hop",
+                    "smooth", "threshold", "hysteresis", "min_windows", "min_dbfs", "realtime", "threads", "db",
+                    "clips", "mqtt", "metrics", "loop")
+
+
+def _given_flags(ctx: typer.Context) -> list[str]:
+    """The monitor options given on the command line (click says which came from their defaults)."""
+    return ["--" + name.replace("_", "-") for name in _MONITOR_OPTIONS
+            if ctx.get_parameter_source(name).name != "DEFAULT"]
+
+
+def _monitor(options: dict, run_monitor_cli, *, given: list[str]) -> None:
     """The monitor for ``--config`` or the one-source shortcuts; prints its summary at the end."""
     from ..monitor.output import summary_lines as monitor_summary
 
     o = options
-    defaults = {"labels": None, "labels_file": None, "template": None, "checkpoint": None, "onnx": None,
-                "input": None, "device": None, "window": 5.0, "hop": StreamConfig.hop, "smooth": 1, "threshold": None,
-                "hysteresis": None, "min_windows": None, "min_dbfs": None, "events": False, "realtime": False,
-                "threads": None, "db": None, "clips": None, "mqtt": None, "metrics": None, "loop": False}
-    given = ["--" + name.replace("_", "-") for name, value in defaults.items() if o[name] != value]
     flags = {}
     if o["config_file"] is None:
         label_list = labels_from_options(o["labels"], o["labels_file"])
         flags = {k: o[k] for k in ("input", "device", "template", "onnx", "threads", "window", "hop", "smooth",
                                    "threshold", "min_dbfs", "realtime", "loop", "db", "clips", "mqtt", "metrics")}
         flags.update(labels=label_list, checkpoint=o["checkpoint"] or "full",
-                     hysteresis=0.05 if o["hysteresis"] is None else o["hysteresis"],
-                     min_windows=1 if o["min_windows"] is None else o["min_windows"])
+                     hysteresis=StreamConfig.hysteresis if o["hysteresis"] is None else o["hysteresis"],
+                     min_windows=StreamConfig.min_windows if o["min_windows"] is None else o["min_windows"])
         for name in ("db", "clips", "onnx"):
             flags[name] = None if flags[name] is None else str(flags[name])
-    monitor = run_monitor_cli(config_path=o["config_file"], flags=flags, given=[g for g in given if g != "--events"],
+    monitor = run_monitor_cli(config_path=o["config_file"], flags=flags, given=given,
                               format=o["format"].value, duration=o["duration"], top_k=o["top_k"])
     for line in monitor_summary(monitor):
         errors.print(line, highlight=False, soft_wrap=True)
