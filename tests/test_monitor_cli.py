@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_monitor_sinks import Receiver, Subscriber, wait_until
 
 from audioclip.monitor.config import MonitorConfig
 from audioclip.monitor.output import JsonlOutput
@@ -97,11 +98,19 @@ def test_sigterm_closes_open_events_and_exits_0(tmp_path, tiny_checkpoint, loud)
 
 
 @pytest.mark.slow
-def test_kill_9_leaves_a_sound_database_and_the_next_start_closes_the_event(tmp_path, tiny_checkpoint, loud):
+def test_kill_9_leaves_a_sound_database_and_the_next_start_closes_the_event_everywhere(tmp_path, tiny_checkpoint,
+                                                                                        loud, mosquitto):
+    """After a crash the broker holds ``offline`` and the label's ``ON``; the next start closes the event in the
+    database and publishes its end (the end JSON, ``OFF``) to MQTT and the webhook, once, with one log line."""
     db = tmp_path / "d.sqlite"
-    proc = start(write_config(tmp_path / "m.toml", tiny_checkpoint, loud, db))
+    hook = Receiver()
+    sinks = f'[mqtt]\nurl = "{mosquitto.url}"\nprefix = "crash"\n[[webhooks]]\nurl = "{hook.url}/hook"\n'
+    proc = start(write_config(tmp_path / "m.toml", tiny_checkpoint, loud, db, extra=sinks))
     try:
         open_row = wait_for_open_event(db, proc)
+        label_topic = f"crash/porch/{open_row['label']}"
+        wait_until(lambda: any(json.loads(body)["id"] == open_row["id"] for _, _, body in hook.requests), 10,
+                   "the start at the webhook")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -110,15 +119,30 @@ def test_kill_9_leaves_a_sound_database_and_the_next_start_closes_the_event(tmp_
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     (row,) = events(db)
     assert row["id"] == open_row["id"] and row["end_utc"] is None  # visible while it was open
+    crashed = Subscriber(mosquitto.port, ["crash/#"], "crash-after-kill")
+    wait_until(lambda: crashed.payloads("crash/status") and crashed.payloads(label_topic), 10, "retained messages")
+    assert ("crash/status", "offline", True) in crashed.messages  # the last will, retained
+    assert (label_topic, "ON", True) in crashed.messages  # left on by the crash
 
     silent = burst_wav(tmp_path / "silent.wav", pattern=((1.0, 0.0),))
     again = subprocess.run([str(EXE), "--config", str(write_config(tmp_path / "m2.toml", tiny_checkpoint, silent, db,
-                                                                   loop=False)), "--format", "jsonl"],
+                                                                   loop=False, extra=sinks)), "--format", "jsonl"],
                            capture_output=True, text=True, timeout=120)
+    hook.close()
     assert again.returncode == 0, again.stderr
     first = events(db)[0]
     assert first["end_utc"] == first["last_seen_utc"]
     assert first["end_s"] == first["last_seen_s"] >= open_row["last_seen_s"]
+    assert sum("left open" in line or "closed 1 open" in line for line in again.stderr.splitlines()) == 1
+    ends = [json.loads(p) for p in crashed.payloads("crash/porch/events")]
+    end = {"id": row["id"], "event": "end", "source": "porch", "label": row["label"], "start_utc": first["start_utc"],
+           "end_utc": first["end_utc"], "start_s": first["start_s"], "end_s": first["end_s"]}
+    assert [{k: e[k] for k in end} for e in ends] == [end]  # once
+    assert crashed.payloads(label_topic)[-1] == "OFF"
+    hooked = [json.loads(body) for _, _, body in hook.requests]
+    assert [{k: e[k] for k in end} for e in hooked if e["event"] == "end"] == [end]
+    assert [json.loads(x) for x in again.stdout.splitlines() if '"event"' in x][0]["id"] == row["id"]
+    crashed.close()
 
 
 @pytest.mark.slow

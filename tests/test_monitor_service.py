@@ -31,7 +31,7 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
     cfg = monitor_config(tmp_path, tiny_checkpoint,
                          [{"name": "porch", "file": str(a), "realtime": False},
                           {"name": "yard", "file": str(b), "realtime": False}],
-                         store={"db": str(db), "clips": str(clips), "pre_roll": 2.0, "post_roll": 2.0})
+                         store={"db": str(db), "clips": str(clips), "pre_roll": 1.0, "post_roll": 2.0})
     monitor, lines = run_monitor(cfg)
 
     windows = [x for x in lines if "t_start" in x]
@@ -45,7 +45,8 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
     stored = event_rows(db)
     assert sorted((r["source"], r["label"]) for r in stored) == [("porch", "cat"), ("yard", "cat")]
     for r in stored:
-        assert r["start_s"] == 2.5 and r["end_s"] == 6.0  # first window with sound .. first silent window
+        # from the start of the first window with sound ([1.5, 2.5]) to the end of the first silent one
+        assert r["start_s"] == 1.5 and r["end_s"] == 6.0
         assert r["end_utc"] is not None and r["end_utc"] > r["start_utc"]
         starts = [e for e in events if e["id"] == r["id"] and e["event"] == "start"]
         ends = [e for e in events if e["id"] == r["id"] and e["event"] == "end"]
@@ -53,10 +54,10 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
         audio, rate = sf.read(r["clip"], dtype="float32")
         assert rate == SAMPLE_RATE and r["clip"].endswith(".flac")
         assert Path(r["clip"]).is_relative_to(clips / r["source"])
-        assert len(audio) / SAMPLE_RATE == pytest.approx(2.0 + (6.0 - 2.5) + 2.0, abs=0.5)  # within one hop
+        lo, hi = round((1.5 - 1.0) * SAMPLE_RATE), round((6.0 + 2.0) * SAMPLE_RATE)  # pre-roll, event, post-roll
+        assert len(audio) == hi - lo
         source = sf.read(a if r["source"] == "porch" else b, dtype="float32")[0]
-        lo = int(0.5 * SAMPLE_RATE)
-        np.testing.assert_allclose(audio, source[lo:lo + len(audio)], atol=1 / 32768)
+        np.testing.assert_allclose(audio, source[lo:hi], atol=1 / 32768)
 
 
 @pytest.mark.slow
@@ -162,6 +163,11 @@ def test_reload_changes_labels_and_refuses_a_bad_file(tmp_path, tiny_checkpoint,
     assert not thread.is_alive()
 
 
+def windows_counted(scraped: str) -> float:
+    return sum(s.value for family in text_string_to_metric_families(scraped) for s in family.samples
+               if s.name == "audioclip_windows_total")
+
+
 @pytest.mark.slow
 def test_mqtt_and_metrics_from_a_running_monitor(tmp_path, tiny_checkpoint, mosquitto):
     import paho.mqtt.client as mqtt
@@ -185,12 +191,13 @@ def test_mqtt_and_metrics_from_a_running_monitor(tmp_path, tiny_checkpoint, mosq
         thread.start()
         scraped = None
         deadline = time.monotonic() + 60
-        while thread.is_alive() and time.monotonic() < deadline:
+        while thread.is_alive() and time.monotonic() < deadline:  # until 6 windows were counted (not in flight)
             time.sleep(0.5)
             if monitor.metrics is not None and monitor.pipelines and monitor.pipelines[0].windows >= 6:
                 with urllib.request.urlopen(f"http://127.0.0.1:{monitor.metrics.port}/metrics", timeout=5) as r:
                     scraped = r.read().decode()
-                break
+                if windows_counted(scraped) >= 6:
+                    break
         thread.join(60)
         time.sleep(1.0)
     finally:

@@ -14,6 +14,8 @@ recorder (the clip sink's); nothing here is shared between threads.
   also waits until :meth:`classified` says every window that overlaps the clip has been classified,
   however far inference lags. A mute that still comes late rewrites the recent clips it overlaps.
   Muted audio never stays in a clip.
+- A source that goes down or ends: :meth:`ClipRecorder.cut` writes its pending clips at once with
+  the audio up to there (their post-roll would never come, or would be the silence of a gap).
 - Files are written under ``root/<source>/<YYYY-MM-DD>/<HH-MM-SS>_<label>_<id>.flac`` (UTC; names
   reduced to safe characters), to a temporary name in the same folder, flushed and renamed: a
   crash or a full disk leaves either the whole clip or none.
@@ -295,27 +297,38 @@ class ClipRecorder:
         done, self._done = self._done, []
         return done
 
+    def cut(self, source: str, t_s: float, why: str = "the stream ended") -> list[ClipResult]:
+        """``source`` stopped at stream second ``t_s`` (it went down or ended): write its pending clips now,
+        with its audio up to there and none after; return every finished result."""
+        until = self._index(t_s)
+        for r in [r for r in self._requests.values() if r.source == source]:
+            self._write(r, until=until, why=why)
+        done, self._done = self._done, []
+        return done
+
     def _finish_source(self, source: str) -> None:
         for r in [r for r in self._requests.values() if r.source == source]:
             self._write(r)
 
-    def _write(self, r: _Request) -> None:
+    def _write(self, r: _Request, *, until: int | None = None, why: str = "the stream ended") -> None:
+        """Write ``r``'s clip with the audio there is (``until``: none from that sample on)."""
         del self._requests[r.event_id]
         self._finished.append(r.event_id)
         history = self._sources.get(r.source)
         target = self._target(r)
         notes = []
-        if history is None or min(target, history.end) <= max(r.lo, history.oldest):
+        end = None if history is None else history.end if until is None else min(history.end, until)
+        if history is None or min(target, end) <= max(r.lo, history.oldest):
             self._done.append(ClipResult(r.event_id, None, "no audio of the event in the history"))
             log.warning("clip of event %d not written: no audio of the event in the history", r.event_id)
             return
-        lo, hi = max(r.lo, history.oldest), min(target, history.end)
+        lo, hi = max(r.lo, history.oldest), min(target, end)
         if lo > r.lo:
             notes.append(f"its first {(lo - r.lo) / self.sample_rate:.2f} s were no longer in the history")
         if r.end is None and hi < target:
             notes.append("the event was still open")
         elif hi < target:
-            notes.append(f"cut {(target - hi) / self.sample_rate:.2f} s short (the stream ended)")
+            notes.append(f"cut {(target - hi) / self.sample_rate:.2f} s short ({why})")
         elif r.end is None or r.end > target:
             notes.append(f"capped at {self.max_seconds:g} s")
         start = r.start_utc.astimezone(timezone.utc)

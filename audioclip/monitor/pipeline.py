@@ -6,6 +6,11 @@ A :class:`SourcePipeline` reads its source on a thread of its own and hands wind
 on the inference thread. Stream time (``start_s`` / ``end_s``) counts seconds of this source from
 its start and keeps counting through outages (the seconds lost are added), so clips and events of
 a source never overlap across a gap; after a gap the resampler and the windows start afresh.
+
+An event starts at the start of the first window whose score crossed its label's threshold (its
+clip adds ``pre_roll`` before that) and ends at the end of the first window below ``threshold -
+hysteresis``, at a quiet (gated) window, or, when the source goes down or ends, at the end of its
+last window classified before that: then its clip is written at once, with the audio up to there.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from ..stream.postprocess import Event, EventDetector, Smoother, WindowResult
 from ..stream.resample import StreamResampler
 from .config import LabelParams
 from .events import DetectionEvent
-from .supervisor import Block, StreamGap
+from .supervisor import Block, SourceDown, StreamGap
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +101,10 @@ class SourcePipeline:
         self.finished = threading.Event()
         self._lock = threading.Lock()  # the detectors and open events: the inference and source threads
         self._t = 0.0  # stream seconds of the newest window handled
-        self._order: deque[tuple[str, int]] = deque()  # windows in flight and gated ones behind them, by end sample
+        self._arrival: float | None = None  # when the newest classified window's last sample arrived
+        # Windows in flight, and behind them what happened after them (a gated window, the source down or
+        # ended), by stream sample: handled in stream order, once the windows before them are classified.
+        self._order: deque[tuple[str, int]] = deque()
         self.set_labels(labels, params)
         self._thread = threading.Thread(target=self._read, name=f"pipeline {name}", daemon=True)
 
@@ -112,8 +120,9 @@ class SourcePipeline:
             self._open: dict[str, tuple[int, datetime, float]] = {}  # label -> (id, start_utc, start_s)
             self._touched: dict[str, float] = {}
             self._index = {label: i for i, label in enumerate(self.labels)}
-            # The newest windows' (smoothed probs, (embedding, seconds) or None): an event's first windows.
-            self._recent: deque[tuple[np.ndarray, tuple | None]] = deque(maxlen=int(params.min_windows.max(initial=1)))
+            # The newest windows' (start second, smoothed probs, (embedding, seconds) or None): an event's first.
+            self._recent: deque[tuple[float, np.ndarray, tuple | None]] = deque(
+                maxlen=int(params.min_windows.max(initial=1)))
             self._peaks: dict[str, _Peak] = {}  # open label -> its peak window's embedding
 
     # -- the reading thread ---------------------------------------------------------------------
@@ -131,6 +140,9 @@ class SourcePipeline:
         rate = None
         try:
             for item in self._items():
+                if isinstance(item, SourceDown):
+                    self._mark("down", base + (scheduler.total if scheduler is not None else 0))
+                    continue
                 if isinstance(item, StreamGap):
                     if scheduler is not None:
                         base += scheduler.total + int(round(item.seconds * SAMPLE_RATE))
@@ -167,12 +179,14 @@ class SourcePipeline:
             self.error = e
             log.error("source %s stopped: %s", self.name, e)
         finally:
+            self._mark("ended", base + (scheduler.total if scheduler is not None else 0))
             self.finished.set()
 
     def _items(self):
-        """Blocks as ``(samples, arrival, rate)`` and :class:`StreamGap` markers, from any source."""
+        """Blocks as ``(samples, arrival, rate)``, :class:`StreamGap` and :class:`SourceDown` markers, from any
+        source."""
         for item in self.source.blocks():
-            if isinstance(item, StreamGap):
+            if isinstance(item, (StreamGap, SourceDown)):
                 yield item
             elif isinstance(item, Block):
                 yield item.samples, item.arrival, item.rate
@@ -189,11 +203,7 @@ class SourcePipeline:
             self.gated += 1
             if self.metrics is not None:
                 self.metrics.window(self.name, level_dbfs=max(level, -200.0), inference_s=None)
-            with self._lock:
-                if any(kind == "window" for kind, _ in self._order):
-                    self._order.append(("quiet", end))  # after the windows still being classified
-                else:
-                    self._quiet_at(end)
+            self._mark("quiet", end)
             return
         with self._lock:
             self._order.append(("window", end))
@@ -201,12 +211,37 @@ class SourcePipeline:
         if replaced and self.metrics is not None:
             self.metrics.dropped_windows(self.name)
 
-    def _quiet_at(self, end: int) -> None:
-        t = end / SAMPLE_RATE
+    def _mark(self, kind: str, at: int) -> None:
+        """Stream sample ``at`` was gated (``quiet``) or the source went ``down`` or ``ended`` there: handle it
+        now, or after the windows still being classified."""
+        with self._lock:
+            if any(k == "window" for k, _ in self._order):
+                self._order.append((kind, at))
+            else:
+                self._handle(kind, at)
+
+    def _handle(self, kind: str, at: int) -> None:
+        if kind == "quiet":
+            t = at / SAMPLE_RATE
+            if self.clips is not None:
+                with self.clip_lock:
+                    self.clips.classified(self.name, t)
+            self._emit_events(self._quiet(t), t)
+        else:
+            self._cut(at, "the source went down" if kind == "down" else "the stream ended")
+
+    def _cut(self, at: int, why: str) -> None:
+        """The source went down or ended at stream sample ``at``: its open events end at its last classified
+        window, its pending clips are written now with the audio up to ``at``, and what comes next (after a
+        reconnect) starts afresh: no streak, smoothing or event carries over."""
+        self._emit_events(self._quiet(self._t), self._t, arrival=self._arrival)
+        self.smoother = Smoother(self.config.smooth)
+        self._recent.clear()
         if self.clips is not None:
             with self.clip_lock:
-                self.clips.classified(self.name, t)
-        self._emit_events(self._quiet(t), t)
+                done = self.clips.cut(self.name, at / SAMPLE_RATE, why)
+            if done and self.clip_done is not None:
+                self.clip_done(done)
 
     def _catch_up(self, end: int | None) -> None:
         """Handle, in stream order, the gated windows before sample ``end`` (None: all that lead the
@@ -220,8 +255,8 @@ class SourcePipeline:
                     self._order.popleft()
                 return
             self._order.popleft()
-            if kind == "quiet":
-                self._quiet_at(at)
+            if kind != "window":
+                self._handle(kind, at)
 
     # -- results (the inference thread) ---------------------------------------------------------
     def on_result(self, window: Window, probs: np.ndarray, sims: np.ndarray, seconds: float, *,
@@ -239,8 +274,8 @@ class SourcePipeline:
             result.latency_ms = (time.monotonic() - window.arrival) * 1e3
             events = [e for detector in self.detectors for e in detector.update(t_end, probs)]
             seconds_long = len(window.samples) / SAMPLE_RATE
-            self._follow_peaks(events, probs, None if embedding is None else (embedding, seconds_long))
-            self._t = t_end
+            self._follow_peaks(events, t_start, probs, None if embedding is None else (embedding, seconds_long))
+            self._t, self._arrival = t_end, window.arrival
             self.last = result
             if self.metrics is not None:
                 self.metrics.window(self.name, level_dbfs=max(result.level_db, -200.0), inference_s=seconds)
@@ -259,16 +294,17 @@ class SourcePipeline:
         for e in events:
             if e.kind == "start":
                 event_id = self.next_id()
-                start_utc = now_utc - timedelta(seconds=max(t - e.t, 0.0))
-                self._open[e.label] = (event_id, start_utc, e.t)
-                record = DetectionEvent(event_id, "start", self.name, e.label, start_utc, e.t, e.peak, e.peak)
+                start_s = self._first_windows(e.label)[0][0]  # the start of the first window over the threshold
+                start_utc = now_utc - timedelta(seconds=max(t - start_s, 0.0))
+                self._open[e.label] = (event_id, start_utc, start_s)
+                record = DetectionEvent(event_id, "start", self.name, e.label, start_utc, start_s, e.peak, e.peak)
                 peak = self._peaks[e.label] = self._first_peak(e.label)
                 self.events += 1
                 if self.metrics is not None:
                     self.metrics.event(self.name, e.label)
                 if self.clips is not None:
                     with self.clip_lock:
-                        self.clips.request(event_id, self.name, e.t, None, start_utc, label=e.label)
+                        self.clips.request(event_id, self.name, start_s, None, start_utc, label=e.label)
             else:
                 event_id, start_utc, start_s = self._open.pop(e.label)
                 self._touched.pop(e.label, None)
@@ -285,21 +321,25 @@ class SourcePipeline:
                 peak.changed = False
 
     # -- each event's peak window ------------------------------------------------------------------
-    def _follow_peaks(self, events: list[Event], probs: np.ndarray, embedding: tuple | None) -> None:
+    def _follow_peaks(self, events: list[Event], t_start: float, probs: np.ndarray, embedding: tuple | None) -> None:
         """Remember this window; an open event that goes on through it takes it as its peak window when its
         label's probability beats the peak so far (the first window of the highest, as the detector's peak)."""
-        self._recent.append((probs, embedding))
+        self._recent.append((t_start, probs, embedding))
         ending = {e.label for e in events if e.kind == "end"}
         for label, peak in self._peaks.items():
             p = float(probs[self._index[label]])
             if label not in ending and p > peak.p:
                 peak.p, peak.embedding, peak.changed = p, embedding, True
 
+    def _first_windows(self, label: str) -> list[tuple[float, np.ndarray, tuple | None]]:
+        """The windows that started ``label``'s event, oldest first: the ``min_windows`` newest (the detector's
+        streak is of windows in a row, and every classified window is remembered)."""
+        return list(self._recent)[-int(self.params.min_windows[self._index[label]]):]
+
     def _first_peak(self, label: str) -> _Peak:
-        """The peak among the windows that started ``label``'s event: its ``min_windows`` newest."""
+        """The peak among the windows that started ``label``'s event."""
         i = self._index[label]
-        first = list(self._recent)[-int(self.params.min_windows[i]):]
-        p, embedding = max(first, key=lambda item: float(item[0][i]))  # max keeps the first of equals
+        _, p, embedding = max(self._first_windows(label), key=lambda item: float(item[1][i]))  # the first of equals
         return _Peak(float(p[i]), embedding)
 
     def _touch(self, t: float, arrival: float) -> None:

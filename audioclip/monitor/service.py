@@ -141,12 +141,10 @@ class Monitor:
         self.labels = list(self._classifier.labels)
         if self.output is None and self.output_factory is not None:
             self.output = self.output_factory(self.labels)
-        first_id = 1
+        first_id, crashed = 1, []
         if config.store is not None:
             store = EventStore(config.store.db)
-            closed = store.close_open()
-            if closed:
-                log.info("closed %d event(s) left open by the last run at their last seen time", len(closed))
+            crashed = store.ended(store.close_open())  # what a crash left open, closed where last seen
             first_id = store.next_id()
             self.store_sink = StoreSink(store).start()
             if config.store.clips is not None:
@@ -169,6 +167,8 @@ class Monitor:
             from .webhooks import WebhookSink
 
             self.sinks.append(WebhookSink(hook.url, secret=hook.secret, timeout=hook.timeout).start())
+        for record in crashed:  # their ends, as any other end (the database has them already)
+            self._publish_event(record)
         if config.metrics is not None:
             from .metrics import Metrics
 
@@ -272,10 +272,14 @@ class Monitor:
             return
         if self.store_sink is not None:
             self.store_sink.put(("event", payload))
+        self._publish_event(payload)
+
+    def _publish_event(self, record) -> None:
+        """An event's start or end to MQTT, the webhooks and the output."""
         for sink in self.sinks:
-            sink.put(payload)
+            sink.put(record)
         if self.output is not None:
-            self.output.event(payload)
+            self.output.event(record)
 
     def _clips_done(self, results) -> None:
         for result in results:

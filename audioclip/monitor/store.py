@@ -110,6 +110,11 @@ def _iso(t: datetime | str | None) -> str | None:
     return t if t is None or isinstance(t, str) else utc_iso(t)
 
 
+def _utc(text: str) -> datetime:
+    """A stored ``2026-12-01T12:34:05.466Z`` as an aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 class EventStore:
     """The ``events`` table of one SQLite file.
 
@@ -239,6 +244,17 @@ class EventStore:
             log.info("%s: closed %d open event(s) %s", self.path,
                      len(ids), "at their last seen time" if at_last_seen else "at shutdown")
         return ids
+
+    def ended(self, event_ids: Sequence[int]) -> list[DetectionEvent]:
+        """Closed events ``event_ids`` as the end messages the sinks take (what :meth:`close_open` closed), by id."""
+        rows = []
+        for i in range(0, len(event_ids), 500):  # SQLite's limit on a statement's parameters
+            ids = list(event_ids[i:i + 500])
+            rows += self._read(f"SELECT {', '.join(COLUMNS)} FROM events WHERE id IN ({', '.join('?' * len(ids))}) "
+                               "AND end_utc IS NOT NULL", ids)
+        return [DetectionEvent(r["id"], "end", r["source"], r["label"], _utc(r["start_utc"]), r["start_s"], r["peak"],
+                               r["mean"], end_utc=_utc(r["end_utc"]), end_s=r["end_s"])
+                for r in sorted(rows, key=lambda r: r["id"])]
 
     def events(self, since: datetime | str | None = None, source: str | None = None, label: str | None = None,
                limit: int = 100, *, until: datetime | str | None = None) -> list[dict]:

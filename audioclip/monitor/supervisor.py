@@ -12,6 +12,9 @@ it (from any one thread) yields, in order:
   reconnect (``seconds`` of audio lost), after a change of rate or channels within a connection
   (``seconds`` 0), or where blocks were dropped because the consumer fell behind. A consumer
   restarts its resampler and windows after a gap, so that no window spans one.
+- :class:`SourceDown` ``(reason)`` as soon as a source that was up goes down (it failed, ended or
+  stalled), before the :class:`StreamGap` that its return brings: a consumer ends what was going on
+  at once, not when the source comes back (which may be never).
 
 The source is a small state machine: ``connecting`` -> ``up`` -> (failure, end of stream, or no
 audio for ``stall_seconds``) -> ``backing off`` -> ``connecting`` ... Waits between attempts are
@@ -62,6 +65,10 @@ class Block(NamedTuple):
 
 class StreamGap(NamedTuple):
     seconds: float
+    reason: str
+
+
+class SourceDown(NamedTuple):
     reason: str
 
 
@@ -165,10 +172,10 @@ class ResilientSource:
                 self._thread = threading.Thread(target=self._run, name=f"source {self.name}", daemon=True)
                 self._thread.start()
 
-    def __iter__(self) -> Iterator[Block | StreamGap]:
+    def __iter__(self) -> Iterator[Block | StreamGap | SourceDown]:
         return self.blocks()
 
-    def blocks(self) -> Iterator[Block | StreamGap]:
+    def blocks(self) -> Iterator[Block | StreamGap | SourceDown]:
         self.start()
         while True:
             with self._cond:
@@ -287,7 +294,10 @@ class ResilientSource:
         self._failures += 1
         self._broken = self._broken or reason
         # the watchdog has logged a stall already (and left UP)
-        if (was_up is not None and self.state == UP) or (self._failures == 1 and not self._been_up):
+        if was_up is not None and self.state == UP:
+            log.warning("%s: %s; reconnecting with backoff", self.name, reason)
+            self._went_down(reason)
+        elif self._failures == 1 and not self._been_up:
             log.warning("%s: %s; reconnecting with backoff", self.name, reason)
         else:
             log.debug("%s: attempt %d failed: %s", self.name, self._failures, reason)
@@ -306,8 +316,15 @@ class ResilientSource:
             self._stall = f"no audio for {self.stall_seconds:g} s"
             if self.state == UP:
                 log.warning("%s: %s; reconnecting with backoff", self.name, self._stall)
+                self._went_down(self._stall)
             self.state, self.last_error = BACKING_OFF, self._stall
             self._interrupt(source)
+
+    def _went_down(self, reason: str) -> None:
+        """Tell the consumer, after the blocks it has yet to read, that the source is down (once per outage)."""
+        with self._cond:
+            self._items.append(SourceDown(reason))
+            self._cond.notify()
 
     def _interrupt(self, source: Any) -> None:
         """Ask ``source`` to stop, on a thread of its own: a stalled device can block ``close()`` for as
