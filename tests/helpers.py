@@ -13,6 +13,7 @@ import json
 import sqlite3
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -187,3 +188,70 @@ def event_rows(db: Path) -> list[dict]:
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute("SELECT * FROM events ORDER BY id")]
+
+
+class GraphsMatch(NamedTuple):
+    """What :func:`assert_graphs_match_pytorch` measured: over ``windows`` windows of the real clips, the
+    encoder graph's largest absolute and smallest cosine difference from PyTorch's normalised embeddings,
+    the classifier graph's largest logit difference, and on how many windows its top-1 label is PyTorch's."""
+
+    windows: int
+    max_abs_diff: float
+    min_cosine: float
+    max_logit_diff: float
+    top1_agree: int
+
+
+def assert_graphs_match_pytorch(export_dir: Path, model: AudioCLIP, clips_dir: Path, *, bound: float,
+                                cosine: float) -> GraphsMatch:
+    """The graphs an export wrote, run on ONNX Runtime, against PyTorch computed here from ``model``.
+
+    Each clip of ``clips_dir`` (the 5-s ESC-50 clips) is cut into the graphs' fixed window (the first whole
+    windows of it; a window longer than the clip repeats it), or taken whole where the export takes any
+    length. ``audio_encoder.onnx``'s embeddings must be within ``bound`` of ``normalize(model.encode_audio)``
+    in every component and at a cosine of ``cosine`` or more. ``classifier.onnx``'s logits are compared with
+    PyTorch's for the labels and template the graph carries: an embedding at cosine ``c`` from another moves
+    each cosine similarity by at most ``sqrt(2 - 2 c)`` (and by at most ``bound * sqrt(D)``), so the logits
+    must agree within ``logit_scale`` times the smaller, and the top-1 label wherever PyTorch's margin over
+    the second is more than twice that. Returns the measured figures for tighter checks by the caller.
+    """
+    from audioclip.export.runtime import ENCODER_FILE, OnnxClassifier, session
+    from audioclip.model import ZeroShotClassifier
+
+    classifier = OnnxClassifier(export_dir, threads=2)
+    window = classifier.window_samples
+    windows = []
+    for path in sorted(Path(clips_dir).glob("*.wav")):
+        clip, rate = sf.read(path, dtype="float32")
+        assert rate == SAMPLE_RATE and clip.ndim == 1, f"{path}: {rate} Hz, shape {clip.shape}"
+        if window is None:
+            windows.append(clip)
+        elif window > len(clip):
+            windows.append(np.resize(clip, window))
+        else:
+            windows += [clip[i:i + window] for i in range(0, len(clip) - window + 1, window)]
+    assert windows and len({len(w) for w in windows}) == 1, f"no clips of one length in {clips_dir}"
+    x = np.stack(windows)
+
+    (onnx_emb,) = session(Path(export_dir) / ENCODER_FILE, threads=2).run(["embedding"], {"waveform": x})
+    reference = ZeroShotClassifier(model, classifier.labels, classifier.template)
+    with torch.inference_mode():
+        torch_emb = model.encode_audio(torch.from_numpy(x)).float()
+        torch_emb = (torch_emb / torch_emb.norm(dim=-1, keepdim=True)).numpy()
+        torch_logits = (reference.logit_scale * reference.scores_of(torch.from_numpy(torch_emb))[1]).numpy()
+    assert onnx_emb.shape == torch_emb.shape, (onnx_emb.shape, torch_emb.shape)
+    max_abs_diff = float(np.abs(onnx_emb - torch_emb).max())
+    cosines = np.sum(onnx_emb * torch_emb, axis=-1) / np.linalg.norm(onnx_emb, axis=-1)
+    assert max_abs_diff <= bound, f"encoder graph: max |diff| {max_abs_diff:.3g} > {bound:.3g}"
+    assert cosines.min() >= cosine, f"encoder graph: min cosine {cosines.min():.7f} < {cosine}"
+
+    assert classifier.logit_scale == pytest.approx(reference.logit_scale, rel=1e-6)
+    onnx_logits = classifier.logits(x)
+    allowed = reference.logit_scale * min(np.sqrt(2 - 2 * cosine), bound * np.sqrt(torch_emb.shape[1]))
+    max_logit_diff = float(np.abs(onnx_logits - torch_logits).max())
+    assert max_logit_diff <= allowed, f"classifier graph: logits differ by {max_logit_diff:.3g} > {allowed:.3g}"
+    top2 = np.sort(torch_logits, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * allowed
+    agree = onnx_logits.argmax(axis=-1) == torch_logits.argmax(axis=-1)
+    assert agree[clear].all(), f"classifier graph: top-1 differs from PyTorch's on windows {np.flatnonzero(~agree)}"
+    return GraphsMatch(len(x), max_abs_diff, float(cosines.min()), max_logit_diff, int(agree.sum()))
