@@ -20,7 +20,7 @@ from audioclip.model.constants import FRAME_LENGTH, SAMPLE_RATE
 from audioclip.stream import FileSource, StdinSource, StreamConfig, run_stream
 from audioclip.stream.cli import app
 
-from helpers import make_tiny_model
+from helpers import make_tiny_model, require
 
 LABELS = ["cat", "thunder", "car horn", "alarm clock", "coughing", "dog"]
 JSONL_KEYS = ["t_start", "t_end", "top", "probs", "similarity", "latency_ms"]
@@ -325,11 +325,11 @@ def test_an_empty_input_has_no_nan_in_its_summary(tiny_checkpoint):
 
 def _piped_wav(path: Path, *args: str) -> bytes:
     """``path`` as ffmpeg writes a WAV to a pipe: it cannot seek back, so the sizes in the header are unknown."""
+    require(shutil.which("ffmpeg"), "needs ffmpeg (scripts/test-deps.sh)")
     return subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), *args, "-f", "wav", "-"],
                           capture_output=True, check=True, timeout=60).stdout
 
 
-@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/test-deps.sh)")
 def test_a_wav_piped_to_stdin_is_read_as_wav_at_its_own_rate_and_channels(long_clip, tmp_path, tiny_checkpoint):
     x = sf.read(long_clip, dtype="float32")[0][:8 * SAMPLE_RATE]
     stereo = np.stack([x, 0.5 * x], axis=1)
@@ -353,7 +353,6 @@ def test_a_wav_piped_to_stdin_is_read_as_wav_at_its_own_rate_and_channels(long_c
 
 
 @pytest.mark.parametrize("codec, atol", [("pcm_s24le", 1e-5), ("pcm_f32le", 1e-6), ("pcm_u8", 1e-2)])
-@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/test-deps.sh)")
 def test_stdin_wav_sample_formats_decode_like_libsndfile(codec, atol, tmp_path, clips_dir):
     x = sf.read(clips_dir / "cat_3-95694-A-5.wav", dtype="float32")[0]
     expected = np.stack([x, -0.5 * x], axis=1)

@@ -8,8 +8,6 @@ from typer.testing import CliRunner
 
 from audioclip.stream.cli import app
 
-runtime = pytest.importorskip("audioclip.export.runtime", reason="the ONNX backend (audioclip.export) is not built")
-
 pytestmark = pytest.mark.slow  # exports a graph first
 LABELS = ["cat", "dog", "siren"]
 
