@@ -13,6 +13,8 @@ from audioclip.model import load_model
 
 from helpers import assert_graphs_match_pytorch, make_tiny_model
 
+pytestmark = pytest.mark.slow  # the tiny model's export (shared with the streaming tests) takes most of a minute
+
 
 def test_the_graphs_match_the_model_they_were_exported_from(tiny_export_2s, tiny_checkpoint, clips_dir):
     found = assert_graphs_match_pytorch(tiny_export_2s, load_model(tiny_checkpoint), clips_dir, bound=1e-4,
