@@ -7,18 +7,22 @@ import io
 import json
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
 from test_monitor_sinks import Receiver, wait_until
 
 from audioclip.model.constants import SAMPLE_RATE
+from audioclip.monitor.config import load_config
 from audioclip.monitor.output import JsonlOutput
 from audioclip.monitor.service import Monitor
 
 from helpers import burst_wav, event_rows, monitor_config, run_monitor
+from servers import RtspServer, free_port
 
 
 class Running:
@@ -64,6 +68,14 @@ class Messages:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def scrape(monitor: Monitor) -> dict:
+    """The running monitor's metrics: ``(name, its one label's value or None) -> value``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor.metrics.port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(s.name, next(iter(s.labels.values()), None)): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_the_clip_starts_pre_roll_before_the_first_window_over_the_threshold(tmp_path, tiny_checkpoint):
@@ -121,32 +133,42 @@ def test_a_source_that_ends_ends_its_events_and_writes_their_clips_while_the_oth
 
 
 @pytest.mark.slow
-def test_an_rtsp_outage_ends_the_events_before_it_and_they_start_afresh_after(tmp_path, tiny_checkpoint, rtsp_server,
-                                                                             mosquitto):
+def test_an_rtsp_outage_ends_the_events_before_it_and_they_start_afresh_after(tmp_path, tiny_checkpoint, mosquitto):
+    """A camera of steady noise (never gated: an event is always open) killed mid-event and started again."""
+    rtsp_server = RtspServer(burst_wav(tmp_path / "noise.wav", pattern=((60.0, 0.3),), seed=6)).start()
     db = tmp_path / "d.sqlite"
     hook = Receiver()
-    sub = Messages(mosquitto, ["gap/#"])
+    sub = Messages(mosquitto, ["gap/#", "homeassistant/binary_sensor/gap/#"])
     cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "camera", "url": rtsp_server.url, "stall_seconds": 4.0}],
                          defaults={"window": 1.0, "hop": 0.5, "threshold": 0.3},
                          store={"db": str(db), "clips": str(tmp_path / "clips"), "pre_roll": 1.0, "post_roll": 0.5},
-                         mqtt={"url": mosquitto.url, "prefix": "gap"}, webhooks=[{"url": hook.url + "/hook"}])
+                         mqtt={"url": mosquitto.url, "prefix": "gap", "homeassistant": True},
+                         webhooks=[{"url": hook.url + "/hook"}], metrics={"listen": f"127.0.0.1:{free_port()}"})
     run = Running(cfg)
     try:
         wait_until(lambda: len(run.windows("camera")) >= 4 and run.events("camera", "start"), 60, "an event")
-        rtsp_server.kill()
+        wait_until(lambda: sub.payloads("gap/camera/availability")[-1:] == ["online"], 5, "the camera online")
+        assert scrape(run.monitor)[("audioclip_source_up", "camera")] == 1
         open_ids = {x["id"] for x in run.events("camera", "start")} - {x["id"] for x in run.events("camera", "end")}
-        assert open_ids  # two labels at a threshold of 0.3: one of them is always on
+        assert open_ids  # on steady noise the tiny model's 'cat' is always on
+        killed = time.monotonic()
+        rtsp_server.kill()  # its end may come before this returns
         wait_until(lambda: open_ids <= {x["id"] for x in run.events("camera", "end")}, 20, "the ends in the outage")
         wait_until(lambda: all(r["clip"] is not None for r in event_rows(db) if r["id"] in open_ids), 10, "clips")
+        wait_until(lambda: "offline" in sub.payloads("gap/camera/availability", after=killed), 5, "the camera offline")
+        wait_until(lambda: scrape(run.monitor)[("audioclip_source_up", "camera")] == 0, 5, "the up gauge at 0")
+        assert scrape(run.monitor)[("audioclip_mqtt_connected", None)] == 1
         windows_before = len(run.windows("camera"))
         rtsp_server.start()
         restarted = time.monotonic()
         wait_until(lambda: len(run.events("camera", "start")) > len(open_ids) + len(
             [x for x in run.events("camera", "end") if x["id"] not in open_ids]), 60, "an event after the outage")
+        wait_until(lambda: "online" in sub.payloads("gap/camera/availability", after=restarted), 5, "online again")
     finally:
         run.stop()
         sub.close()
         hook.close()
+        rtsp_server.stop()
 
     lines = [x for x in run.lines() if x.get("source") == "camera"]
     rows = {r["id"]: r for r in event_rows(db)}
@@ -167,5 +189,66 @@ def test_an_rtsp_outage_ends_the_events_before_it_and_they_start_afresh_after(tm
              and x["start_s"] > max(rows[i]["end_s"] for i in open_ids)]
     first_after = run.windows("camera")[windows_before]
     assert after and min(x["start_s"] for x in after) >= first_after["t_start"]  # afresh: nothing carried over
+    config = json.loads(sub.payloads("homeassistant/binary_sensor/gap/camera_cat/config")[-1])
+    assert config["availability"] == [{"topic": "gap/status"}, {"topic": "gap/camera/availability"}]
+    assert config["availability_mode"] == "all"
     lost = run.monitor.pipelines[0].source.seconds_lost
     assert lost > 0 and first_after["t_start"] - run.windows("camera")[windows_before - 1]["t_end"] >= lost - 1e-3
+
+
+@pytest.mark.slow
+def test_a_reload_keeps_the_events_of_unchanged_labels_and_clears_what_removed_labels_left(tmp_path, tiny_checkpoint,
+                                                                                             mosquitto, caplog):
+    """SIGHUP's reload with the same file keeps every open event (same ids); a changed label's event ends and a
+    new one starts; a removed label's event ends and its retained state and discovery config are emptied."""
+    caplog.set_level("INFO", "audioclip.monitor")
+    loud = burst_wav(tmp_path / "loud.wav", pattern=((3.0, 0.3),), seed=7)
+    toml = tmp_path / "monitor.toml"
+
+    def write(labels: str) -> None:
+        toml.write_text(f'labels = {labels}\n[model]\ncheckpoint = "{tiny_checkpoint}"\n'
+                        '[defaults]\nwindow = 1.0\nhop = 0.5\nthreshold = 0.02\nhysteresis = 0.01\n'
+                        f'[[sources]]\nname = "loop"\nfile = "{loud}"\nloop = true\n'
+                        f'[mqtt]\nurl = "{mosquitto.url}"\nprefix = "hup"\nhomeassistant = true\n')
+
+    def reload(labels: str) -> None:
+        write(labels)
+        done = caplog.text.count("reloaded")
+        run.monitor.reload()
+        wait_until(lambda: caplog.text.count("reloaded") > done, 10, "the reload")
+
+    def open_ids() -> dict[str, int]:
+        ends = {x["id"] for x in run.events("loop", "end")}
+        return {x["label"]: x["id"] for x in run.events("loop", "start") if x["id"] not in ends}
+
+    three = '["cat", "siren", {name = "speech", prompts = ["people talking", "speech"]}]'
+    write(three)
+    run = Running(load_config(toml), config_path=str(toml))
+    try:  # at a threshold of 0.02 each of three labels is on all the time
+        wait_until(lambda: set(open_ids()) == {"cat", "speech", "siren"}, 60, "three open events")
+        before = open_ids()
+        reload(three)  # the same file
+        n = len(run.windows("loop"))
+        wait_until(lambda: len(run.windows("loop")) >= n + 3, 10, "windows after the reload")
+        assert open_ids() == before and not run.events("loop", "end")
+
+        sub = Messages(mosquitto, ["hup/#", "homeassistant/binary_sensor/hup/#"])
+        wait_until(lambda: sub.payloads("hup/loop/siren") == ["ON"], 5, "siren's retained ON")
+        reload('["cat", {name = "speech", prompts = ["people talking", "speech"], threshold = 0.03}]')  # siren removed
+        wait_until(lambda: "speech" in open_ids(), 10, "speech's new event")
+        sub.close()
+    finally:
+        run.stop()
+    ended = {x["label"]: x["id"] for x in run.events("loop", "end") if x["id"] in before.values()}
+    assert ended["speech"] == before["speech"] and ended["siren"] == before["siren"]
+    assert ended["cat"] == before["cat"]  # at the stop, not at either reload
+    assert [x["id"] for x in run.events("loop", "end")][:2] in ([before["speech"], before["siren"]],
+                                                                 [before["siren"], before["speech"]])
+    assert sub.payloads("hup/loop/siren")[-2:] == ["OFF", ""]  # its last OFF, then the topic emptied
+    assert sub.payloads("homeassistant/binary_sensor/hup/loop_siren/config")[-1] == ""
+    late = Messages(mosquitto, ["hup/#", "homeassistant/binary_sensor/hup/#"])
+    time.sleep(1.0)  # retained messages come at once on subscribing
+    retained = {topic for _, topic, _, flag in late.got if flag}
+    late.close()
+    assert "hup/loop/cat" in retained and "homeassistant/binary_sensor/hup/loop_cat/config" in retained
+    assert "hup/loop/siren" not in retained and "homeassistant/binary_sensor/hup/loop_siren/config" not in retained

@@ -189,6 +189,7 @@ def test_mqtt_states_events_status_and_discovery(broker):
     sub = Subscriber(broker.port, ["t1/#", "homeassistant/binary_sensor/t1/#"], "t1-sub")
     sink = MqttSink(broker.url, prefix="t1", homeassistant=True, backoff=FAST).start()
     sink.announce(["porch"], ["Dog bark", "speech"])
+    sink.source_available("porch", True)
     sink.put(event(7, "start"))
     sink.put(event(7, "end"))
     wait_until(lambda: len(sub.payloads("t1/porch/events")) == 2, 10, "2 event messages")
@@ -198,7 +199,10 @@ def test_mqtt_states_events_status_and_discovery(broker):
     assert sub.payloads("t1/status")[-1] == "online"
     config = json.loads(sub.payloads("homeassistant/binary_sensor/t1/porch_dog_bark/config")[-1])
     assert config["state_topic"] == "t1/porch/dog_bark" and config["device_class"] == "sound"
-    assert config["availability_topic"] == "t1/status" and config["unique_id"] == "t1_porch_dog_bark"
+    # available while both the process and the source are: a dead camera's sensors are not "available"
+    assert config["availability"] == [{"topic": "t1/status"}, {"topic": "t1/porch/availability"}]
+    assert config["availability_mode"] == "all" and config["unique_id"] == "t1_porch_dog_bark"
+    assert sub.payloads("t1/porch/availability") == ["online"]
     assert (config["payload_on"], config["payload_off"]) == ("ON", "OFF") and config["device"]["identifiers"]
     sink.close()
     wait_until(lambda: sub.payloads("t1/status")[-1:] == ["offline"], 5, "offline at close")
@@ -208,6 +212,7 @@ def test_mqtt_states_events_status_and_discovery(broker):
     wait_until(lambda: len(late.messages) >= 4, 5, "retained messages")
     retained = {t: p for t, p, r in late.messages if r}
     assert retained["t1/porch/dog_bark"] == "OFF" and retained["t1/status"] == "offline"
+    assert retained["t1/porch/availability"] == "offline"  # a clean stop takes every source offline
     assert {"homeassistant/binary_sensor/t1/porch_dog_bark/config",
             "homeassistant/binary_sensor/t1/porch_speech/config"} <= set(retained)
     assert "t1/porch/events" not in retained

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".tmp"
 STALE_TEMP_SECONDS = 3600.0
 RECENT_CLIPS = 64  # written clips per source that a late mute can still reach
+NO_AUDIO = "no audio of the event in the history"
+LATE_MUTE_FAILED = "deleted: a late privacy mute could not be applied"
 
 
 class ClipResult(NamedTuple):
@@ -56,6 +58,17 @@ class ClipResult(NamedTuple):
     event_id: int
     path: str | None
     reason: str
+
+    @property
+    def cause(self) -> str | None:
+        """Why a clip was not written, in a word (None: it was): ``no_audio`` (none of the event's audio was in
+        the history), ``late_mute_failed`` (deleted: a late privacy mute could not be applied) or
+        ``write_failed`` (the file could not be written)."""
+        if self.path is not None:
+            return None
+        if self.reason == NO_AUDIO:
+            return "no_audio"
+        return "late_mute_failed" if self.reason.startswith(LATE_MUTE_FAILED) else "write_failed"
 
 
 class ClipFolderError(ValueError):
@@ -243,7 +256,7 @@ class ClipRecorder:
         except (OSError, RuntimeError) as e:
             with contextlib.suppress(OSError):
                 path.unlink()
-            reason = f"deleted: a late privacy mute could not be applied ({e})"
+            reason = f"{LATE_MUTE_FAILED} ({e})"
             log.warning("clip of event %d %s", event_id, reason)
             self._done.append(ClipResult(event_id, None, reason))
 
@@ -319,8 +332,8 @@ class ClipRecorder:
         notes = []
         end = None if history is None else history.end if until is None else min(history.end, until)
         if history is None or min(target, end) <= max(r.lo, history.oldest):
-            self._done.append(ClipResult(r.event_id, None, "no audio of the event in the history"))
-            log.warning("clip of event %d not written: no audio of the event in the history", r.event_id)
+            self._done.append(ClipResult(r.event_id, None, NO_AUDIO))
+            log.warning("clip of event %d not written: %s", r.event_id, NO_AUDIO)
             return
         lo, hi = max(r.lo, history.oldest), min(target, end)
         if lo > r.lo:

@@ -11,7 +11,11 @@ scrape time (:meth:`Metrics.watch_sink`), so their counters need no calls. Serie
 - ``audioclip_input_level_dbfs{source}``: the level of the source's last window;
 - ``audioclip_events_total{source,label}``: events started;
 - ``audioclip_inference_seconds``: histogram of the time to classify one window;
-- ``audioclip_sink_dropped_total{sink}``: items a sink dropped (queue full or left at close).
+- ``audioclip_sink_dropped_total{sink}``: items a sink dropped (queue full or left at close);
+- ``audioclip_mqtt_connected``: 1 while the MQTT sink is connected to its broker, else 0 (with ``[mqtt]``);
+- ``audioclip_clips_not_written_total{cause}``: event clips that were not written (``no_audio``: none of
+  the event's audio was in the history; ``write_failed``: the file could not be written, e.g. a full disk;
+  ``late_mute_failed``: deleted because a late privacy mute could not be applied).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from __future__ import annotations
 import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 
 INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+CLIP_CAUSES = ("no_audio", "write_failed", "late_mute_failed")
+"""Why a clip was not written: the ``cause`` of :class:`~audioclip.monitor.clips.ClipResult`."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -44,6 +50,10 @@ class _SinkCollector:
         for name, sink in list(self.sinks.items()):
             family.add_metric([name], sink.dropped)
         yield family
+        brokers = [sink for sink in list(self.sinks.values()) if hasattr(sink, "connected")]
+        if brokers:
+            yield GaugeMetricFamily("audioclip_mqtt_connected", "1 while the MQTT sink is connected to its broker",
+                                    value=1 if all(sink.connected for sink in brokers) else 0)
 
 
 class Metrics:
@@ -63,6 +73,10 @@ class Metrics:
         self._up = Gauge("audioclip_source_up", "1 while the source delivers audio", ["source"], registry=r)
         self._level = Gauge("audioclip_input_level_dbfs", "Level of the last window", ["source"], registry=r)
         self._events = Counter("audioclip_events", "Events started", ["source", "label"], registry=r)
+        self._clips_lost = Counter("audioclip_clips_not_written", "Event clips not written, by cause", ["cause"],
+                                   registry=r)
+        for cause in CLIP_CAUSES:
+            self._clips_lost.labels(cause)
         self._inference = Histogram("audioclip_inference_seconds", "Time to classify one window",
                                    buckets=INFERENCE_BUCKETS, registry=r)
         self._sinks = _SinkCollector()
@@ -101,6 +115,10 @@ class Metrics:
     def event(self, source: str, label: str) -> None:
         """An event started."""
         self._events.labels(source, label).inc()
+
+    def clip_not_written(self, cause: str) -> None:
+        """An event's clip was not written (``cause``: one of :data:`CLIP_CAUSES`)."""
+        self._clips_lost.labels(cause).inc()
 
     def watch_sink(self, sink) -> None:
         """Export ``sink.dropped`` (read at each scrape) as ``audioclip_sink_dropped_total{sink=sink.name}``."""

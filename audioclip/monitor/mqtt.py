@@ -7,8 +7,15 @@ characters other than ``a-z0-9`` becomes ``_``: label "Dog bark" is ``dog_bark``
 - ``<prefix>/<source>/events``: ``DetectionEvent.to_json()`` per start and end (not retained);
 - ``<prefix>/status``: ``online`` on connect, ``offline`` at close and as the last will (retained;
   the sink subscribes to it and answers a stale ``offline`` while it is connected with ``online``);
+- ``<prefix>/<source>/availability``: ``online`` while the source delivers audio, else ``offline``
+  (retained; :meth:`MqttSink.source_available`, and ``offline`` for every source at close);
 - with ``homeassistant=True``, ``homeassistant/binary_sensor/<prefix>/<source>_<label>/config``
-  (retained) for each source and label given to :meth:`MqttSink.announce`.
+  (retained) for each source and event label given to :meth:`MqttSink.announce`, available while
+  both the process's status and the source's availability are ``online``.
+
+:meth:`MqttSink.announce` again with fewer labels (a reload) clears what the labels it no longer
+names left: their discovery configs and their retained states (an empty retained payload, after
+their last ``OFF`` went out), so neither comes back after a broker restart.
 
 Every message is QoS 1. An event's messages are handed to paho once and the sink waits for the
 broker's acknowledgements before it takes the next event; while the broker is away paho keeps them
@@ -112,6 +119,9 @@ class MqttSink(QueueSink):
         self._retained_lock = threading.Lock()
         self._states: dict[str, str] = {}       # state topic -> last ON/OFF
         self._discovery: dict[str, str] = {}    # config topic -> payload
+        self._availability: dict[str, str] = {} # availability topic -> online/offline
+        self._announced: set[str] = set()       # the state topics of the sources and labels announced last
+        self._to_clear: set[str] = set()        # state topics no longer announced, cleared after their last OFF
         self._acks = threading.Condition()
         self._acked: set[int] = set()     # acknowledged mids nobody has claimed yet
         self._unclaimed: set[int] = set() # mids of messages whose ack nobody waits for
@@ -129,29 +139,40 @@ class MqttSink(QueueSink):
         super().start()
         return self
 
+    def _state_topic(self, source: str, label: str) -> str:
+        return f"{self.prefix}/{topic_slug(source)}/{topic_slug(label)}"
+
+    def _availability_topic(self, source: str) -> str:
+        return f"{self.prefix}/{topic_slug(source)}/availability"
+
     def announce(self, sources: list[str], labels: list[str]) -> None:
-        """Publish (retained) Home Assistant discovery for each source and label; remove stale ones."""
-        if not self.homeassistant:
-            return
+        """The sources and the labels that raise events (retained Home Assistant discovery with
+        ``homeassistant``); what an earlier call named and this one does not is cleared (see the module)."""
         node = topic_slug(self.prefix)
-        configs = {}
-        for source in sources:
+        configs, states = {}, {self._state_topic(s, label) for s in sources for label in labels}
+        for source in sources if self.homeassistant else ():
             for label in labels:
                 src, lab = topic_slug(source), topic_slug(label)
                 configs[f"homeassistant/binary_sensor/{node}/{src}_{lab}/config"] = json.dumps({
                     "name": label,
                     "unique_id": f"{node}_{src}_{lab}",
-                    "state_topic": f"{self.prefix}/{src}/{lab}",
+                    "state_topic": self._state_topic(source, label),
                     "payload_on": "ON",
                     "payload_off": "OFF",
-                    "availability_topic": self.status_topic,
+                    "availability": [{"topic": self.status_topic}, {"topic": self._availability_topic(source)}],
+                    "availability_mode": "all",
                     "payload_available": "online",
                     "payload_not_available": "offline",
                     "device_class": "sound",
                     "device": {"identifiers": [f"{node}_{src}"], "name": f"audioclip {source}",
                                "manufacturer": "audioclip-stream", "model": "AudioCLIP"},
                 })
+        ending = {self._state_topic(e.source, e.label) for e in self.queued() if isinstance(e, DetectionEvent)}
         with self._retained_lock:
+            removed, self._announced = self._announced - states, states
+            self._to_clear = (self._to_clear - states) | (removed & ending)
+            for topic in removed - ending:
+                self._clear(topic)
             stale = [topic for topic in self._discovery if topic not in configs]
             self._discovery = configs
             for topic in stale:
@@ -159,24 +180,40 @@ class MqttSink(QueueSink):
             for topic, payload in configs.items():
                 self._publish_unclaimed(topic, payload)
 
+    def source_available(self, source: str, up: bool) -> None:
+        """``online`` or ``offline`` on the source's retained availability topic, when it changes."""
+        topic, payload = self._availability_topic(source), "online" if up else "offline"
+        with self._retained_lock:
+            if self._availability.get(topic) != payload:
+                self._availability[topic] = payload
+                self._publish_unclaimed(topic, payload)
+
+    def _clear(self, state_topic: str) -> None:
+        """An empty retained payload: the broker forgets the topic's state (caller holds the retained lock)."""
+        self._states.pop(state_topic, None)
+        self._publish_unclaimed(state_topic, "")
+
     # -- delivery (the sink's thread) ----------------------------------------------------------
     def deliver(self, event: DetectionEvent) -> None:
         if self._inflight is not None and self._inflight[0] is event:
             mids = self._inflight[1]      # handed to paho already: wait, never publish twice
         else:
-            source, label = topic_slug(event.source), topic_slug(event.label)
-            state_topic = f"{self.prefix}/{source}/{label}"
+            state_topic = self._state_topic(event.source, event.label)
             state = "ON" if event.kind == "start" else "OFF"
             with self._retained_lock:
                 self._states[state_topic] = state
                 self._inflight_topic = state_topic
-                mids = [self._client.publish(f"{self.prefix}/{source}/events",
+                mids = [self._client.publish(f"{self.prefix}/{topic_slug(event.source)}/events",
                                              json.dumps(event.to_json()), qos=1).mid,
                         self._client.publish(state_topic, state, qos=1, retain=True).mid]
             self._inflight = (event, mids)
         self._await_acks(mids)
         with self._retained_lock:
             self._inflight, self._inflight_topic = None, None
+            state_topic = self._state_topic(event.source, event.label)
+            if event.kind == "end" and state_topic in self._to_clear:  # its label was removed: now forget it
+                self._to_clear.discard(state_topic)
+                self._clear(state_topic)
 
     def _await_acks(self, mids: list[int]) -> None:
         with self._acks:
@@ -212,7 +249,7 @@ class MqttSink(QueueSink):
             return
         with self._retained_lock:
             self._publish_unclaimed(self.status_topic, "online")
-            for topic, payload in self._discovery.items():
+            for topic, payload in [*self._discovery.items(), *self._availability.items()]:
                 self._publish_unclaimed(topic, payload)
             for topic, state in self._states.items():
                 if topic != self._inflight_topic:
@@ -251,6 +288,9 @@ class MqttSink(QueueSink):
         """
         connected = self.connected
         if connected:
+            with self._retained_lock:
+                for topic in self._availability:
+                    self._publish_unclaimed(topic, "offline")
             info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
             deadline = max(deadline, time.monotonic() + 0.5)
             with self._acks:

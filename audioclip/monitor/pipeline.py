@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -109,21 +109,34 @@ class SourcePipeline:
         self._thread = threading.Thread(target=self._read, name=f"pipeline {name}", daemon=True)
 
     # -- labels (start and reload) -------------------------------------------------------------
-    def set_labels(self, labels: list[str], params: LabelParams) -> None:
-        """New labels and thresholds: open events end now; smoothing starts afresh."""
+    def set_labels(self, labels: list[str], params: LabelParams, keep: Collection[str] = ()) -> None:
+        """New labels and thresholds. The open events of the labels in ``keep`` (ones the reload left as they
+        were) go on, with their ids; the others end now. Streaks start afresh; so does smoothing, unless every
+        label was kept in the same order."""
         with self._lock:
-            if hasattr(self, "_open"):
-                self._emit_events(self._close_all(self._t), self._t)
-            self.labels, self.params = list(labels), params
+            old = getattr(self, "detectors", None)
+            kept = {}  # label -> its open event, going on
+            if old is not None:
+                kept = {label: event for label, event in self._open.items() if label in keep and label in labels}
+                ending = [label for label in self._open if label not in kept]
+                self._emit_events([e for d in old for e in d.close(self._t, ending)], self._t)
+            smoother = getattr(self, "smoother", None)
+            if old is None or list(labels) != self.labels or not set(labels) <= set(keep):
+                smoother = Smoother(self.config.smooth)
+            self.labels, self.params, self.smoother = list(labels), params, smoother
             self.detectors = detectors_for(self.labels, params)
-            self.smoother = Smoother(self.config.smooth)
-            self._open: dict[str, tuple[int, datetime, float]] = {}  # label -> (id, start_utc, start_s)
-            self._touched: dict[str, float] = {}
+            for label in kept:
+                source = next(d for d in old if label in d.watched)
+                source.hand_over(label, next(d for d in self.detectors if label in d.watched))
+            self._open: dict[str, tuple[int, datetime, float]] = kept  # label -> (id, start_utc, start_s)
+            self._touched: dict[str, float] = {label: t for label, t in getattr(self, "_touched", {}).items()
+                                               if label in kept}
             self._index = {label: i for i, label in enumerate(self.labels)}
             # The newest windows' (start second, smoothed probs, (embedding, seconds) or None): an event's first.
             self._recent: deque[tuple[float, np.ndarray, tuple | None]] = deque(
                 maxlen=int(params.min_windows.max(initial=1)))
-            self._peaks: dict[str, _Peak] = {}  # open label -> its peak window's embedding
+            self._peaks: dict[str, _Peak] = {label: peak for label, peak in getattr(self, "_peaks", {}).items()
+                                              if label in kept}  # open label -> its peak window's embedding
 
     # -- the reading thread ---------------------------------------------------------------------
     def start(self) -> SourcePipeline:

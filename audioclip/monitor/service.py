@@ -81,6 +81,13 @@ def open_source(source: SourceConfig, *, stdin=None):
     return ResilientSource(opener, name=source.name, stall_seconds=source.stall_seconds)
 
 
+def event_labels(config: MonitorConfig, labels: list[str]) -> list[str]:
+    """The labels that raise events (``event = false`` ones are only scored): all of a model's own labels."""
+    if not config.labels:
+        return list(labels)
+    return [label.name for label in config.labels if label.event]
+
+
 def label_params(config: MonitorConfig, source: SourceConfig, n_labels: int) -> LabelParams:
     """The configuration's per-label settings, or the defaults for a model's own labels."""
     if config.labels:
@@ -161,7 +168,7 @@ class Monitor:
 
             mqtt = MqttSink(config.mqtt.url, prefix=config.mqtt.prefix, homeassistant=config.mqtt.homeassistant,
                             queue_size=config.mqtt.queue).start()
-            mqtt.announce([s.name for s in config.enabled_sources], self.labels)
+            mqtt.announce([s.name for s in config.enabled_sources], event_labels(config, self.labels))
             self.sinks.append(mqtt)
         for hook in config.webhooks:
             from .webhooks import WebhookSink
@@ -217,6 +224,10 @@ class Monitor:
                         self.metrics.input_overflows(p.name, overflows - last_overflows)
                     if up != last_up:
                         self.metrics.source_up(p.name, up)
+                if up != last_up:
+                    for sink in self.sinks:
+                        if hasattr(sink, "source_available"):
+                            sink.source_available(p.name, up)
                 seen[p.name] = (reconnects, overflows, up)
             if self.clips is not None:
                 with self._clip_lock:
@@ -285,6 +296,8 @@ class Monitor:
         for result in results:
             if self.store_sink is not None:
                 self.store_sink.put(("clip", (result.event_id, result.path)))
+            if result.cause is not None and self.metrics is not None:
+                self.metrics.clip_not_written(result.cause)
 
     def _retention(self) -> None:
         store = self.config.store
@@ -313,12 +326,32 @@ class Monitor:
         self._classifier, self.labels = classifier, list(classifier.labels)
         for p in self.pipelines:
             source = next((s for s in config.enabled_sources if s.name == p.name), None)
-            p.set_labels(self.labels, label_params(config, source or self.config.source(p.name), len(self.labels)))
+            params = label_params(config, source or self.config.source(p.name), len(self.labels))
+            p.set_labels(self.labels, params, keep=self._unchanged_labels(config, p.name, params))
         for sink in self.sinks:
             if hasattr(sink, "announce"):
-                sink.announce([p.name for p in self.pipelines], self.labels)
+                sink.announce([p.name for p in self.pipelines], event_labels(config, self.labels))
         self.config = config
         log.info("reloaded %s: %d labels", self.config_path, len(self.labels))
+
+    def _unchanged_labels(self, config: MonitorConfig, source: str, params: LabelParams) -> set[str]:
+        """The labels of ``config`` whose prompts, template, thresholds, hysteresis, ``min_windows`` and ``event``
+        are as they were for ``source``: their open events go on through a reload."""
+        old = self.config
+        if not config.labels or not old.labels or config.defaults.template != old.defaults.template:
+            return set()
+        before = {label.name: (label, i) for i, label in enumerate(old.labels)}
+        was = label_params(old, old.source(source), len(old.labels))
+        unchanged = set()
+        for i, label in enumerate(config.labels):
+            if label.name not in before:
+                continue
+            previous, j = before[label.name]
+            if previous.prompts == label.prompts and all(
+                    getattr(was, field)[j] == getattr(params, field)[i]
+                    for field in ("thresholds", "hysteresis", "min_windows", "event")):
+                unchanged.add(label.name)
+        return unchanged
 
     def _relabel(self, config: MonitorConfig):
         """A classifier over ``config``'s labels that reuses the loaded model."""

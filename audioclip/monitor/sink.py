@@ -100,6 +100,11 @@ class QueueSink:
         with self._cond:
             return len(self._queue) + self._has_current
 
+    def queued(self) -> list:
+        """A copy of the items queued or being delivered, oldest first."""
+        with self._cond:
+            return ([self._current] if self._has_current else []) + list(self._queue)
+
     def ensure_running(self) -> bool:
         """Restart the delivery thread if it died; True when it did."""
         with self._cond:

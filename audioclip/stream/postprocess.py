@@ -156,9 +156,14 @@ class EventDetector:
         event = self._open.get(label)
         return None if event is None else (event.peak, event.total / event.windows)
 
-    def close(self, t: float) -> list[Event]:
-        """End the events still open when the stream stops."""
-        return [self._end(label, t) for label in list(self._open)]
+    def close(self, t: float, labels: Sequence[str] | None = None) -> list[Event]:
+        """End the events still open when the stream stops (``labels``: only theirs)."""
+        return [self._end(label, t) for label in list(self._open) if labels is None or label in labels]
+
+    def hand_over(self, label: str, to: EventDetector) -> None:
+        """Let ``to`` carry on ``label``'s open event (labels reloaded, this one as it was)."""
+        if label in self._open and label in to.watched:
+            to._open[label] = self._open.pop(label)
 
 
 @dataclass
