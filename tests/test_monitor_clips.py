@@ -193,8 +193,10 @@ def test_a_full_disk_leaves_no_partial_file_and_the_recorder_goes_on(tiny_tmpfs,
     feed(recorder, signal, upto=10.0)  # noise: about 0.5 MB of FLAC for the clip below
     recorder.request(1, "porch", 3.0, 5.0, T0, label="dog")
     with caplog.at_level(logging.WARNING, logger="audioclip.monitor.clips"):
-        ((event_id, path, reason),) = recorder.poll()
+        (result,) = recorder.poll()
+    event_id, path, reason = result
     assert (event_id, path) == (1, None) and "No space left on device" in reason
+    assert result.cause == "write_failed"  # what audioclip_clips_not_written_total counts it under
     assert [r.getMessage().count("\n") for r in caplog.records] == [0]
     assert "event 1" in caplog.records[0].getMessage()
     assert [p for p in root.rglob("*") if not p.is_dir()] == []  # no temporary file, no partial clip

@@ -252,3 +252,18 @@ def test_a_reload_keeps_the_events_of_unchanged_labels_and_clears_what_removed_l
     late.close()
     assert "hup/loop/cat" in retained and "homeassistant/binary_sensor/hup/loop_cat/config" in retained
     assert "hup/loop/siren" not in retained and "homeassistant/binary_sensor/hup/loop_siren/config" not in retained
+
+
+@pytest.mark.slow
+def test_no_home_assistant_sensor_for_a_label_that_never_raises_events(tmp_path, tiny_checkpoint, mosquitto):
+    wav = burst_wav(tmp_path / "a.wav", pattern=((2.0, 0.3),), seed=8)
+    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(wav), "realtime": False}],
+                         labels=[{"name": "speech", "event": False}, {"name": "rain"}],
+                         mqtt={"url": mosquitto.url, "prefix": "noev", "homeassistant": True})
+    run_monitor(cfg)
+    late = Messages(mosquitto, ["homeassistant/binary_sensor/noev/#"])
+    wait_until(lambda: late.got, 5, "the retained discovery")
+    time.sleep(0.5)  # retained messages come together on subscribing
+    late.close()
+    configs = {topic for _, topic, payload, _ in late.got if payload}
+    assert configs == {"homeassistant/binary_sensor/noev/porch_rain/config"}  # none for speech
