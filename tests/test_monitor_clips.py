@@ -79,7 +79,7 @@ def test_hold_waits_for_every_window_over_the_clip_to_be_classified(tmp_path):
     recorder.classified("porch", 11.0)
     ((event_id, path, reason),) = recorder.poll()
     clip = decode(path)
-    assert event_id == 1 and reason == "ok" and len(clip) == 4 * SR
+    assert event_id == 1 and reason == "muted for privacy: 0.50 s of 4.00 s" and len(clip) == 4 * SR
     assert not clip[round(3.5 * SR):].any() and clip[:round(3.5 * SR)].any()  # muted before it was written
 
 
@@ -111,7 +111,8 @@ def test_privacy_mutes_zero_the_audio_before_during_and_after_writing(tmp_path):
     recorder.mute("porch", 4.0, 5.0)  # in the history
     recorder.mute("porch", 5.5, 7.0)  # partly in samples still to come
     recorder.request(1, "porch", 5.0, 8.0, T0, label="dog")
-    ((_, (_, path, _)),) = feed(recorder, signal, upto=14.0, since=6.0)
+    ((_, (_, path, reason)),) = feed(recorder, signal, upto=14.0, since=6.0)
+    assert reason == "muted for privacy: 2.50 s of 7.00 s"  # what the event's clip_note says
     clip = decode(path)  # the clip is [3, 10)
     seconds = lambda a, b: clip[round((a - 3) * SR):round((b - 3) * SR)]  # noqa: E731
     assert not seconds(4.0, 5.0).any() and not seconds(5.5, 7.0).any()
@@ -122,7 +123,8 @@ def test_privacy_mutes_zero_the_audio_before_during_and_after_writing(tmp_path):
     clip = decode(path)
     assert not seconds(9.0, 9.5).any()
     np.testing.assert_allclose(seconds(9.5, 10.0), signal[round(9.5 * SR):10 * SR], atol=LSB)
-    assert recorder.poll() == [] and leftovers(tmp_path) == []
+    assert recorder.poll() == [(1, path, "muted for privacy: 3.00 s of 7.00 s")]  # the note follows the file
+    assert leftovers(tmp_path) == []
 
 
 def test_gaps_are_silence_and_a_restarted_stream_writes_what_there_is(tmp_path):

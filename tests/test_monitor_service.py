@@ -55,7 +55,7 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
         assert rate == SAMPLE_RATE and r["clip"].endswith(".flac")
         assert Path(r["clip"]).is_relative_to(clips / r["source"])
         lo, hi = round((1.5 - 1.0) * SAMPLE_RATE), round((6.0 + 2.0) * SAMPLE_RATE)  # pre-roll, event, post-roll
-        assert len(audio) == hi - lo
+        assert len(audio) == hi - lo and r["clip_note"] is None  # whole, nothing muted
         source = sf.read(a if r["source"] == "porch" else b, dtype="float32")[0]
         np.testing.assert_allclose(audio, source[lo:hi], atol=1 / 32768)
 
@@ -109,6 +109,8 @@ def test_privacy_label_mutes_the_clip(tmp_path, tiny_checkpoint):
     (r,) = event_rows(db)
     audio, _ = sf.read(r["clip"], dtype="float32")
     assert np.abs(audio).max() == 0.0  # every window with sound was won by the private label
+    assert len(audio) == 8 * SAMPLE_RATE  # [0, 8): from the start of the stream to post_roll after the end at 6
+    assert r["clip_note"] == "muted for privacy: 4.00 s of 8.00 s"  # the windows with sound, [1.5, 5.5): says why
 
 
 def test_event_false_labels_are_scored_not_events(tmp_path, tiny_checkpoint):

@@ -35,11 +35,13 @@ def end(i, source="porch", label="dog", at=0.0, length=2.0, peak=0.9, mean=0.8):
                           end_s=at + length)
 
 
-def test_new_file_has_the_versioned_schema_in_wal_mode(tmp_path):
+def test_new_file_has_the_versioned_schema_in_wal_mode(tmp_path, caplog):
+    caplog.set_level("INFO", "audioclip.monitor.store")
     path = tmp_path / "events.sqlite"
     EventStore(path).close()
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: database schema created at version 3"]  # one
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     columns = {r[1]: (r[2], r[3]) for r in conn.execute("PRAGMA table_info(events)")}
     assert list(columns)[:10] == ["id", "source", "label", "start_utc", "end_utc", "start_s", "end_s",
@@ -84,6 +86,26 @@ def test_forward_migration_runs_only_the_missing_steps_and_keeps_rows(tmp_path):
     with pytest.raises(StoreError) as err:  # this release knows up to SCHEMA_VERSION only
         EventStore(path)
     assert str(path) in str(err.value) and "newer" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_version_2_file_gets_the_clip_note_column_and_keeps_its_rows(tmp_path, caplog):
+    from audioclip.monitor.store import MIGRATIONS
+
+    path = tmp_path / "v2.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, MIGRATIONS[:2])
+    conn.execute("INSERT INTO events (id, source, label, start_utc, start_s, peak, mean, clip) "
+                 "VALUES (1, 'porch', 'dog', '2026-12-01T12:00:00.000Z', 0.0, 0.9, 0.8, '/clips/a.flac')")
+    conn.close()
+    caplog.set_level("INFO", "audioclip.monitor.store")
+    with EventStore(path) as store:
+        assert store.version == 3
+        store.set_clip(1, "/clips/a.flac", "muted for privacy: 3.00 s of 7.50 s")
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: database schema migrated from version 2 to "
+                                                        "version 3"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT id, clip, clip_note FROM events").fetchall() == [
+            (1, "/clips/a.flac", "muted for privacy: 3.00 s of 7.50 s")]
 
 
 def test_a_file_that_is_not_a_database_is_one_clear_error(tmp_path):

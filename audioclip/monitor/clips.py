@@ -13,7 +13,8 @@ recorder (the clip sink's); nothing here is shared between threads.
   after they are classified) land first; with ``hold`` (the monitor passes its window length) it
   also waits until :meth:`classified` says every window that overlaps the clip has been classified,
   however far inference lags. A mute that still comes late rewrites the recent clips it overlaps.
-  Muted audio never stays in a clip.
+  Muted audio never stays in a clip, and a clip that holds some says so: its result's ``reason``
+  reads ``muted for privacy: 3.00 s of 7.50 s`` (again, for a late mute, as a new result).
 - A source that goes down or ends: :meth:`ClipRecorder.cut` writes its pending clips at once with
   the audio up to there (their post-roll would never come, or would be the silence of a gap).
 - Files are written under ``root/<source>/<YYYY-MM-DD>/<HH-MM-SS>_<label>_<id>.flac`` (UTC; names
@@ -50,6 +51,7 @@ STALE_TEMP_SECONDS = 3600.0
 RECENT_CLIPS = 64  # written clips per source that a late mute can still reach
 NO_AUDIO = "no audio of the event in the history"
 LATE_MUTE_FAILED = "deleted: a late privacy mute could not be applied"
+PRIVACY_MUTED = "muted for privacy"
 
 
 class ClipResult(NamedTuple):
@@ -58,6 +60,12 @@ class ClipResult(NamedTuple):
     event_id: int
     path: str | None
     reason: str
+
+    @property
+    def note(self) -> str | None:
+        """What a person should know about the clip (the ``clip_note`` column): None for a whole clip with
+        nothing muted, else the reason."""
+        return None if self.reason == "ok" else self.reason
 
     @property
     def cause(self) -> str | None:
@@ -123,7 +131,9 @@ class _History:
         self.data = np.zeros(capacity, np.int16)
         self.origin = self.end = start  # samples [origin, end) were pushed since the last reset
         self.pending_mutes: list[tuple[int, int]] = []  # ranges reaching past ``end``
-        self.written: deque[tuple[int, int, int, Path]] = deque(maxlen=RECENT_CLIPS)
+        self.muted: list[tuple[int, int]] = []  # privacy mutes, disjoint and sorted, as far back as a clip reaches
+        # (event_id, lo, hi, path, its notes but the mute's) of the recent clips a late mute can still reach
+        self.written: deque[tuple[int, int, int, Path, list[str]]] = deque(maxlen=RECENT_CLIPS)
 
     @property
     def oldest(self) -> int:
@@ -145,9 +155,21 @@ class _History:
         self.end += len(block)
         mutes, self.pending_mutes = self.pending_mutes, []
         for lo, hi in mutes:
-            self.mute(lo, hi)
+            self.mute(lo, hi, record=False)
+        reach = min([self.oldest, *(lo for _, lo, _, _, _ in self.written)])
+        self.muted = [(lo, hi) for lo, hi in self.muted if hi > reach]
 
-    def mute(self, lo: int, hi: int) -> None:
+    def mute(self, lo: int, hi: int, *, record: bool = True) -> None:
+        """Zero samples ``[lo, hi)``, now and as they come; ``record``: a privacy mute that clips report."""
+        if record:
+            ranges = sorted([*self.muted, (lo, hi)])
+            self.muted = [ranges[0]]
+            for a, b in ranges[1:]:
+                last_a, last_b = self.muted[-1]
+                if a <= last_b:
+                    self.muted[-1] = (last_a, max(last_b, b))
+                else:
+                    self.muted.append((a, b))
         if hi > self.end:
             self.pending_mutes.append((max(lo, self.end), hi))
         lo, hi = max(lo, self.oldest), min(hi, self.end)
@@ -158,6 +180,10 @@ class _History:
     def extract(self, lo: int, hi: int) -> np.ndarray:
         a, b = self._span(lo, hi)
         return np.concatenate([self.data[a], self.data[b]])
+
+    def muted_within(self, lo: int, hi: int) -> int:
+        """Samples of ``[lo, hi)`` muted for privacy."""
+        return sum(max(0, min(b, hi) - max(a, lo)) for a, b in self.muted)
 
 
 @dataclass
@@ -217,7 +243,7 @@ class ClipRecorder:
         if history is None:
             history = self._sources[source] = _History(self.capacity, start)
             for lo, hi in self._early_mutes.pop(source, ()):
-                history.mute(lo, hi)
+                history.mute(lo, hi)  # recorded: privacy mutes that came before the audio
         elif start > history.end:
             gap = start - history.end
             if gap >= self.capacity:
@@ -240,11 +266,16 @@ class ClipRecorder:
             self._early_mutes.setdefault(source, []).append((lo, hi))
             return
         history.mute(lo, hi)
-        for event_id, clip_lo, clip_hi, path in history.written:
+        for event_id, clip_lo, clip_hi, path, notes in history.written:
             if lo < clip_hi and hi > clip_lo:
-                self._remute(event_id, path, max(lo, clip_lo) - clip_lo, min(hi, clip_hi) - clip_lo)
+                self._remute(event_id, path, max(lo, clip_lo) - clip_lo, min(hi, clip_hi) - clip_lo,
+                             [*notes, self._muted_note(history, clip_lo, clip_hi)])
 
-    def _remute(self, event_id: int, path: Path, a: int, b: int) -> None:
+    def _muted_note(self, history: _History, lo: int, hi: int) -> str:
+        return f"{PRIVACY_MUTED}: {history.muted_within(lo, hi) / self.sample_rate:.2f} s of " \
+               f"{(hi - lo) / self.sample_rate:.2f} s"
+
+    def _remute(self, event_id: int, path: Path, a: int, b: int, notes: list[str]) -> None:
         if not path.exists():  # retention got there first
             return
         try:
@@ -253,6 +284,7 @@ class ClipRecorder:
             write_atomic(path, data, self.sample_rate)
             log.info("clip of event %d: muted %.2f s after writing (a privacy window came late)",
                      event_id, (b - a) / self.sample_rate)
+            self._done.append(ClipResult(event_id, str(path), "; ".join(notes)))
         except (OSError, RuntimeError) as e:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -336,14 +368,16 @@ class ClipRecorder:
             log.warning("clip of event %d not written: %s", r.event_id, NO_AUDIO)
             return
         lo, hi = max(r.lo, history.oldest), min(target, end)
-        if lo > r.lo:
-            notes.append(f"its first {(lo - r.lo) / self.sample_rate:.2f} s were no longer in the history")
+        if lo > max(r.lo, history.origin):  # heard, and gone: not audio from before the stream began
+            notes.append(f"its first {(lo - max(r.lo, history.origin)) / self.sample_rate:.2f} s were no longer "
+                         "in the history")
         if r.end is None and hi < target:
             notes.append("the event was still open")
         elif hi < target:
             notes.append(f"cut {(target - hi) / self.sample_rate:.2f} s short ({why})")
         elif r.end is None or r.end > target:
             notes.append(f"capped at {self.max_seconds:g} s")
+        muted = [self._muted_note(history, lo, hi)] if history.muted_within(lo, hi) else []
         start = r.start_utc.astimezone(timezone.utc)
         name = f"{start:%H-%M-%S}_{safe_name(r.label) + '_' if r.label else ''}{r.event_id}.flac"
         path = self.root / safe_name(r.source) / f"{start:%Y-%m-%d}" / name
@@ -357,8 +391,10 @@ class ClipRecorder:
                 path.parent.rmdir()  # only if the failed write left it empty
             self._done.append(ClipResult(r.event_id, None, reason))
             return
-        history.written.append((r.event_id, lo, hi, path))
-        self._done.append(ClipResult(r.event_id, str(path), "; ".join(notes) or "ok"))
+        history.written.append((r.event_id, lo, hi, path, notes))
+        if muted:
+            log.info("clip of event %d: %s", r.event_id, muted[0])
+        self._done.append(ClipResult(r.event_id, str(path), "; ".join(notes + muted) or "ok"))
 
     def enforce_retention(self, clips, keep_days: float | None, max_gb: float | None,
                           now: float | None = None) -> list[int]:

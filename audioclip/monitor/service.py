@@ -295,7 +295,7 @@ class Monitor:
     def _clips_done(self, results) -> None:
         for result in results:
             if self.store_sink is not None:
-                self.store_sink.put(("clip", (result.event_id, result.path)))
+                self.store_sink.put(("clip", (result.event_id, result.path, result.note)))
             if result.cause is not None and self.metrics is not None:
                 self.metrics.clip_not_written(result.cause)
 

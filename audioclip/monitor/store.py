@@ -61,6 +61,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             vector BLOB NOT NULL
         )""",
     ),
+    (
+        # Why an event's clip is not its whole audio as heard: muted for privacy, cut, capped, or not written.
+        "ALTER TABLE events ADD COLUMN clip_note TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -84,7 +88,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGR
     ``user_version`` is higher than ``len(migrations)`` was written by a newer release: refused.
     """
     target = len(migrations)
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    version = first = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > target:
         raise StoreError(f"{name}: database schema version {version} is newer than this release knows "
                          f"({target}); upgrade audioclip or point [store] db at another file")
@@ -102,7 +106,9 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGR
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        log.info("%s: database schema at version %d", name, version)
+    if version != first:  # one line: a new file is created, not migrated step by step
+        log.info("%s: database schema %s version %d", name, "created at" if first == 0 else
+                 f"migrated from version {first} to", version)
     return version
 
 
@@ -203,9 +209,11 @@ class EventStore:
         self._write("UPDATE events SET last_seen_utc = ?, last_seen_s = ?, peak = ?, mean = ? "
                     "WHERE id = ? AND end_utc IS NULL", (_iso(utc), s, peak, mean, event_id))
 
-    def set_clip(self, event_id: int, path: str | Path | None) -> None:
-        """Store (or with ``None`` clear) the path of an event's clip."""
-        self._write("UPDATE events SET clip = ? WHERE id = ?", (None if path is None else str(path), event_id))
+    def set_clip(self, event_id: int, path: str | Path | None, note: str | None = None) -> None:
+        """Store (or with ``None`` clear) the path of an event's clip, and ``note``: why the clip is not the
+        event's whole audio as heard (``muted for privacy: 3.00 s of 7.50 s``, why it was not written, ...)."""
+        self._write("UPDATE events SET clip = ?, clip_note = ? WHERE id = ?",
+                    (None if path is None else str(path), note, event_id))
 
     def clear_clips(self, event_ids: Sequence[int]) -> None:
         """Set ``clip`` NULL on many rows in one transaction (after retention deleted their files)."""
