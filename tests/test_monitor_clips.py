@@ -211,6 +211,32 @@ def test_a_full_disk_leaves_no_partial_file_and_the_recorder_goes_on(tiny_tmpfs,
     assert reason == "ok" and len(decode(path)) == 5 * SR
 
 
+def test_the_service_records_and_counts_a_clip_a_full_disk_stopped(tiny_tmpfs, tmp_path, tiny_checkpoint, monkeypatch):
+    """Through the monitor: the event is stored, its ``clip`` NULL, ``clip_note`` says why, the metric counts it."""
+    from helpers import burst_wav, event_rows, monitor_config, run_monitor
+    from servers import free_port
+
+    root = tiny_tmpfs or tmp_path / "clips"
+    if tiny_tmpfs is None:  # no tmpfs to fill here: the encoder's write fails as a full disk would
+
+        def full(file, *args, **kwargs):
+            raise OSError(28, os.strerror(28))
+
+        monkeypatch.setattr(clips_module.sf, "write", full)
+    wav = burst_wav(tmp_path / "a.wav", pattern=((1.0, 0.0), (4.0, 0.3), (4.0, 0.0)), seed=9)  # noise: 0.5 MB FLAC
+    db = tmp_path / "d.sqlite"
+    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(wav), "realtime": False}],
+                         store={"db": str(db), "clips": str(root)}, metrics={"listen": f"127.0.0.1:{free_port()}"})
+    monitor, _ = run_monitor(cfg)
+    (row,) = event_rows(db)
+    assert row["end_utc"] is not None and row["clip"] is None
+    assert row["clip_note"].startswith("cannot write ") and "No space left on device" in row["clip_note"]
+    count = monitor.metrics.registry.get_sample_value
+    assert count("audioclip_clips_not_written_total", {"cause": "write_failed"}) == 1
+    assert count("audioclip_clips_not_written_total", {"cause": "no_audio"}) == 0
+    assert leftovers(root) == []
+
+
 def test_a_folder_made_read_only_mid_way_is_reported_and_nothing_is_left(tiny_tmpfs, tmp_path):
     if os.getuid() != 0:
         root = tmp_path / "clips"
