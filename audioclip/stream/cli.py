@@ -61,8 +61,9 @@ def stream(
                                      help="Audio file, or - for stdin: a WAV, else raw s16le 44.1 kHz mono."),
     device: str | None = typer.Option(None, "--device", "-d", help="Input device index or name."),
     list_devices: bool = typer.Option(False, "--list-devices", help="List input devices and exit."),
-    window: float = typer.Option(StreamConfig.window, "--window", help="Window length in seconds (default 5, or the clip "
-                                                          "length a fine-tuned head was trained on)."),
+    window: float = typer.Option(StreamConfig.window, "--window",
+                                 help="Window length in seconds (default 5, or the clip length a fine-tuned head "
+                                      "was trained on)."),
     hop: float = typer.Option(StreamConfig.hop, "--hop", show_default=False,
                               help="Seconds between window starts (default 0.50884: 5 x 4488 samples, so that "
                                    "windows share work exactly)."),
