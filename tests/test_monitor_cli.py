@@ -153,7 +153,13 @@ def test_sighup_reloads_labels_and_keeps_running_on_a_bad_file(tmp_path, tiny_ch
     reader = threading.Thread(target=lambda: lines.extend(json.loads(x) for x in proc.stdout), daemon=True)
     reader.start()
     try:
-        wait_for_open_event(tmp_path / "d.sqlite", proc)
+        kept = wait_for_open_event(tmp_path / "d.sqlite", proc)
+        proc.send_signal(signal.SIGHUP)  # the same file: the open event goes on, its id unchanged
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and events(tmp_path / "d.sqlite")[0]["last_seen_s"] < kept["last_seen_s"] + 2:
+            time.sleep(0.3)
+        (row,) = events(tmp_path / "d.sqlite")
+        assert row["id"] == kept["id"] and row["end_utc"] is None and row["last_seen_s"] >= kept["last_seen_s"] + 2
         config.write_text(config.read_text().replace('["cat", "rain"]', '["dog bark", "siren", "rain"]'))
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
@@ -172,6 +178,7 @@ def test_sighup_reloads_labels_and_keeps_running_on_a_bad_file(tmp_path, tiny_ch
     labelled = [list(x["probs"]) for x in lines if "probs" in x]
     assert labelled[0] == ["cat", "rain"] and labelled[-1] == ["dog bark", "siren", "rain"]
     assert sum("reload refused" in line for line in err.splitlines()) == 1
+    assert sum("reloaded" in line for line in err.splitlines()) == 2  # the same file, then new labels
 
 
 @pytest.mark.parametrize("text, expected", [

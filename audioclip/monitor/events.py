@@ -18,7 +18,8 @@ class DetectionEvent:
     """An event's start (``kind="start"``, no end yet) or end (``kind="end"``).
 
     ``id`` is the event's row id in the detections database, the same for its start and end.
-    ``start_s`` / ``end_s`` are seconds of the source's stream; ``*_utc`` wall-clock times.
+    ``start_s`` / ``end_s`` are seconds of the source's stream (the start of the first window over the
+    threshold; the end of the window that ended the event), ``*_utc`` the same moments in wall-clock time.
     ``peak`` is the highest (smoothed) probability so far, ``mean`` the mean over the event's windows.
     """
 
