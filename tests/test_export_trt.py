@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -106,9 +109,17 @@ def test_pooling_and_normalisation_limits_are_found():
 
 
 @pytest.mark.slow
-def test_exported_graphs_pass_and_the_onnx_runtime_int8_flavour_does_not(tmp_path, clips_dir, tiny_checkpoint):
-    result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
-                         clips=[clips_dir], window=1.0)
+def test_exported_graphs_pass_and_the_onnx_runtime_int8_flavour_does_not(tmp_path, clips_dir, tiny_checkpoint, caplog):
+    # --int8-blocks 2: the blocks as given, no search (the search runs in the other int8 exports), still verified
+    with caplog.at_level(logging.INFO, logger="audioclip.export"):
+        result = export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "int8", labels=LABELS, precision="int8",
+                             clips=[clips_dir], window=1.0, int8_blocks=2)
+    assert "worst cosine" not in caplog.text and "last 2 of 4 residual blocks, as given" in caplog.text
+    for name in ("audio_encoder.onnx", "audio_encoder.trt.onnx"):
+        meta = {p.key: p.value for p in onnx.load(str(result.out / name)).metadata_props}
+        assert meta["int8_blocks"] == "pointwise convolutions of layer3.0 to layer4.0 (2 residual blocks)"
+    assert any("layer3.0 to layer4.0 (2 residual blocks) (as given)" in note for note in result.notes)
+    assert all(c.passed for c in result.checks)
     trt = tensorrt_files(result.files, "int8")
     # the incremental graphs too (1-s windows share columns): the front end is fp32 at every precision
     assert sorted(trt) == ["audio_encoder.trt.onnx", "classifier.trt.onnx", "incremental_front.onnx",
@@ -137,6 +148,20 @@ def test_an_export_breaking_a_tensorrt_rule_fails_and_leaves_nothing(tmp_path, m
     monkeypatch.setattr(exporter, "tensorrt_problems", lambda model: ["DFT node x: operator not supported"])
     with pytest.raises(ExportError, match="audio_encoder.onnx is not TensorRT-ready .*DFT node x"):
         export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "out", labels=LABELS, window=0.5)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("blocks, precision, message", [
+    (2, "fp32", "--int8-blocks 2: only with --precision int8"),
+    (0, "int8", "--int8-blocks 0: give a whole number of residual blocks, 1 or more"),
+    pytest.param(5, "int8", "--int8-blocks 5: the audio trunk has 4 residual blocks; give 1 to 4",
+                 marks=pytest.mark.slow)])  # known once the encoder graph is written
+def test_int8_blocks_out_of_range_or_without_int8_are_refused_and_nothing_is_written(tmp_path, clips_dir,
+                                                                                     tiny_checkpoint, blocks,
+                                                                                     precision, message):
+    with pytest.raises(ExportError, match=re.escape(message)):
+        export_onnx(checkpoint=tiny_checkpoint, out=tmp_path / "out", labels=LABELS, precision=precision,
+                    clips=[clips_dir / "cat_3-95694-A-5.wav"], window=0.5, int8_blocks=blocks)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -48,6 +48,9 @@ def onnx(
     precision: Precision = typer.Option(Precision.fp32, help="fp32, fp16 (trunk) or int8 (static, calibrated)"),
     opset: int = typer.Option(18, help="ONNX opset (18 to 23)"),
     clips: list[Path] | None = typer.Option(None, help="audio files or folders to verify with (and calibrate int8)"),
+    int8_blocks: int | None = typer.Option(None, "--int8-blocks",
+                                           help="int8: quantise the last N residual blocks instead of searching "
+                                                "for the most that keep the bound (still verified)"),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for the checks"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines, only warnings and errors"),
@@ -62,7 +65,7 @@ def onnx(
         with console.status("exporting and verifying (a minute or two for the full model)"):
             result = export_onnx(checkpoint=checkpoint, out=out, labels=label_list, template=template, window=window,
                                  dynamic_length=dynamic_length, precision=precision.value, opset=opset,
-                                 force=force, clips=clips, threads=threads)
+                                 force=force, clips=clips, threads=threads, int8_blocks=int8_blocks)
     except ExportError as e:  # a failed check: show the table, then the one-line error
         if e.checks:
             _print_checks(e.checks)

@@ -89,11 +89,14 @@ def _check_batches(clips: list[tuple[str, np.ndarray]], window_samples: int, dyn
 def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels: Sequence[str] | None = None,
                 template: str | None = None, window: float = 5.0, dynamic_length: bool = False,
                 precision: str = "fp32", opset: int = 18, force: bool = False,
-                clips: Sequence[str | os.PathLike] | None = None, threads: int = 2) -> ExportResult:
+                clips: Sequence[str | os.PathLike] | None = None, threads: int = 2,
+                int8_blocks: int | None = None) -> ExportResult:
     """Export and verify the audio encoder, the label classifier and (when there is one) the text encoder.
 
     ``clips``: audio files or folders used to verify (and, for int8, to calibrate); without them
-    the checks use synthetic signals and int8 is refused. Raises :class:`ExportError` (or
+    the checks use synthetic signals and int8 is refused. ``int8_blocks``: quantise the last N residual
+    blocks instead of searching for the longest run that keeps the bound (a choice an earlier export
+    logged, or one to try); the checks judge it all the same. Raises :class:`ExportError` (or
     :class:`~audioclip.model.CheckpointError`) with a one-line message; nothing is written then.
     """
     out = Path(out)
@@ -110,6 +113,11 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
         check_template(template)
     if precision == "int8" and not clips:
         raise ExportError("int8 needs real recordings to calibrate on: pass --clips FILE_OR_DIR")
+    if int8_blocks is not None and precision != "int8":
+        raise ExportError(f"--int8-blocks {int8_blocks}: only with --precision int8")
+    if int8_blocks is not None and (isinstance(int8_blocks, bool) or not isinstance(int8_blocks, int)
+                                    or int8_blocks < 1):
+        raise ExportError(f"--int8-blocks {int8_blocks!r}: give a whole number of residual blocks, 1 or more")
     _check_out_dir(out, force)
     check_clips = load_clips(clips) if clips else synthetic_clips(window)
 
@@ -165,7 +173,7 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
         files = _write_graphs(tmp, model=model, classifier=classifier, window_samples=window_samples,
                               dynamic_length=dynamic_length, precision=precision, opset=opset,
                               calibration=check_clips, batches=batches, metadata=metadata, threads=threads,
-                              notes=notes)
+                              notes=notes, int8_count=int8_blocks)
         weights = [SHARED_WEIGHTS_FILE] if share_weights(tmp, [f for f in files if f != "text_encoder.onnx"]) else []
         _check_tensorrt_ready(tmp, tensorrt_files(files, precision))
         checks, references = [], {}  # PyTorch's results per check input, computed once for every graph
@@ -209,11 +217,12 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
 
 
 def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_length: bool, precision: str,
-                  opset: int, calibration, batches: list, metadata: dict, threads: int, notes: list[str]) -> list[str]:
+                  opset: int, calibration, batches: list, metadata: dict, threads: int, notes: list[str],
+                  int8_count: int | None = None) -> list[str]:
     """Export (and for fp16/int8 convert) the graphs into ``tmp``; returns the file names.
 
     ``calibration``: the check clips, which int8 calibrates on; ``batches``: the check inputs, on
-    which int8 chooses its blocks as well.
+    which int8 chooses its blocks as well; ``int8_count``: the trailing blocks to quantise, not searched.
 
     int8 writes two flavours of each audio graph: ``NAME.onnx`` for ONNX Runtime's CPU kernels and
     ``NAME.trt.onnx`` in the symmetric form TensorRT takes (see :func:`precision.quantize_int8`).
@@ -242,11 +251,14 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
                                    dynamic=dims, opset=opset)
         if precision == "int8" and not int8_blocks:  # chosen on the encoder: the classifier has the same trunk
             for tensorrt in (False, True):
-                blocks = _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt,
-                                             most=len(int8_blocks[False]) if tensorrt else None)
+                if int8_count is None:
+                    blocks = _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt,
+                                                 most=len(int8_blocks[False]) if tensorrt else None)
+                else:
+                    blocks = _given_int8_blocks(fp32, int8_count)
                 int8_blocks[tensorrt] = blocks
                 notes.append(f"int8 {'TensorRT (*.trt.onnx)' if tensorrt else 'ONNX Runtime'}: "
-                             f"{describe_blocks(blocks)}; the rest fp32")
+                             f"{describe_blocks(blocks)}{' (as given)' if int8_count else ''}; the rest fp32")
         files += write_at_precision(tmp, name, fp32, graph, precision=precision, metadata=metadata,
                                      int8_blocks=int8_blocks, calibration=calib)
     if dynamic_length or _windows_share(model, window_samples):
@@ -313,6 +325,17 @@ def _choose_int8_blocks(fp32: Path, calibration: np.ndarray, inputs: list[np.nda
                                        most=most)[0]
     except ValueError as e:
         raise ExportError(f"{e}{' (TensorRT form)' if tensorrt else ''}") from None
+
+
+def _given_int8_blocks(fp32: Path, count: int) -> list:
+    """The last ``count`` residual blocks of the graph, refused when it has fewer."""
+    blocks = prec.residual_blocks(onnx.load(str(fp32), load_external_data=False))
+    if count > len(blocks):
+        raise ExportError(f"--int8-blocks {count}: the audio trunk has {len(blocks)} residual blocks; give 1 to "
+                          f"{len(blocks)}")
+    log.info("int8: quantising the pointwise convolutions of the last %d of %d residual blocks, as given",
+             count, len(blocks))
+    return blocks[-count:]
 
 
 def _check_tensorrt_ready(folder: Path, names: Sequence[str]) -> None:
