@@ -267,3 +267,37 @@ def test_no_home_assistant_sensor_for_a_label_that_never_raises_events(tmp_path,
     late.close()
     configs = {topic for _, topic, payload, _ in late.got if payload}
     assert configs == {"homeassistant/binary_sensor/noev/porch_rain/config"}  # none for speech
+
+
+class Poison:
+    """An item whose first delivery ends the sink's thread (as a bug would); then it is an ordinary body."""
+
+    def __init__(self):
+        self.fired = False
+
+    def to_json(self) -> dict:
+        if not self.fired:
+            self.fired = True
+            raise SystemExit("a bug in delivery")
+        return {"poison": "delivered on the second try"}
+
+
+@pytest.mark.slow
+def test_the_service_loop_restarts_a_sink_thread_that_died(tmp_path, tiny_checkpoint, caplog):
+    hook = Receiver()
+    loud = burst_wav(tmp_path / "loud.wav", pattern=((3.0, 0.3),), seed=10)
+    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "loop", "file": str(loud), "loop": True}],
+                         webhooks=[{"url": hook.url + "/hook"}])
+    run = Running(cfg)
+    try:  # 'cat' is on throughout: one start, no other event until the stop
+        wait_until(lambda: len(hook.requests) == 1, 60, "the start at the webhook")
+        sink = run.monitor.sinks[0]
+        sink.put(Poison())
+        wait_until(lambda: sink.restarts == 1, 5, "the restart, by the service's loop (nothing else was put)")
+        wait_until(lambda: len(hook.requests) == 2, 5, "the item kept through the restart")
+    finally:
+        run.stop()
+        hook.close()
+    bodies = [json.loads(body) for _, _, body in hook.requests]
+    assert [b.get("event", b.get("poison")) for b in bodies] == ["start", "delivered on the second try", "end"]
+    assert "delivery thread had died; restarted it" in caplog.text

@@ -329,7 +329,10 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append((self.path, dict(self.headers), body))
-                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/elsewhere")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -355,6 +358,18 @@ def test_webhook_body_and_signature_verify():
     assert json.loads(body) == event(3).to_json()
     expected = "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers["X-Audioclip-Signature"], expected)
+    sink.close()
+    receiver.close()
+
+
+def test_a_webhook_redirect_is_a_failure_retried_as_the_same_post():
+    """A 302 (here to another path) is not followed: it counts as a failed attempt and the POST is retried."""
+    receiver = Receiver([302, 307])
+    sink = WebhookSink(receiver.url + "/hook", backoff=FAST).start()
+    sink.put(event(5))
+    wait_until(lambda: sink.delivered == 1, 10, "the delivery")
+    assert sink.failures == 2 and sink.dropped == 0
+    assert [(path, json.loads(body)["id"]) for path, _, body in receiver.requests] == [("/hook", 5)] * 3
     sink.close()
     receiver.close()
 
