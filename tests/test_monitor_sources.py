@@ -333,6 +333,35 @@ def test_pulseaudio_device_comes_back_after_its_sink_is_unloaded_and_loaded_agai
     assert mic.source.reconnects == 1 and len(mic.gaps()) == 1 and mic.gaps()[0].seconds >= 2.0
 
 
+@pytest.mark.slow
+def test_a_connection_that_stayed_up_starts_the_backoff_afresh(stream_wav, monkeypatch, caplog):
+    """Up for ``STABLE_SECONDS`` (30 s in production, 2 s here), the next failure waits the shortest time
+    again, however long the backoff had grown before."""
+    from audioclip.monitor import supervisor
+
+    monkeypatch.setattr(supervisor, "STABLE_SECONDS", 2.0)
+    caplog.set_level(logging.DEBUG, logger=SUPERVISOR_LOG)
+    with RtspServer(stream_wav) as server:
+        cam = Reader(_resilient(server.url, "cam", backoff=(0.2, 3.2)))
+        try:
+            cam.wait_for(lambda: cam.source.up, 20, "up")
+            server.kill()
+            cam.wait_for(lambda: "attempt 4 failed" in caplog.text, 20, "the backoff grown to 1.6 s")
+            server.start()
+            cam.wait_for(lambda: cam.source.reconnects == 1, 20, "up again")
+            time.sleep(2.5)  # up longer than STABLE_SECONDS
+            server.kill()  # and left down: refused attempts log at once
+            cam.wait_for(lambda: caplog.text.count("attempt 2 failed") == 2, 10, "the first retry")
+        finally:
+            cam.close()
+    records = [r for r in caplog.records if r.getMessage().startswith("cam:")]
+    second_down = [i for i, r in enumerate(records) if "reconnecting with backoff" in r.getMessage()][1]
+    retry = records[second_down + 1]
+    assert "attempt 2 failed" in retry.getMessage()
+    # afresh: 0.2 s (+-20 %); the grown backoff would have waited at least 0.8 x 3.2 = 2.56 s
+    assert retry.created - records[second_down].created < 1.5
+
+
 def test_retries_back_off_doubling_with_jitter_up_to_the_longest_wait(caplog):
     caplog.set_level(logging.DEBUG, logger=SUPERVISOR_LOG)
     source = Reader(_resilient(f"rtsp://127.0.0.1:{free_port()}/live", "refused", backoff=(0.1, 0.4)))
