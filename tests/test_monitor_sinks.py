@@ -9,6 +9,7 @@ import logging
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -441,6 +442,9 @@ def test_metrics_are_served_and_parse():
     assert s[("audioclip_inference_seconds_bucket", (("le", "0.2"),))] == 0
     assert s[("audioclip_sink_dropped_total", (("sink", "recorder"),))] == 1
     assert ("audioclip_windows_total", porch) not in scrape(other)
+    with pytest.raises(urllib.error.HTTPError) as answer:  # only /metrics is the metrics
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/healthz", timeout=5)
+    assert answer.value.code == 404 and b"/metrics" in answer.value.read()
     port = metrics.port
     metrics.close()
     other.close()

@@ -21,9 +21,13 @@ scrape time (:meth:`Metrics.watch_sink`), so their counters need no calls. Serie
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,24 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"metrics.listen: {listen!r} is not host:port; write e.g. 127.0.0.1:9108")
     return host.strip("[]"), int(port)
+
+
+METRICS_PATH = "/metrics"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # a scrape every few seconds is not news
+        pass
+
+
+def _metrics_only(app):
+    """``app`` at :data:`METRICS_PATH`; any other path is a 404 that says where the metrics are."""
+    def serve(environ, start_response):
+        if environ.get("PATH_INFO") != METRICS_PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"not found: the metrics are at {METRICS_PATH}\n".encode()]
+        return app(environ, start_response)
+    return serve
 
 
 class _SinkCollector:
@@ -126,11 +148,16 @@ class Metrics:
 
     # -- the HTTP server ----------------------------------------------------------------------
     def start(self) -> Metrics:
-        """Serve ``/metrics``; port 0 takes a free port (then read :attr:`port`)."""
+        """Serve ``/metrics`` (other paths: 404); port 0 takes a free port (then read :attr:`port`)."""
         try:
-            self._server, self._thread = start_http_server(self.port, self.host, registry=self.registry)
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+            self._server = make_server(self.host, self.port, _metrics_only(make_wsgi_app(self.registry)),
+                                       server_class, handler_class=_QuietHandler)
         except OSError as e:
             raise OSError(f"metrics.listen: cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
         self.port = self._server.server_address[1]
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
         return self
