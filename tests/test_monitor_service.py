@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
+from audioclip.audio import AudioFileError
 from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from audioclip.monitor.clips import ClipFolderError
 from audioclip.monitor.config import MonitorConfig, load_config
@@ -230,6 +231,14 @@ def test_unwritable_clip_folder_refused_at_start(tmp_path, tiny_checkpoint):
     cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(burst_wav(tmp_path / "a.wav"))}],
                          store={"db": str(tmp_path / "d.sqlite"), "clips": str(blocker / "clips")})
     with pytest.raises(ClipFolderError, match="not-a-folder"):
+        Monitor(cfg).run()
+    assert not (tmp_path / "d.sqlite").exists()
+
+
+def test_a_missing_file_source_is_refused_before_the_database_is_made(tmp_path, tiny_checkpoint):
+    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(tmp_path / "gone.wav")}],
+                         store={"db": str(tmp_path / "d.sqlite")})
+    with pytest.raises(AudioFileError, match="gone.wav: no such file"):
         Monitor(cfg).run()
     assert not (tmp_path / "d.sqlite").exists()
 

@@ -139,6 +139,11 @@ class Monitor:
 
     def _open_outputs(self) -> None:
         config = self.config
+        for source in config.enabled_sources:  # a file that cannot be read is refused before anything is made
+            if source.kind == "file":
+                from ..stream.sources import FileSource
+
+                FileSource(source.file).close()
         if config.store is not None and config.store.clips is not None:
             check_writable(config.store.clips)  # refused at start, before the model loads
         if self._classifier is None:
