@@ -252,8 +252,8 @@ def test_find_recordings_walks_folders_sorted(recordings):
 def test_config_supplies_prompt_groups_and_the_model(recordings, tiny_checkpoint, tmp_path):
     from audioclip.archive import label_recording
     from audioclip.model import load_model
-    from audioclip.monitor.labels import torch_group_classifier
     from audioclip.stream.config import StreamConfig
+    from audioclip.stream.labels import torch_group_classifier
 
     groups = [("dog", ["dog barking", "a dog"]), ("siren", ["siren", "an ambulance"]), ("rain", ["rain"])]
     labels = "\n".join(f'[[labels]]\nname = "{name}"\nprompts = {json.dumps(prompts)}\n' for name, prompts in groups)

@@ -12,7 +12,8 @@ import torch
 
 from audioclip.model import ZeroShotClassifier
 from audioclip.monitor.config import MonitorConfig
-from audioclip.monitor.labels import config_classifier, ensemble, onnx_group_classifier, torch_group_classifier
+from audioclip.monitor.labels import config_classifier
+from audioclip.stream.labels import ensemble, onnx_group_classifier, torch_group_classifier
 
 from helpers import make_tiny_model
 
@@ -105,7 +106,7 @@ def test_onnx_groups_score_like_torch_groups_without_importing_torch(export_dir,
         "import json, sys\n"
         "sys.modules['torch'] = None  # any import of torch fails\n"
         "import numpy as np\n"
-        "from audioclip.monitor.labels import onnx_group_classifier\n"
+        "from audioclip.stream.labels import onnx_group_classifier\n"
         f"c = onnx_group_classifier({str(export_dir)!r}, {GROUPS!r}, {TEMPLATE!r}, threads=1)\n"
         f"probs, sims = c.scores(np.load({str(tmp_path / 'x.npy')!r}))\n"
         "print(json.dumps({'labels': c.labels, 'probs': probs.tolist(), 'sims': sims.tolist()}))\n"

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 from ..audio import AudioFileError
 from ..model.labels import ParameterError
-from ..monitor.labels import check_groups
 from ..stream.config import StreamConfig
+from ..stream.labels import check_groups
 from .job import ModelSpec, label_recording
 from .store import RESERVED_COLUMNS, ArchiveStore
 

@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..archive.job import EmbeddingTap
 from ..stream.buffer import Window
+from ..stream.embeddings import EmbeddingTap
 from ..stream.engine import Classifier
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ OnResult = Callable[[Window, np.ndarray, np.ndarray, float], None]
 
 
 class ScoringTap(EmbeddingTap):
-    """:class:`~audioclip.archive.job.EmbeddingTap` that also keeps what an incremental scorer hands to
+    """:class:`~audioclip.stream.embeddings.EmbeddingTap` that also keeps what an incremental scorer hands to
     ``scores_of`` or ``scores_of_tail`` (its window's normalised embedding), passing it on unchanged: the
     scores stay the scorer's."""
 

@@ -360,7 +360,7 @@ class Monitor:
 
     def _relabel(self, config: MonitorConfig):
         """A classifier over ``config``'s labels that reuses the loaded model."""
-        from .labels import onnx_group_classifier, torch_group_classifier
+        from ..stream.labels import onnx_group_classifier, torch_group_classifier
 
         groups = [(label.name, label.prompts) for label in config.labels]
         if not groups:
