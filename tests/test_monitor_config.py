@@ -8,7 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from audioclip.monitor.config import ConfigError, MonitorConfig, load_config, redact_url
+from audioclip.monitor.config import ConfigError, MonitorConfig, StreamDefaults, load_config, redact
+from audioclip.stream.config import StreamConfig
 
 ISSUE_EXAMPLE = """
 [model]
@@ -157,7 +158,15 @@ def test_environment_variables_expand_with_defaults(tmp_path):
     (MINIMAL + "[defaults]\ntemplate = \"a sound\"\n", "defaults.template: template 'a sound' has no '{}'"),
     (MINIMAL + "[model]\ncheckpoint = \"full\"\nonnx = \"export/\"\n", "model.onnx: give checkpoint or onnx, not both"),
     (MINIMAL + "[[webhooks]]\nurl = \"https://x.org/h\"\ntimeout = 0\n", "webhooks[0].timeout: must be above 0, got 0"),
-    (MINIMAL + "[metrics]\nlisten = \"9108\"\n", "metrics.listen: must be host:port"),
+    (MINIMAL + "[metrics]\nlisten = \"9108\"\n", "metrics.listen: must be host:port with a port 0-65535"),
+    (MINIMAL + "[metrics]\nlisten = \"localhost:65536\"\n", "metrics.listen: must be host:port with a port 0-65535"),
+    (MINIMAL + "[metrics]\nlisten = \"[]:9108\"\n", "metrics.listen: must be host:port"),
+    (MINIMAL + "[mqtt]\nurl = \"http://broker:1883\"\n", "mqtt.url: unsupported scheme 'http'; use one of mqtt://"),
+    (MINIMAL + "[mqtt]\nurl = \"mqtt://u:hunter2@broker:port\"\n", "mqtt.url: the port of broker is not a number"),
+    (MINIMAL + "[mqtt]\nurl = \"mqtt://broker/audio\"\n", "mqtt.url: broker takes no path or query"),
+    (MINIMAL + "[mqtt]\nurl = \"mqtt://broker\"\nprefix = \"home/#\"\n", "mqtt.prefix: 'home/#' is not a valid"),
+    (MINIMAL + "[[webhooks]]\nurl = \"ftp://user:pw@host/x\"\n", "webhooks[0].url: unsupported scheme 'ftp'"),
+    (MINIMAL + "[[webhooks]]\nurl = \"https://host:8o/x\"\n", "webhooks[0].url: the port of host is not a number"),
     (MINIMAL + "[mqtt]\nprefix = \"a\"\n", "mqtt.url: missing"),
     (MINIMAL + "[store]\nmax_gb = -1\n", "store.max_gb: must be at least 0, got -1"),
     (MINIMAL + "[mqtt]\nurl = \"mqtt://broker:18x3\"\n", "mqtt.url: the port of broker is not a number 0-65535"),
@@ -167,6 +176,7 @@ def test_environment_variables_expand_with_defaults(tmp_path):
 def test_bad_input_is_one_line_naming_the_file_and_key(tmp_path, text, expected):
     message = error_of(tmp_path, text)
     assert message.startswith(f"{tmp_path / 'monitor.toml'}: {expected}"), message
+    assert "hunter2" not in message
 
 
 def test_origin_is_the_name_given_to_from_dict():
@@ -196,7 +206,7 @@ def test_secrets_never_reach_repr_errors_or_logs(tmp_path, caplog):
         log.info("sources %s, mqtt %s, hooks %s", config.sources, config.mqtt, config.webhooks)
         log.info("as data %s", config.redacted())
     shown = caplog.text + repr(config) + str(config.redacted())
-    assert "rtsp://viewer:***@camera.local:554/stream1" in shown and "mqtt://user:***@broker.local:1883" in shown
+    assert "rtsp://***@camera.local:554/stream1" in shown and "mqtt://***@broker.local:1883" in shown
     for secret in SECRETS.values():
         assert secret not in shown
     bad = ISSUE_EXAMPLE.replace('url = "https://example.org/hook"', 'url = "https://u:${HOOK_SECRET}@"')
@@ -204,9 +214,28 @@ def test_secrets_never_reach_repr_errors_or_logs(tmp_path, caplog):
     assert "webhooks[0].url" in message and SECRETS["HOOK_SECRET"] not in message
 
 
-def test_redact_url_keeps_everything_but_the_password():
-    assert redact_url("rtsp://admin:hunter2@10.0.0.5:554/live?x=1") == "rtsp://admin:***@10.0.0.5:554/live?x=1"
-    assert redact_url("mqtt://broker:1883") == "mqtt://broker:1883"
+def test_redact_hides_credentials_and_secret_query_values_wherever_a_url_appears():
+    assert redact("rtsp://admin:hunter2@10.0.0.5:554/live?x=1") == "rtsp://***@10.0.0.5:554/live?x=1"
+    assert redact("https://TOKEN123@git.example/x") == "https://***@git.example/x"  # a user alone may be a token
+    assert redact("mqtt://broker:1883") == "mqtt://broker:1883"
+    assert redact("http://cam/cgi?user=a&password=hunter2&channel=1") == "http://cam/cgi?user=a&password=***&channel=1"
+    assert redact("cannot open 'admin:hunter2@cam/live' (no scheme://)") == "cannot open '***@cam/live' (no scheme://)"
+    assert redact("rtsp://cam/live?token=abc123#x; then https://h/?api_key=k9") == (
+        "rtsp://cam/live?token=***#x; then https://h/?api_key=***")
+
+
+def test_a_url_without_a_scheme_is_named_without_its_password(tmp_path):
+    message = error_of(tmp_path, 'labels = ["a"]\n[[sources]]\nname = "cam"\nurl = "admin:hunter2@cam.local/live"\n')
+    assert "sources[0].url" in message and "hunter2" not in message and "***@cam.local" in message, message
+
+
+def test_the_defaults_are_the_streams_everywhere():
+    stream, defaults = StreamConfig(), StreamDefaults()
+    for name in ("window", "hop", "smooth", "threshold", "hysteresis", "min_windows", "exact_windows"):
+        assert getattr(defaults, name) == getattr(stream, name), name
+    config = MonitorConfig.single(input="x.wav", labels=["a"])
+    assert config.stream_config(config.sources[0]).hop == stream.hop == 5 * 4488 / 44100  # work sharing stays on
+    assert config.stream_config(config.sources[0]).window == stream.window
 
 
 def test_single_builds_the_one_source_configuration_of_the_flags():

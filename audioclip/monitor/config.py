@@ -23,9 +23,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from ..stream.config import StreamConfig
-from .config_parse import ConfigError, Reader, expand_env, redact_url
+from .config_parse import ConfigError, Reader, expand_env, redact, split_listen
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +33,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["ConfigError", "LabelConfig", "LabelParams", "MetricsConfig", "ModelConfig", "MonitorConfig",
            "MqttConfig", "SourceConfig", "StoreConfig", "StreamDefaults", "WebhookConfig", "load_config",
-           "redact_url"]
+           "redact"]
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "rtp", "tcp")
 MQTT_SCHEMES = ("mqtt", "mqtts")
@@ -47,7 +46,7 @@ def _shown(f: dataclasses.Field, value):
     if f.metadata.get("secret") and value is not None:
         return "***"
     if f.metadata.get("url") and value is not None:
-        return redact_url(value)
+        return redact(value)
     return value
 
 
@@ -75,19 +74,23 @@ class ModelConfig:
     threads: int | None = None
 
 
+_STREAM = StreamConfig()  # the stream's own defaults: [defaults] and the command line start from them
+
+
 @dataclass(frozen=True)
 class StreamDefaults:
-    """``[defaults]``: what every source and label uses unless it says otherwise."""
+    """``[defaults]``: what every source and label uses unless it says otherwise; the stream's defaults
+    (:class:`~audioclip.stream.config.StreamConfig`) but for ``min_dbfs``, which a service sets."""
 
-    window: float = 5.0
-    hop: float = 5 * STRIDE_SAMPLES / SAMPLE_RATE  # 0.50884 s, the stream's: overlapping windows share work
-    smooth: int = 1
-    threshold: float = 0.5
-    hysteresis: float = 0.05
-    min_windows: int = 1
+    window: float = _STREAM.window
+    hop: float = _STREAM.hop  # 0.50884 s: overlapping windows share work
+    smooth: int = _STREAM.smooth
+    threshold: float = _STREAM.threshold
+    hysteresis: float = _STREAM.hysteresis
+    min_windows: int = _STREAM.min_windows
     min_dbfs: float | None = -90.0
     template: str = "{}"
-    exact_windows: bool = False  # compute every window whole (else windows at aligned hops share work)
+    exact_windows: bool = _STREAM.exact_windows  # compute every window whole (else aligned hops share work)
 
 
 @dataclass(frozen=True)
@@ -179,11 +182,11 @@ class MetricsConfig:
 
     @property
     def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
+        return split_listen(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return split_listen(self.listen)[1]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import math
 import re
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -25,17 +25,29 @@ class ConfigError(ValueError):
         return ConfigError(self.key, self.reason, origin)
 
 
-def redact_url(url: str) -> str:
-    """``url`` with the password of its user part replaced by ``***`` (for logs and repr)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    user = user.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+_USERINFO = re.compile(r"(?:(?<=://)|(?<![^\s'\"(]))[^/@\s'\"]*@")  # after scheme://, or a URL without one
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:password|passwd|pwd|pass|token|access_token|secret|api_?key|key|auth|sig"
+                           r"|signature)=)[^&;#\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message naming URLs) with every URL's ``user:password@`` part replaced by
+    ``***@`` and the values of query parameters such as ``password=`` or ``token=`` by ``***``.
+
+    The one redaction of the monitor: configuration reprs, errors, log lines and sink names go through it.
+    """
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub("***@", text))
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` (``[::1]:9108`` for IPv6, port 0-65535, 0: any free port) -> ``(host, port)``.
+
+    The one check of ``[metrics] listen`` / ``--metrics``; a :class:`ValueError` says what was expected.
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port with a port 0-65535 (e.g. 127.0.0.1:9108 or [::1]:9108), got {listen!r}")
+    return host.strip("[]"), int(port)
 
 
 def expand_env(value, environ: Mapping[str, str], key: str = ""):
@@ -127,11 +139,11 @@ class Reader:
             return None
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         if scheme not in schemes:
-            got = f"scheme {scheme!r}" if scheme else f"{redact_url(value)!r} (no scheme://)"
+            got = f"scheme {scheme!r}" if scheme else f"{redact(value)!r} (no scheme://)"
             raise self.error(name, f"unsupported {got}; use one of {', '.join(s + '://' for s in schemes)}")
         parts = urlsplit(value)
         if host and not parts.hostname:
-            raise self.error(name, f"{redact_url(value)!r} has no host")
+            raise self.error(name, f"{redact(value)!r} has no host")
         try:
             _ = parts.port  # urlsplit checks the port lazily
         except ValueError:
@@ -232,8 +244,11 @@ def parse_config(cls, root: Reader, origin: str):
         url = r.url("url", MQTT_SCHEMES)
         if url is None:
             raise r.error("url", 'missing; e.g. url = "mqtt://broker.local:1883"')
+        parts = urlsplit(url)
+        if parts.path not in ("", "/") or parts.query:
+            raise r.error("url", f"{parts.hostname} takes no path or query; set the topic prefix with mqtt.prefix")
         prefix = r.string("prefix", "audioclip")
-        if any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/"):
+        if any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
             raise r.error("prefix", f"{prefix!r} is not a valid MQTT topic prefix "
                                     "(no + or #, no leading or trailing /)")
         mqtt = MqttConfig(url=url, prefix=prefix, homeassistant=r.boolean("homeassistant", False),
@@ -327,31 +342,32 @@ def _unique(names: list[str], section: str) -> None:
 
 def _listen(r: Reader) -> str:
     listen = r.string("listen", "127.0.0.1:9108")
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise r.error("listen", f"must be host:port (e.g. 127.0.0.1:9108 or [::1]:9108), got {listen!r}")
+    try:
+        split_listen(listen)
+    except ValueError as e:
+        raise r.error("listen", str(e)) from None
     return listen
 
 
 def single(cls, *, input: str | None = None, device: str | int | None = None, labels=None,
            template: str | None = None, checkpoint: str = "full", onnx: str | None = None,
-           threads: int | None = None, window: float = 5.0, hop: float = 0.5, smooth: int = 1,
-           threshold: float | None = None, hysteresis: float = 0.05, min_windows: int = 1,
+           threads: int | None = None, window: float | None = None, hop: float | None = None,
+           smooth: int | None = None, threshold: float | None = None, hysteresis: float | None = None,
+           min_windows: int | None = None,
            min_dbfs: float | None = None, realtime: bool = False, loop: bool = False, name: str | None = None,
            db: str | None = None, clips: str | None = None, mqtt: str | None = None, metrics: str | None = None):
     """The one-source configuration of ``audioclip-stream``'s flags, validated like a file.
 
     ``input``: a file, ``-`` for stdin, or a URL; else ``device`` (None: the default microphone).
     ``labels=None``: the model's own labels (a fine-tuned checkpoint or an ONNX export).
-    ``clips`` needs ``db`` (a clip belongs to an event row). Errors name the flag.
+    ``clips`` needs ``db`` (a clip belongs to an event row). Errors name the flag. ``window`` ...
+    ``min_windows``: None takes :class:`~audioclip.monitor.config.StreamDefaults`' (the stream's) default.
     """
 
     if input is not None and device is not None:
         raise ConfigError("--device", "selects a microphone; it cannot be combined with --input", "command line")
-    d: dict = {"window": window, "hop": hop, "smooth": smooth, "hysteresis": hysteresis,
+    d: dict = {"window": window, "hop": hop, "smooth": smooth, "threshold": threshold, "hysteresis": hysteresis,
                "min_windows": min_windows, "min_dbfs": min_dbfs, "template": "{}" if template is None else template}
-    if threshold is not None:
-        d["threshold"] = threshold
     source: dict = {}
     if input is None:
         source["device"], default_name = "default" if device is None else device, "microphone"

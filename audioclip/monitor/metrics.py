@@ -29,19 +29,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from .config_parse import split_listen
+
 log = logging.getLogger(__name__)
 
 INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 CLIP_CAUSES = ("no_audio", "write_failed", "late_mute_failed")
 """Why a clip was not written: the ``cause`` of :class:`~audioclip.monitor.clips.ClipResult`."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"host:port"`` (``[::1]:9108`` for IPv6) -> ``(host, port)``."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"metrics.listen: {listen!r} is not host:port; write e.g. 127.0.0.1:9108")
-    return host.strip("[]"), int(port)
 
 
 METRICS_PATH = "/metrics"
@@ -82,7 +76,7 @@ class Metrics:
     """The monitor's metrics in a registry of their own, served by :meth:`start` until :meth:`close`."""
 
     def __init__(self, listen: str = "127.0.0.1:9108") -> None:
-        self.host, self.port = parse_listen(listen)
+        self.host, self.port = split_listen(listen)  # [metrics] listen, as the configuration validated it
         self.registry = CollectorRegistry()
         r = self.registry
         self._windows = Counter("audioclip_windows", "Windows formed (gated ones included)", ["source"], registry=r)

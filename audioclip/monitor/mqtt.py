@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
+from .config_parse import redact
 from .events import DetectionEvent
 from .sink import QueueSink
 
@@ -60,44 +61,32 @@ class BrokerUrl:
     username: str | None
     password: str | None
 
-    def redacted(self) -> str:
-        user = f"{self.username}:***@" if self.password is not None else (
-            f"{self.username}@" if self.username else "")
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
 
 def parse_broker_url(url: str) -> BrokerUrl:
-    """``mqtt://[user[:password]@]host[:port]`` (port 1883) or ``mqtts://`` (TLS, port 8883)."""
+    """The parts of ``mqtt://[user[:password]@]host[:port]`` (port 1883) or ``mqtts://`` (TLS, port 8883).
+
+    ``url`` is ``[mqtt] url`` as the configuration validated it (scheme, host, port, no path).
+    """
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"mqtt.url: unsupported scheme {parts.scheme + '://' if parts.scheme else 'none'}; "
-                         "write mqtt://host:1883 or mqtts://host:8883")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"mqtt.url: the port of {parts.hostname} is not a number 0-65535") from None
-    if not parts.hostname:
-        raise ValueError("mqtt.url: no host; write mqtt://host:1883")
-    if parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"mqtt.url: {parts.hostname} takes no path or query; set the topic prefix with mqtt.prefix")
-    tls = parts.scheme == "mqtts"
-    return BrokerUrl(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
+    tls = parts.scheme.lower() == "mqtts"
+    return BrokerUrl(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls,
                      username=unquote(parts.username) if parts.username is not None else None,
                      password=unquote(parts.password) if parts.password is not None else None)
 
 
 class MqttSink(QueueSink):
-    """Publish :class:`DetectionEvent` items to an MQTT broker (paho-mqtt 2)."""
+    """Publish :class:`DetectionEvent` items to an MQTT broker (paho-mqtt 2).
+
+    ``url`` and ``prefix`` are ``[mqtt]``'s, as :class:`~audioclip.monitor.config.MonitorConfig` validated them.
+    """
 
     def __init__(self, url: str, *, prefix: str = "audioclip", homeassistant: bool = False,
                  client_id: str | None = None, queue_size: int = 1000,
                  backoff: tuple[float, float] = (1.0, 60.0),
                  reconnect_delay: tuple[float, float] = (1, 60), keepalive: int = 30) -> None:
         self.broker = parse_broker_url(url)
-        super().__init__(self.broker.redacted(), queue_size=queue_size, backoff=backoff)
-        if not prefix.strip("/") or any(c in prefix for c in "+#"):
-            raise ValueError(f"mqtt.prefix: {prefix!r} must be a topic without wildcards (+, #), e.g. audioclip")
-        self.prefix = prefix.strip("/")
+        super().__init__(redact(url), queue_size=queue_size, backoff=backoff)
+        self.prefix = prefix
         self.homeassistant = homeassistant
         self.status_topic = f"{self.prefix}/status"
         self.keepalive = keepalive

@@ -16,7 +16,6 @@ the URL through :func:`redact`.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Iterator
@@ -25,22 +24,15 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..stream.sources import BLOCK_SECONDS
+from .config_parse import redact
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_SCHEMES = ("rtsp", "rtsps", "http", "https", "srt", "rtmp", "rtmps", "rtp", "udp", "tcp", "file")
 """URL schemes a ``url`` source accepts (FFmpeg's protocols for network audio, and local files)."""
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
 class SourceError(RuntimeError):
     """A source cannot be opened, failed while reading, or ended."""
-
-
-def redact(text: str) -> str:
-    """``text`` with the ``user:password@`` part of every URL in it replaced by ``***@``."""
-    return _USERINFO.sub("***@", text)
 
 
 def check_url(url: str) -> str:

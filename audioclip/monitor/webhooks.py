@@ -35,18 +35,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class WebhookSink(QueueSink):
-    """POST :class:`DetectionEvent` items to ``url``."""
+    """POST :class:`DetectionEvent` items to ``url``, a ``[[webhooks]]`` entry's as the configuration validated it
+    (http or https, a host, a numeric port)."""
 
     def __init__(self, url: str, *, secret: str | None = None, timeout: float = 5.0,
                  queue_size: int = 1000, backoff: tuple[float, float] = (1.0, 60.0)) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            shown = f"{parts.scheme}://{parts.hostname or ''}" if parts.scheme else "no scheme"
-            raise ValueError(f"webhooks.url: {shown} is not an http(s) URL; write https://host/path")
-        try:
-            _ = parts.port  # urlsplit parses the port only when asked
-        except ValueError:
-            raise ValueError(f"webhooks.url: the port of {parts.hostname} is not a number 0-65535") from None
         netloc = parts.netloc.rpartition("@")[2]
         super().__init__(f"webhook {parts.scheme}://{netloc}{parts.path}", queue_size=queue_size, backoff=backoff)
         self._url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
