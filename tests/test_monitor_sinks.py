@@ -18,10 +18,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from audioclip.monitor.backoff import backoff_delay
 from audioclip.monitor.events import DetectionEvent
 from audioclip.monitor.metrics import Metrics
 from audioclip.monitor.mqtt import BrokerUrl, MqttSink, parse_broker_url, topic_slug
 from audioclip.monitor.sink import QueueSink, Undeliverable
+from audioclip.monitor.supervisor import ResilientSource
 from audioclip.monitor.webhooks import WebhookSink
 
 from servers import Mosquitto, free_port
@@ -96,6 +98,36 @@ def test_failures_are_retried_in_order_and_logged_once(caplog):
     assert sum("delivery failed (target down)" in m for m in messages) == 1
     assert sum("delivering again after 4 failed attempts" in m for m in messages) == 1
     sink.close()
+
+
+def test_one_backoff_schedule_doubles_with_jitter_and_caps_at_the_longest():
+    for attempt, nominal in enumerate([0.5, 1.0, 2.0, 4.0, 4.0, 4.0]):
+        waits = [backoff_delay((0.5, 4.0), attempt) for _ in range(400)]
+        assert 0.8 * nominal <= min(waits) and max(waits) <= min(4.0, 1.2 * nominal), (attempt, min(waits), max(waits))
+        assert max(waits) - min(waits) > 0.1 * nominal  # jittered, below the cap too
+    assert backoff_delay((1.0, 60.0), 10_000) <= 60.0  # no overflow however long the outage
+    for bad in ((0.0, 1.0), (2.0, 1.0)):
+        with pytest.raises(ValueError, match="0 < first <= longest"):
+            QueueSink("x", backoff=bad)
+        with pytest.raises(ValueError, match="0 < first <= longest"):
+            ResilientSource(lambda: None, name="x", backoff=bad)
+
+
+def test_a_sinks_retries_wait_the_shared_schedule():
+    attempts = []
+
+    def deliver(item):
+        attempts.append(time.monotonic())
+        if len(attempts) <= 4:
+            raise OSError("target down")
+
+    sink = QueueSink("timed", deliver=deliver, backoff=(0.1, 0.2)).start()
+    sink.put("x")
+    wait_until(lambda: sink.delivered == 1, 10, "the delivery after four failures")
+    sink.close()
+    waits = [b - a for a, b in zip(attempts, attempts[1:])]
+    for wait, nominal in zip(waits, [0.1, 0.2, 0.2, 0.2]):  # never shorter than 80 % (a loaded runner lengthens)
+        assert wait >= 0.8 * nominal - 0.005, (waits, nominal)
 
 
 def test_a_plain_callable_is_wrapped():

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 import threading
 import time
 from typing import Any, Callable
+
+from .backoff import backoff_delay, check_backoff
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ class QueueSink:
     ``QueueSink("database", deliver=store.write_event)``.
 
     ``backoff`` is ``(first, longest)`` seconds between retries: the delay doubles from ``first``
-    up to ``longest`` and each wait is drawn in ``[delay / 2, delay]`` so that sinks failing
-    together do not retry together. Counters: ``delivered``, ``dropped`` (queue full or left at
+    up to ``longest``, each wait jittered by :func:`~audioclip.monitor.backoff.backoff_delay` so that
+    sinks failing together do not retry together. Counters: ``delivered``, ``dropped`` (queue full or left at
     close), ``failures`` (failed delivery attempts), ``restarts`` (dead threads replaced).
     """
 
@@ -44,13 +45,11 @@ class QueueSink:
                  deliver: Callable[[Any], None] | None = None) -> None:
         if queue_size < 1:
             raise ValueError(f"{name}: queue_size must be at least 1, got {queue_size}")
-        if not 0 < backoff[0] <= backoff[1]:
-            raise ValueError(f"{name}: backoff must be (first, longest) with 0 < first <= longest, got {backoff}")
         self.name = name
         if deliver is not None:
             self.deliver = deliver
         self.queue_size = queue_size
-        self.backoff = backoff
+        self.backoff = check_backoff(backoff, name)
         self.delivered = 0
         self.dropped = 0
         self.failures = 0
@@ -196,9 +195,9 @@ class QueueSink:
                 log.warning("%s: delivery failed (%s); keeping %d items and retrying with backoff",
                             self.name, str(error) or type(error).__name__,
                             len(self._queue) + self._has_current)
-            delay = min(self.backoff[1], self.backoff[0] * 2 ** min(self._attempt, 30))
+            delay = backoff_delay(self.backoff, self._attempt)
             self._attempt += 1
-            end = min(time.monotonic() + random.uniform(delay / 2, delay), self._deadline)
+            end = min(time.monotonic() + delay, self._deadline)
             while not self._woken and not self._closed and (left := end - time.monotonic()) > 0:
                 self._cond.wait(left)
             self._woken = False

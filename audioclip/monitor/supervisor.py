@@ -18,7 +18,8 @@ it (from any one thread) yields, in order:
 
 The source is a small state machine: ``connecting`` -> ``up`` -> (failure, end of stream, or no
 audio for ``stall_seconds``) -> ``backing off`` -> ``connecting`` ... Waits between attempts are
-jittered and double from ``backoff[0]`` to ``backoff[1]`` seconds; a connection that stayed up for
+jittered and double from ``backoff[0]`` to ``backoff[1]`` seconds (:func:`.backoff.backoff_delay`,
+as the sinks' retries); a connection that stayed up for
 ``STABLE_SECONDS`` resets them (a source that fails right after each connect keeps backing off).
 One log line when the source goes down (with the reason, credentials redacted) and one when it is
 up again; the retries in between log at DEBUG only.
@@ -37,7 +38,6 @@ blocked on a silent server ends at its own ``read_timeout``, so give :func:`url_
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
+from .backoff import backoff_delay, check_backoff
 from .sources import SourceError, UrlSource, check_url, redact
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,7 @@ class ResilientSource:
                  backoff: tuple[float, float] = (1.0, 60.0), max_blocks: int = 500):
         if stall_seconds <= 0:
             raise ValueError(f"stall_seconds must be > 0, got {stall_seconds}")
-        if not 0 < backoff[0] <= backoff[1]:
-            raise ValueError(f"backoff must be (first, longest) waits in seconds, 0 < first <= longest; got {backoff}")
+        check_backoff(backoff, name)
         if max_blocks < 2:
             raise ValueError(f"max_blocks must be at least 2, got {max_blocks}")
         self.open_fn, self.name = open_fn, name
@@ -303,9 +303,7 @@ class ResilientSource:
             log.debug("%s: attempt %d failed: %s", self.name, self._failures, reason)
         self.last_error = reason
         self.state = BACKING_OFF
-        first, longest = self.backoff
-        delay = min(longest, first * 2 ** min(self._failures - 1, 30)) * random.uniform(0.8, 1.2)
-        self._stop.wait(min(delay, longest))
+        self._stop.wait(backoff_delay(self.backoff, self._failures - 1))
 
     # the consuming thread
 
