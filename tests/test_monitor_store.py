@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from audioclip.monitor.events import DetectionEvent, utc_iso
-from audioclip.monitor.store import SCHEMA_VERSION, EventStore, StoreError, migrate
+from audioclip.monitor.store import SCHEMA_VERSION, EventStore, StoreError, migrate, transaction
 
 from helpers import require
 
@@ -86,6 +86,29 @@ def test_forward_migration_runs_only_the_missing_steps_and_keeps_rows(tmp_path):
     with pytest.raises(StoreError) as err:  # this release knows up to SCHEMA_VERSION only
         EventStore(path)
     assert str(path) in str(err.value) and "newer" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_failed_step_or_write_rolls_back_whole_and_leaves_the_connection_usable(tmp_path):
+    path = tmp_path / "a.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    broken = (("CREATE TABLE a (x)",), ("CREATE TABLE b (y)", "INSERT INTO b VALUES (1)", "NOT SQL"))
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(conn, broken, name=str(path))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1  # the first step committed, the second not at all
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'b'").fetchall() == []
+    assert not conn.in_transaction
+    with transaction(conn):
+        conn.execute("INSERT INTO a VALUES (7)")
+    assert conn.execute("SELECT x FROM a").fetchall() == [(7,)]
+    conn.close()
+    with EventStore(tmp_path / "events.sqlite") as store:
+        store.record(start(1))
+        with pytest.raises(ValueError, match="an end needs"):  # refused before any SQL
+            store.record(DetectionEvent(2, "end", "porch", "dog", T0, 0.0, 0.5, 0.5))
+        with pytest.raises(sqlite3.Error):  # a write that fails inside the transaction: no such type
+            store.set_clip(object(), "clips/x.flac")
+        store.set_clip(1, "clips/1.flac")  # the store is not left inside the failed transaction
+        assert [e["clip"] for e in store.events()] == ["clips/1.flac"]
 
 
 def test_a_version_2_file_gets_the_clip_note_column_and_keeps_its_rows(tmp_path, caplog):

@@ -13,12 +13,13 @@ power cut may lose the last few, never the file's integrity.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -81,6 +82,24 @@ class StoreError(ValueError):
     """The database file cannot be used: not SQLite, from a newer version, or not openable."""
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (a failed ``COMMIT`` included).
+
+    The one write transaction of the store: ``conn`` is in autocommit mode (``isolation_level=None``), and
+    ``IMMEDIATE`` takes the write lock up front, so a busy database waits ``busy_timeout`` at ``BEGIN``
+    rather than failing halfway through.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGRATIONS, *, name: str = "") -> int:
     """Bring ``conn``'s schema forward to ``len(migrations)``, one transaction per step; return the version.
 
@@ -93,8 +112,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGR
         raise StoreError(f"{name}: database schema version {version} is newer than this release knows "
                          f"({target}); upgrade audioclip or point [store] db at another file")
     while version < target:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             # Re-read inside the write lock: another process may have migrated meanwhile.
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < target:
@@ -102,10 +120,6 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGR
                     conn.execute(statement)
                 version += 1
                 conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     if version != first:  # one line: a new file is created, not migrated step by step
         log.info("%s: database schema %s version %d", name, "created at" if first == 0 else
                  f"migrated from version {first} to", version)
@@ -152,16 +166,15 @@ class EventStore:
             raise
         self._conn.row_factory = sqlite3.Row
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The store's lock and one :func:`transaction` on its connection."""
+        with self._lock, transaction(self._conn) as conn:
+            yield conn
+
     def _write(self, sql: str, params: Sequence = ()) -> sqlite3.Cursor:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._conn.execute(sql, params)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            return cursor
+        with self._transaction() as conn:
+            return conn.execute(sql, params)
 
     def _read(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -217,14 +230,8 @@ class EventStore:
 
     def clear_clips(self, event_ids: Sequence[int]) -> None:
         """Set ``clip`` NULL on many rows in one transaction (after retention deleted their files)."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("UPDATE events SET clip = NULL WHERE id = ?", [(i,) for i in event_ids])
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            conn.executemany("UPDATE events SET clip = NULL WHERE id = ?", [(i,) for i in event_ids])
 
     def close_open(self, at_last_seen: bool = True, now: datetime | None = None) -> list[int]:
         """Close every open event; return their ids.
@@ -233,21 +240,15 @@ class EventStore:
         seen. At shutdown (``False``) they end at ``now`` (default: the current time), with the
         last stream second seen as ``end_s``.
         """
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [r[0] for r in self._conn.execute("SELECT id FROM events WHERE end_utc IS NULL ORDER BY id")]
-                if at_last_seen:
-                    self._conn.execute("UPDATE events SET end_utc = COALESCE(last_seen_utc, start_utc), "
-                                       "end_s = COALESCE(last_seen_s, start_s) WHERE end_utc IS NULL")
-                else:
-                    stamp = utc_iso(now or datetime.now(timezone.utc))
-                    self._conn.execute("UPDATE events SET end_utc = ?, end_s = COALESCE(last_seen_s, start_s) "
-                                       "WHERE end_utc IS NULL", (stamp,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE end_utc IS NULL ORDER BY id")]
+            if at_last_seen:
+                conn.execute("UPDATE events SET end_utc = COALESCE(last_seen_utc, start_utc), "
+                             "end_s = COALESCE(last_seen_s, start_s) WHERE end_utc IS NULL")
+            else:
+                stamp = utc_iso(now or datetime.now(timezone.utc))
+                conn.execute("UPDATE events SET end_utc = ?, end_s = COALESCE(last_seen_s, start_s) "
+                             "WHERE end_utc IS NULL", (stamp,))
         if ids:
             log.info("%s: closed %d open event(s) %s", self.path,
                      len(ids), "at their last seen time" if at_last_seen else "at shutdown")
