@@ -156,6 +156,29 @@ def test_the_contract_is_defined_once():
     assert not hasattr(runtime, "INT16_SCALE")
 
 
+def test_a_durable_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "part.bin"
+    atomic_write(path, lambda f: f.write(b"data"))
+    assert [c[0] for c in calls] == ["fsync", "replace", "fsync"], calls
+    assert calls[0][1].startswith(str(tmp_path / ".part.bin.")) and calls[2][1] == str(tmp_path)
+    calls.clear()
+    atomic_write(path, lambda f: f.write(b"cache"), durable=False)
+    assert calls == [("replace", str(path))] and path.read_bytes() == b"cache"
+
+
 def test_atomic_write_replaces_whole_files_only(tmp_path):
     path = tmp_path / "sub" / "report.json"
     atomic_write_text(path, "one\n")

@@ -42,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 import soundfile as sf
 
+from ..files import atomic_write
 from ..model.constants import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -107,20 +108,11 @@ def safe_name(text: str, limit: int = 60) -> str:
 
 
 def write_atomic(path: Path, data: np.ndarray, sample_rate: int) -> None:
-    """Encode ``data`` (int16 mono) as FLAC and put it at ``path`` via a flushed temporary file and a rename."""
+    """Encode ``data`` (int16 mono) as FLAC and put it at ``path`` durably (:func:`~audioclip.files.atomic_write`:
+    a fsynced temporary ``.NAME.*.tmp`` beside it, then a rename)."""
     encoded = io.BytesIO()
     sf.write(encoded, data, sample_rate, format="FLAC", subtype="PCM_16")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(encoded.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    atomic_write(path, lambda f: f.write(encoded.getbuffer()))
 
 
 class _History:

@@ -46,5 +46,5 @@ class DecodeCache:
         if entry.is_file():
             return np.load(entry)
         samples = load_audio(path)
-        atomic_write(entry, lambda f: np.save(f, samples))
+        atomic_write(entry, lambda f: np.save(f, samples), durable=False)  # a cache: decoded again if lost
         return samples
