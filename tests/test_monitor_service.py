@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -59,6 +60,19 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
         assert len(audio) == hi - lo and r["clip_note"] is None  # whole, nothing muted
         source = sf.read(a if r["source"] == "porch" else b, dtype="float32")[0]
         np.testing.assert_allclose(audio, source[lo:hi], atol=1 / 32768)
+
+
+def test_the_hop_hint_is_said_once_for_all_sources_and_names_the_config_key(tmp_path, tiny_checkpoint, caplog):
+    a, b = burst_wav(tmp_path / "a.wav", seed=1), burst_wav(tmp_path / "b.wav", seed=2)
+    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(a), "realtime": False},
+                                                     {"name": "yard", "file": str(b), "realtime": False}],
+                         defaults={"window": 5.0, "hop": 0.5})  # windows that would share work at 0.50884 s
+    path = str(tmp_path / "monitor.toml")  # --hop is refused beside --config: the hint names the file's key
+    with caplog.at_level(logging.INFO, logger="audioclip.stream.incremental"):
+        run_monitor(cfg, config_path=path)
+    hints = [r.getMessage() for r in caplog.records if "not a multiple of" in r.getMessage() and r.levelno > 10]
+    assert len(hints) == 1, hints
+    assert f"hop = 0.50884 in {path}" in hints[0] and "--hop" not in hints[0], hints[0]
 
 
 @pytest.mark.slow

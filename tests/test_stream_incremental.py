@@ -76,6 +76,17 @@ def test_an_unaligned_hop_is_kept_with_one_line_naming_the_nearest_aligned_hop(f
     assert "% less per window" in lines[0]
 
 
+def test_the_hop_hint_names_the_config_key_when_running_from_a_file_and_is_said_once(caplog):
+    classifier = ZeroShotClassifier(make_tiny_model(), LABELS)
+    with caplog.at_level(logging.INFO, logger="audioclip.stream.incremental"):
+        assert window_scorer(classifier, StreamConfig(hop=0.25), config_file="monitor.toml") is None
+        assert window_scorer(classifier, StreamConfig(hop=0.25), config_file="monitor.toml", announce=False) is None
+        assert window_scorer(classifier, StreamConfig(), config_file="monitor.toml", announce=False) is not None
+    (hint,) = [r.getMessage() for r in caplog.records if "not a multiple" in r.getMessage()]
+    assert "hop = 0.20354 in monitor.toml (2 x 4488 samples)" in hint and "--hop" not in hint, hint
+    assert not any("share their front end" in r.getMessage() for r in caplog.records)  # a later source: DEBUG
+
+
 def test_window_scorer_is_off_for_exact_windows_unaligned_hops_and_other_classifiers(caplog):
     classifier = ZeroShotClassifier(make_tiny_model(), LABELS)
     assert isinstance(window_scorer(classifier, StreamConfig()), IncrementalScorer)

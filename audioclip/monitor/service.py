@@ -200,7 +200,8 @@ class Monitor:
                 params=label_params(self.config, source, len(self.labels)), scheduler=self.scheduler,
                 emit=self._emit, next_id=self.next_id, clips=self.clips, clip_lock=self._clip_lock,
                 clip_done=self._clips_done, metrics=self.metrics, shortest=shortest_window(self._classifier))
-            self.scheduler.add_source(source.name, pipeline.on_result, score=window_scorer(self._classifier, stream))
+            scorer = window_scorer(self._classifier, stream, config_file=self.config_path, announce=not self.pipelines)
+            self.scheduler.add_source(source.name, pipeline.on_result, score=scorer)
             if self.metrics is not None:
                 self.metrics.add_source(source.name)
             self.pipelines.append(pipeline)

@@ -76,10 +76,16 @@ def _trunk_blocks(classifier) -> tuple[int, int] | None:
         return None
 
 
-def window_scorer(classifier, config: StreamConfig) -> IncrementalScorer | None:
+def window_scorer(classifier, config: StreamConfig, *, config_file: str | None = None,
+                  announce: bool = True) -> IncrementalScorer | None:
     """The incremental scorer for ``classifier`` and ``config``, or None where windows are computed whole:
     ``config.exact_windows``, a classifier without an incremental path, or a hop that is not a multiple of
-    ``STRIDE_SAMPLES`` (one log line then names the nearest aligned hop and what it would save)."""
+    ``STRIDE_SAMPLES`` (one log line then names the nearest aligned hop and what it would save).
+
+    The hint names the setting the user can change: ``--hop`` on the command line, ``hop = ...`` in
+    ``config_file`` when the stream comes from one. ``announce=False`` (a service's second and later
+    sources) logs the hint and the work-sharing line at DEBUG, so that they are said once.
+    """
     if config.exact_windows:
         return None
     blocks = _trunk_blocks(classifier)
@@ -87,6 +93,7 @@ def window_scorer(classifier, config: StreamConfig) -> IncrementalScorer | None:
         return None
     from ..model.overlap import OverlapEncoder
 
+    level = logging.INFO if announce else logging.DEBUG
     plan = OverlapEncoder(blocks, config.window_samples)
     hop = config.hop_samples
     if hop % STRIDE_SAMPLES:
@@ -95,13 +102,15 @@ def window_scorer(classifier, config: StreamConfig) -> IncrementalScorer | None:
         if cost >= 1.0:  # windows too far apart to share work at the nearest aligned hop either
             return None
         aligned = k * STRIDE_SAMPLES / SAMPLE_RATE
-        log.info("hop %.4g s (%d samples) is not a multiple of %d samples: every window is computed whole; "
-                 "--hop %.5f (%d x %d samples) would reuse the overlap and compute about %.0f%% less per window",
-                 config.hop, hop, STRIDE_SAMPLES, aligned, k, STRIDE_SAMPLES, 100 * (1 - cost))
+        setting = f"--hop {aligned:.5f}" if config_file is None else f"hop = {aligned:.5f} in {config_file}"
+        log.log(level, "hop %.4g s (%d samples) is not a multiple of %d samples: every window is computed whole; "
+                "%s (%d x %d samples) would reuse the overlap and compute about %.0f%% less per window",
+                config.hop, hop, STRIDE_SAMPLES, setting, k, STRIDE_SAMPLES, 100 * (1 - cost))
         return None
     cost = plan.cost(hop // STRIDE_SAMPLES)
     if cost >= 1.0:  # windows too far apart to overlap usefully
         return None
-    log.info("overlapping windows share their front end to layer2 (about %.0f%% less compute per window; "
-             "--exact-windows computes each whole)", 100 * (1 - cost))
+    exact = "--exact-windows" if config_file is None else f"exact_windows = true in {config_file}"
+    log.log(level, "overlapping windows share their front end to layer2 (about %.0f%% less compute per window; "
+            "%s computes each whole)", 100 * (1 - cost), exact)
     return IncrementalScorer(classifier, config.window_samples, hop)
