@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -90,6 +91,30 @@ def test_unsupported_scheme_is_a_one_line_error_without_credentials():
         assert ("'ftp'" in message or "no URL scheme" in message) and "rtsp" in message, message
     with pytest.raises(ValueError, match="unsupported URL scheme 'gopher'"):
         url_opener("gopher://x/", name="x")  # at configuration time, not at the first retry
+
+
+def test_http_errors_and_unknown_hosts_read_without_ffmpegs_errno():
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    messages = []
+    try:
+        for url in (f"http://127.0.0.1:{server.server_address[1]}/radio.mp3", "http://no-such-host.invalid/radio.mp3"):
+            with pytest.raises(SourceError) as caught:
+                UrlSource(url, name="radio", open_timeout=5.0).open()
+            messages.append(str(caught.value))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert messages[0].endswith("/radio.mp3: cannot open: Server returned 404 Not Found"), messages
+    assert messages[1] == "http://no-such-host.invalid/radio.mp3: cannot open: unknown host no-such-host.invalid"
+    assert not any("Errno" in m for m in messages), messages
 
 
 def test_redact_removes_user_and_password_from_every_url_in_a_text():

@@ -15,7 +15,9 @@ the URL through :func:`redact`.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 import time
 from typing import Iterator
@@ -77,8 +79,21 @@ class UrlSource:
         return f"UrlSource({redact(self.url)!r}, name={self.name!r})"
 
     def _fail(self, what: str, error: BaseException | None = None) -> SourceError:
-        detail = f": {redact(str(error).replace(f': {self.url!r}', ''))}" if error is not None else ""
+        detail = f": {redact(self._reason(error))}" if error is not None else ""
         return SourceError(f"{redact(self.url)}: {what}{detail}")
+
+    def _reason(self, error: BaseException) -> str:
+        """What went wrong, in FFmpeg's words without the errno (``[Errno 875574520]`` is an FFmpeg tag, and
+        ``[Errno 5] Input/output error`` is all FFmpeg says of a host that does not resolve)."""
+        text = getattr(error, "strerror", None) or str(error)  # PyAV's errors, OSError or not, carry strerror
+        if getattr(error, "errno", None) == errno.EIO:
+            host = urlsplit(self.url).hostname
+            if host:
+                try:
+                    socket.getaddrinfo(host, None)
+                except OSError:
+                    return f"unknown host {host}"
+        return text.replace(f": {self.url!r}", "")
 
     def open(self) -> None:
         """Connect and find the first audio stream; sets ``rate`` and ``channels``."""
