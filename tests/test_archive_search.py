@@ -114,6 +114,9 @@ def test_bad_queries_are_one_line_errors(archive, tmp_path):
         assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
     code, _, stderr = run_search(tmp_path, "--text", "dog")
     assert code == 2 and "not an audioclip-label output folder" in stderr
+    code, _, stderr = run_search(tmp_path / "missing.sqlite", "--text", "dog")
+    assert code == 2 and f"{tmp_path / 'missing.sqlite'}: no such file or folder" in stderr, stderr
+    assert "archive.json" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
 def test_top_k_over_blocks_equals_a_full_sort(monkeypatch):

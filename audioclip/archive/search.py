@@ -105,8 +105,12 @@ class ArchiveIndex:
         import pyarrow.parquet as pq
 
         root = Path(root)
+        if not root.exists():
+            raise ValueError(f"{root}: no such file or folder; give an audioclip-label output folder or a monitor's "
+                             "database")
         if not (root / "archive.json").is_file():
-            raise ValueError(f"{root}: not an audioclip-label output folder (no archive.json)")
+            raise ValueError(f"{root}: not an audioclip-label output folder (no archive.json) nor a monitor's "
+                             "database")
         settings = json.loads((root / "archive.json").read_text(encoding="utf-8"))
         if not settings.get("embeddings") or not (root / "embeddings.npy").is_file():
             raise ValueError(f"{root} holds no embeddings: label it with --embeddings to search it")
