@@ -150,7 +150,12 @@ def test_environment_variables_expand_with_defaults(tmp_path):
     (MINIMAL + "[defaults]\nthreshold = 0.3\nhysteresis = 0.3\n",
      "defaults.hysteresis: must be at least 0 and below threshold 0.3, got 0.3"),
     (MINIMAL.replace('["siren"]', '[{name = "a", hysteresis = 0.6}]'),
-     "labels[0].hysteresis: must be at least 0 and below threshold 0.5, got 0.6"),
+     "labels[0].hysteresis: must be at least 0 and below defaults.threshold 0.5, got 0.6"),
+    (MINIMAL.replace('["siren"]', '[{name = "a", hysteresis = 0.3}]')
+     + '[[sources]]\nname = "porch_cam"\nstdin = true\nthreshold = 0.25\n',
+     "labels[0].hysteresis: must be at least 0 and below sources[1].threshold 0.25, got 0.3"),
+    (MINIMAL.replace('["siren"]', '[{name = "a", threshold = 0.2}]') + "[defaults]\nhysteresis = 0.3\n",
+     "defaults.hysteresis: must be at least 0 and below labels[0].threshold 0.2, got 0.3"),
     (MINIMAL + "hop = -1\n", "sources[0].hop: must be positive, got -1"),
     (MINIMAL + "realtime = false\n", "sources[0].realtime: applies to file sources only, not device"),
     (MINIMAL + "[defaults]\nwindow = \"5\"\n", "defaults.window: must be a number, got '5'"),
@@ -176,7 +181,7 @@ def test_environment_variables_expand_with_defaults(tmp_path):
 def test_bad_input_is_one_line_naming_the_file_and_key(tmp_path, text, expected):
     message = error_of(tmp_path, text)
     assert message.startswith(f"{tmp_path / 'monitor.toml'}: {expected}"), message
-    assert "hunter2" not in message
+    assert "hunter2" not in message and "(with source" not in message  # the keys the user set, not a source's name
 
 
 def test_origin_is_the_name_given_to_from_dict():

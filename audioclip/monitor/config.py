@@ -308,44 +308,44 @@ class MonitorConfig:
         return f"MonitorConfig({self.redacted()!r})"
 
     def _check_streams(self) -> None:
-        """Every source's and label's effective settings make a valid ``StreamConfig``."""
+        """Every source's and label's effective settings make a valid ``StreamConfig``; an error names the key
+        the user set, and the keys of the other values it was checked against (``sources[1].threshold``)."""
         for i, source in enumerate(self.sources):
+            keys = {f.name: f"sources[{i}].{f.name}" if getattr(source, f.name, None) is not None
+                    else f"defaults.{f.name}" for f in dataclasses.fields(StreamConfig)}
             try:
                 self.stream_config(source)
             except ValueError as e:
-                name, reason = _field_error(e)
-                section = f"sources[{i}]" if getattr(source, name, None) is not None else "defaults"
-                raise ConfigError(f"{section}.{name}", reason) from None
+                raise _key_error(e, keys) from None
             base = self.stream_config(source)
             for j, label in enumerate(self.labels):
                 values = {k: base_or(getattr(label, k), getattr(base, k)) for k in LABEL_OVERRIDES}
+                own = {k: f"labels[{j}].{k}" for k in LABEL_OVERRIDES if getattr(label, k) is not None}
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # warned once per source below
                         dataclasses.replace(base, **values)
                 except ValueError as e:
-                    name, reason = _field_error(e)
-                    if getattr(label, name, None) is not None:
-                        key = f"labels[{j}].{name}"
-                    else:
-                        key = f"sources[{i}].{name}" if getattr(source, name, None) is not None else f"defaults.{name}"
-                    if len(self.sources) > 1 and not key.startswith("sources"):
-                        reason += f" (with source {source.name!r})"
-                    raise ConfigError(key, reason) from None
+                    raise _key_error(e, {**keys, **own}) from None
             if base.hop_samples > base.window_samples:
                 warnings.warn(f"{self.origin}: source {source.name!r}: hop {base.hop:g} s is longer than its window "
                               f"{base.window:g} s: {base.hop - base.window:g} s of every {base.hop:g} s is never "
                               "classified", stacklevel=4)
 
 
-def _field_error(e: ValueError) -> tuple[str, str]:
-    """``(field, reason)`` of a StreamConfig error (``ParameterError``, or ``"field: reason"``)."""
+def _key_error(e: ValueError, keys: Mapping[str, str]) -> ConfigError:
+    """A StreamConfig error (a ``ParameterError``: ``"{hysteresis}: must be ... below {threshold} 0.3"``) as a
+    ConfigError naming the key that set the field, and each other value it names by its key where that is in
+    another table (``labels[0].hysteresis: ... below sources[1].threshold 0.25``)."""
     name = getattr(e, "parameter", None)
-    text = e.with_names({}) if hasattr(e, "with_names") else str(e)
-    prefix, _, rest = text.partition(": ")
-    if name is None:
-        return prefix, rest
-    return name, rest if prefix == name else text
+    if name is None or not hasattr(e, "with_names"):
+        prefix, _, rest = str(e).partition(": ")
+        return ConfigError(keys.get(prefix, prefix), rest)
+    key = keys.get(name, name)
+    table = key.rpartition(".")[0]
+    shown = {field: field if other.rpartition(".")[0] == table else other for field, other in keys.items()}
+    prefix, _, rest = e.with_names(shown).partition(": ")
+    return ConfigError(key, rest if prefix == shown.get(name, name) else e.with_names(shown))
 
 
 def base_or(value, base):
