@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -84,3 +85,35 @@ def test_listening_from_the_first_block_and_ctrl_c_leaves_one_clean_final_frame(
     assert screen.count("audioclip-stream  ") == 1, screen  # the final frame only
     assert len(re.findall(r"\d\.\d%$", screen, re.M)) == 3 and "listening" not in screen  # one bar a label
     assert "latency mean" in screen and "Traceback" not in screen
+    lines = screen.splitlines()  # the log line said while the display was up: whole, on its own line, above it
+    said = [i for i, line in enumerate(lines) if re.match(r"INFO +overlapping windows share their front end", line)]
+    assert len(said) == 1 and said[0] < lines.index(next(x for x in lines if "audioclip-stream  " in x)), screen
+    assert not any(re.search(r"\S(INFO|WARNING) ", line) for line in lines), screen  # nothing glued to a frame
+
+
+@pytest.mark.slow
+def test_monitor_live_table_keeps_each_log_line_whole_on_its_own_line_above_it(tiny_checkpoint, clips_dir, tmp_path):
+    radio = tmp_path / "radio.wav"  # a looped file: the monitor, and its source is called radio
+    radio.write_bytes((clips_dir / "thunder_3-144891-B-19.wav").read_bytes())
+    term = Terminal(["--checkpoint", str(tiny_checkpoint), "--labels", "cat,dog,siren", "--threads", "1",
+                     "--input", str(radio), "--loop", "--realtime", "--window", "2", "--format", "live"])
+    try:
+        term.wait_for(lambda t: re.search(r"^radio +up ", t, re.M), "the table's row for radio")
+        os.kill(term.proc.pid, signal.SIGHUP)  # a warning while the table is up: nothing to reload without --config
+        term.wait_for(lambda t: "nothing to reload" in t, "the SIGHUP warning")
+        for _ in range(10):  # the table redraws a few times under it
+            term.read(0.1)
+        os.write(term.master, b"\x03")
+        code = term.close()
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+    screen = term.text()
+    lines = screen.splitlines()
+    assert code == 130, screen
+    assert any(re.fullmatch(r"INFO +radio: up \(44100 Hz, 1 ch\)", line) for line in lines), screen
+    assert any(re.fullmatch(r"WARNING +SIGHUP: nothing to reload \(no --config file\)", line) for line in lines), screen
+    header = [i for i, line in enumerate(lines) if re.match(r"^ *source +state +hears", line)]
+    warning = next(i for i, line in enumerate(lines) if "nothing to reload" in line)
+    assert len(header) == 1 and warning < header[0], screen  # one table, below every log line
+    assert not any(re.search(r"\S(INFO|WARNING) ", line) for line in lines), screen  # nothing glued to a row

@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from rich.console import Console
-
+from ..cli_common import errors
 from .config import MonitorConfig, load_config
 from .output import CsvOutput, JsonlOutput, LiveOutput
 from .service import Monitor, install_signals
@@ -42,7 +41,8 @@ def run_monitor_cli(*, config_path, flags: dict, given: list[str], format: str, 
     elif format == "csv":
         output = None  # the labels are known once the model is loaded: see Monitor.output_factory
     else:
-        output = LiveOutput(Console(stderr=False), top_k=min(top_k, 3))
+        # on the log handler's console (stderr): Rich prints each log line above the table, whole
+        output = LiveOutput(errors, top_k=min(top_k, 3))
     monitor = Monitor(config, output=output, config_path=None if config_path is None else str(config_path),
                       stream_extra={"duration": duration} if duration is not None else None, stdin=stdin)
     if format == "csv":

@@ -76,7 +76,11 @@ class CsvOutput:
 
 
 class LiveOutput:
-    """A table refreshed twice a second: per source its state, top labels, level, windows, drops, events."""
+    """A table refreshed twice a second: per source its state, top labels, level, windows, drops, events.
+
+    Give it the console the log handler writes to (the CLI's stderr): Rich then prints each log line
+    whole above the table; a line written to another stream around it would be glued to a row.
+    """
 
     def __init__(self, console: Console, *, top_k: int = 3):
         self.console, self.top_k = console, top_k
