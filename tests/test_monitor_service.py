@@ -62,6 +62,16 @@ def test_two_sources_events_database_and_clips(tmp_path, tiny_checkpoint):
         np.testing.assert_allclose(audio, source[lo:hi], atol=1 / 32768)
 
 
+def test_a_monitor_makes_every_attribute_in_its_init(tmp_path, tiny_checkpoint):
+    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(burst_wav(tmp_path / "a.wav")),
+                                                      "realtime": False}],
+                         store={"db": str(tmp_path / "d.sqlite"), "clips": str(tmp_path / "clips")})
+    fresh = set(vars(Monitor(cfg)))
+    monitor, _ = run_monitor(cfg)
+    assert set(vars(monitor)) <= fresh, set(vars(monitor)) - fresh
+    assert monitor.labels == ["cat", "rain"] and monitor.scheduler is not None and monitor.stop_signal is None
+
+
 def test_the_hop_hint_is_said_once_for_all_sources_and_names_the_config_key(tmp_path, tiny_checkpoint, caplog):
     a, b = burst_wav(tmp_path / "a.wav", seed=1), burst_wav(tmp_path / "b.wav", seed=2)
     cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(a), "realtime": False},

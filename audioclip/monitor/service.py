@@ -118,6 +118,11 @@ class Monitor:
         self.pipelines: list[SourcePipeline] = []
         self._clip_lock = threading.Lock()
         self.output_factory = None  # labels -> output, for outputs that need the labels (CSV columns)
+        self.labels: list[str] = []  # the classifier's, once it is loaded
+        self.next_id: IdCounter | None = None
+        self.embedding_model: str | None = None
+        self.scheduler: InferenceScheduler | None = None
+        self.stop_signal: int | None = None  # SIGTERM or SIGINT when one stopped it (install_signals)
 
     # -- control, from any thread or a signal handler -------------------------------------------
     def stop(self) -> None:

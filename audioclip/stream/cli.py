@@ -180,7 +180,7 @@ def _monitor(options: dict, run_monitor_cli, *, given: list[str]) -> None:
                               format=o["format"].value, duration=o["duration"], top_k=o["top_k"])
     for line in monitor_summary(monitor):
         errors.print(line, highlight=False, soft_wrap=True)
-    if getattr(monitor, "stop_signal", None) == signal.SIGINT:  # Ctrl-C; SIGTERM is a service's clean stop
+    if monitor.stop_signal == signal.SIGINT:  # Ctrl-C; SIGTERM is a service's clean stop
         raise typer.Exit(INTERRUPTED_EXIT)
 
 
