@@ -138,8 +138,8 @@ def test_onnx_monitor_sources_share_work_with_the_rows_and_embeddings_of_whole_w
 
     scorers = []
 
-    def recording_scorer(classifier, stream):
-        scorers.append(window_scorer(classifier, stream))
+    def recording_scorer(classifier, stream, **kw):
+        scorers.append(window_scorer(classifier, stream, **kw))
         return scorers[-1]
 
     monkeypatch.setattr(service, "window_scorer", recording_scorer)

@@ -93,8 +93,8 @@ def test_each_source_shares_work_between_overlapping_windows_with_the_results_of
 
     scorers = []
 
-    def recording_scorer(classifier, stream):
-        scorer = window_scorer(classifier, stream)
+    def recording_scorer(classifier, stream, **kw):
+        scorer = window_scorer(classifier, stream, **kw)
         scorers.append(scorer)
         return scorer
 
