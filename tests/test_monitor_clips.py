@@ -328,3 +328,75 @@ def test_retention_by_age_clears_missing_files_and_stale_temporaries(tmp_path):
     assert enforce_retention(tmp_path, pairs, keep_days=7, max_gb=None, now=now) == [1, 3]
     assert [Path(p).exists() for _, p in pairs] == [False, True, False]
     assert not stale.exists() and fresh.exists()
+
+
+def test_a_stalled_clip_writer_delays_and_drops_no_window_and_writes_every_clip_once_released(tmp_path, tiny_checkpoint,
+                                                                                             monkeypatch):
+    """The clips are written on the clip sink's thread: a disk that hangs for seconds holds up no window of a paced
+    source (no drop, no latency of the stall's size), and the clips all come out once it answers again."""
+    import threading
+
+    from audioclip.monitor.service import Monitor
+
+    from helpers import burst_wav, event_rows, monitor_config
+
+    wav = burst_wav(tmp_path / "porch.wav", pattern=((0.5, 0.0), (1.0, 0.3), (1.0, 0.0), (5.0, 0.3), (1.0, 0.0)))
+    db, root = tmp_path / "d.sqlite", tmp_path / "clips"
+    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(wav), "realtime": True}],
+                         store={"db": str(db), "clips": str(root), "pre_roll": 0.5, "post_roll": 0.5})
+    release, stalled = threading.Event(), []
+    real_write = clips_module.write_atomic
+
+    def stalled_write(path, data, sample_rate):  # the disk hangs until the test releases it
+        stalled.append(time.monotonic())
+        release.wait()
+        real_write(path, data, sample_rate)
+
+    monkeypatch.setattr(clips_module, "write_atomic", stalled_write)
+
+    class Windows:
+        def __init__(self):
+            self.results = []  # (when it came, WindowResult)
+
+        def window(self, source, result):
+            self.results.append((time.monotonic(), result))
+
+        def event(self, event):
+            pass
+
+        def refresh(self, pipelines):
+            pass
+
+        def close(self):
+            pass
+
+    output = Windows()
+    monitor = Monitor(cfg, output=output)
+    runner = threading.Thread(target=monitor.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (monitor.pipelines and monitor.pipelines[0].finished.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert monitor.pipelines[0].finished.is_set(), "the paced source did not end"
+        assert stalled, "no clip was being written while the source played"
+        stall = time.monotonic() - stalled[0]
+        during = [r for t, r in output.results if t > stalled[0]]
+    finally:
+        release.set()
+        runner.join(60)
+    assert not runner.is_alive()
+
+    pipeline = monitor.pipelines[0]
+    counters = monitor.scheduler.counters("porch")
+    assert stall > 3.0 and len(during) >= 3  # the disk hung for seconds while windows kept coming
+    assert pipeline.windows == 16 and counters.dropped == 0 and counters.errors == 0  # 8.5 s: windows end 1.0 .. 8.5
+    assert counters.processed == len(output.results) == pipeline.windows - pipeline.gated
+    assert max(r.latency_ms for _, r in output.results) < 2000  # none waited for the disk (hung over 3 s)
+    rows = event_rows(db)
+    assert len(rows) >= 2 and len(stalled) == len(rows)
+    for row in rows:
+        assert row["clip"] is not None, row
+        assert row["clip_note"] in (None, "cut 0.50 s short (the stream ended)"), row  # the last: no post-roll came
+        assert len(decode(row["clip"])) > SR  # the event's window(s) and the rolls
+    assert monitor.clips.dropped == 0 and monitor.clips.pending == 0

@@ -26,12 +26,12 @@ from typing import Callable, Collection
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, to_mono
-from ..stream.buffer import Window, WindowScheduler
+from ..audio import SAMPLE_RATE
+from ..stream.buffer import Window
 from ..stream.config import StreamConfig
-from ..stream.engine import level_db
+from ..stream.engine import level_db, window_result
+from ..stream.feed import WindowFeed
 from ..stream.postprocess import Event, EventDetector, Smoother, WindowResult
-from ..stream.resample import StreamResampler
 from .config import LabelParams
 from .events import DetectionEvent
 from .supervisor import Block, SourceDown, StreamGap
@@ -82,16 +82,16 @@ class SourcePipeline:
     ``("window", (source, WindowResult))``, ``("event", DetectionEvent)``, ``("touch", the
     arguments of EventStore.touch)`` and, when windows come with embeddings, ``("embedding",
     (event_id, window_seconds, vector))`` for the outputs and sinks;
-    ``clips`` (a ClipRecorder or None) and ``clip_done(results)`` handle the event audio."""
+    ``clips`` (a :class:`~audioclip.monitor.clip_sink.ClipSink` or None) receives the audio, privacy mutes
+    and clip requests; it only queues them (the clips are written on its own thread)."""
 
     def __init__(self, name: str, source, *, config: StreamConfig, labels: list[str], params: LabelParams,
                  scheduler, emit: Callable[[str, object], None], next_id: IdCounter, clips=None,
-                 clip_lock: threading.Lock | None = None, clip_done: Callable[[list], None] | None = None,
                  metrics=None, shortest: int | None = None):
         self.name, self.source, self.config = name, source, config
         self.shortest = shortest  # a source shorter than one window is padded only this far (None: to the window)
         self.scheduler, self.emit, self.next_id = scheduler, emit, next_id
-        self.clips, self.clip_lock, self.clip_done = clips, clip_lock or threading.Lock(), clip_done
+        self.clips = clips
         self.metrics = metrics
         self.live = bool(getattr(source, "live", True))
         self.windows = self.gated = self.events = 0
@@ -149,51 +149,49 @@ class SourcePipeline:
     def _read(self) -> None:
         cfg = self.config
         base = 0  # samples of stream time before the current run of continuous audio
-        scheduler = resampler = None
-        rate = None
+        feed: WindowFeed | None = None
+        limit = None if cfg.duration is None else int(round(cfg.duration * SAMPLE_RATE))
         try:
             for item in self._items():
                 if isinstance(item, SourceDown):
-                    self._mark("down", base + (scheduler.total if scheduler is not None else 0))
+                    self._mark("down", base + (feed.total if feed is not None else 0))
                     continue
                 if isinstance(item, StreamGap):
-                    if scheduler is not None:
-                        base += scheduler.total + int(round(item.seconds * SAMPLE_RATE))
-                    scheduler = resampler = None
+                    if feed is not None:
+                        base += feed.total + int(round(item.seconds * SAMPLE_RATE))
+                    feed = None
                     continue
-                samples, arrival, block_rate = item
-                if resampler is None or block_rate != rate:
-                    if scheduler is not None:  # a rate change without a gap marker: start afresh too
-                        base += scheduler.total
-                    rate, resampler = block_rate, StreamResampler(block_rate)
-                    scheduler = WindowScheduler(cfg.window_samples, cfg.hop_samples)
-                mono = resampler.process(to_mono(samples))
-                if self.clips is not None and len(mono):
-                    with self.clip_lock:
-                        done = self.clips.push(self.name, mono, (base + scheduler.total + len(mono)) / SAMPLE_RATE)
-                    if done and self.clip_done is not None:
-                        self.clip_done(done)
-                for i in range(0, len(mono), cfg.hop_samples):
-                    ready = scheduler.push(mono[i:i + cfg.hop_samples], arrival)
-                    for index in ready[:-1] if self.live else []:
-                        scheduler.skip(index)
-                        self.scheduler.drop(self.name)
-                        if self.metrics is not None:
-                            self.metrics.dropped_windows(self.name)
-                    for index in ready[-1:] if self.live else ready:
-                        self._offer(scheduler.take(index), base)
-                if cfg.duration is not None and (base + scheduler.total) >= cfg.duration * SAMPLE_RATE:
+                samples, arrival, rate = item
+                if feed is None or rate != feed.rate:
+                    if feed is not None:  # a rate change without a gap marker: start afresh too
+                        base += feed.total
+                    feed = self._feed(rate, base, None if limit is None else limit - base)
+                feed.push(samples, arrival)
+                if feed.full:
                     break
-            if scheduler is not None:
-                padded = scheduler.finish(self.shortest)
-                if padded is not None:
-                    self._offer(padded, base)
+            if feed is not None:
+                feed.end(self.shortest)
         except Exception as e:  # a source that cannot be read at all (a file source fails for good)
             self.error = e
             log.error("source %s stopped: %s", self.name, e)
         finally:
-            self._mark("ended", base + (scheduler.total if scheduler is not None else 0))
+            self._mark("ended", base + (feed.total if feed is not None else 0))
             self.finished.set()
+
+    def _feed(self, rate: float, base: int, limit: int | None) -> WindowFeed:
+        """A feed for a run of continuous audio that starts at stream sample ``base``."""
+
+        def audio(mono: np.ndarray, end: int) -> None:
+            if self.clips is not None:
+                self.clips.push(self.name, mono, (base + end) / SAMPLE_RATE)
+
+        def skip() -> None:
+            self.scheduler.drop(self.name)
+            if self.metrics is not None:
+                self.metrics.dropped_windows(self.name)
+
+        return WindowFeed(rate, self.config, live=self.live, offer=lambda window: self._offer(window, base),
+                          skip=skip, on_audio=audio, limit=limit)
 
     def _items(self):
         """Blocks as ``(samples, arrival, rate)``, :class:`StreamGap` and :class:`SourceDown` markers, from any
@@ -237,8 +235,7 @@ class SourcePipeline:
         if kind == "quiet":
             t = at / SAMPLE_RATE
             if self.clips is not None:
-                with self.clip_lock:
-                    self.clips.classified(self.name, t)
+                self.clips.classified(self.name, t)
             self._emit_events(self._quiet(t), t)
         else:
             self._cut(at, "the source went down" if kind == "down" else "the stream ended")
@@ -251,10 +248,7 @@ class SourcePipeline:
         self.smoother = Smoother(self.config.smooth)
         self._recent.clear()
         if self.clips is not None:
-            with self.clip_lock:
-                done = self.clips.cut(self.name, at / SAMPLE_RATE, why)
-            if done and self.clip_done is not None:
-                self.clip_done(done)
+            self.clips.cut(self.name, at / SAMPLE_RATE, why)
 
     def _catch_up(self, end: int | None) -> None:
         """Handle, in stream order, the gated windows before sample ``end`` (None: all that lead the
@@ -281,10 +275,8 @@ class SourcePipeline:
             self._catch_up(window.start + len(window.samples))
             if len(probs) != len(self.labels):  # a window classified just before a reload
                 return
-            probs = self.smoother(probs)
-            result = WindowResult(window.index, t_start, t_end, self.labels, probs, sims, inference_ms=seconds * 1e3,
-                                  level_db=level_db(window.samples))
-            result.latency_ms = (time.monotonic() - window.arrival) * 1e3
+            result = window_result(window, probs, sims, self.labels, smoother=self.smoother, inference_s=seconds)
+            probs = result.probs
             events = [e for detector in self.detectors for e in detector.update(t_end, probs)]
             seconds_long = len(window.samples) / SAMPLE_RATE
             self._follow_peaks(events, t_start, probs, None if embedding is None else (embedding, seconds_long))
@@ -293,10 +285,9 @@ class SourcePipeline:
             if self.metrics is not None:
                 self.metrics.window(self.name, level_dbfs=max(result.level_db, -200.0), inference_s=seconds)
             if self.clips is not None:
-                with self.clip_lock:
-                    if self.params.privacy[int(np.argmax(probs))]:
-                        self.clips.mute(self.name, t_start, t_end)
-                    self.clips.classified(self.name, t_end)
+                if self.params.privacy[int(np.argmax(probs))]:
+                    self.clips.mute(self.name, t_start, t_end)
+                self.clips.classified(self.name, t_end)
             self.emit("window", (self.name, result))
             self._emit_events(events, t_end, arrival=window.arrival)
             self._touch(t_end, window.arrival)
@@ -316,8 +307,7 @@ class SourcePipeline:
                 if self.metrics is not None:
                     self.metrics.event(self.name, e.label)
                 if self.clips is not None:
-                    with self.clip_lock:
-                        self.clips.request(event_id, self.name, start_s, None, start_utc, label=e.label)
+                    self.clips.request(event_id, self.name, start_s, None, start_utc, label=e.label)
             else:
                 event_id, start_utc, start_s = self._open.pop(e.label)
                 self._touched.pop(e.label, None)
@@ -325,8 +315,7 @@ class SourcePipeline:
                                         e.peak if e.mean is None else e.mean, end_utc=now_utc, end_s=e.t)
                 peak = self._peaks.pop(e.label, None)
                 if self.clips is not None:
-                    with self.clip_lock:
-                        self.clips.request(event_id, self.name, start_s, e.t, start_utc, label=e.label)
+                    self.clips.request(event_id, self.name, start_s, e.t, start_utc, label=e.label)
             self.emit("event", record)
             if peak is not None and peak.changed and peak.embedding is not None:
                 vector, window_seconds = peak.embedding

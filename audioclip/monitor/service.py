@@ -5,7 +5,7 @@ The inference path never waits on the outside world: each sink is a :class:`Queu
 own thread, bounded queue and backoff (the database included), and every source is a
 :class:`SourcePipeline` on its own thread, reopened by its :class:`ResilientSource` when it fails.
 A housekeeping loop on the calling thread restarts dead sink threads, reports the sources' state to
-the metrics, writes finished clips and applies the clips' retention.
+the metrics and applies the clips' retention (a :class:`ClipSink` writes the clips on its own thread).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from ..stream.backends import shortest_window
 from ..stream.incremental import window_scorer
+from .clip_sink import ClipSink
 from .clips import ClipRecorder, check_writable
 from .config import LabelParams, MonitorConfig, SourceConfig, load_config
 from .pipeline import IdCounter, SourcePipeline
@@ -112,11 +113,10 @@ class Monitor:
         self._reload = threading.Event()
         self.interrupted = False
         self.store_sink: StoreSink | None = None
-        self.clips: ClipRecorder | None = None
+        self.clips: ClipSink | None = None
         self.sinks: list[QueueSink] = []
         self.metrics = None
         self.pipelines: list[SourcePipeline] = []
-        self._clip_lock = threading.Lock()
         self.output_factory = None  # labels -> output, for outputs that need the labels (CSV columns)
         self.labels: list[str] = []  # the classifier's, once it is loaded
         self.next_id: IdCounter | None = None
@@ -166,9 +166,10 @@ class Monitor:
             self.store_sink = StoreSink(store).start()
             if config.store.clips is not None:
                 longest = max(config.stream_config(s).window for s in config.enabled_sources)
-                self.clips = ClipRecorder(config.store.clips, pre_roll=config.store.pre_roll,
-                                          post_roll=config.store.post_roll, max_seconds=config.store.max_clip_seconds,
-                                          hold=longest)  # privacy mutes of every window over a clip land first
+                recorder = ClipRecorder(config.store.clips, pre_roll=config.store.pre_roll,
+                                        post_roll=config.store.post_roll, max_seconds=config.store.max_clip_seconds,
+                                        hold=longest)  # privacy mutes of every window over a clip land first
+                self.clips = ClipSink(recorder, self._clips_done).start()
                 self._retention()
         self.next_id = IdCounter(first_id)
         model = config.model
@@ -190,7 +191,7 @@ class Monitor:
             from .metrics import Metrics
 
             self.metrics = Metrics(config.metrics.listen).start()
-            for sink in [self.store_sink, *self.sinks]:
+            for sink in [self.store_sink, self.clips, *self.sinks]:
                 if sink is not None:
                     self.metrics.watch_sink(sink)
 
@@ -203,8 +204,8 @@ class Monitor:
             pipeline = SourcePipeline(
                 source.name, open_source(source, stdin=self._stdin), config=stream, labels=self.labels,
                 params=label_params(self.config, source, len(self.labels)), scheduler=self.scheduler,
-                emit=self._emit, next_id=self.next_id, clips=self.clips, clip_lock=self._clip_lock,
-                clip_done=self._clips_done, metrics=self.metrics, shortest=shortest_window(self._classifier))
+                emit=self._emit, next_id=self.next_id, clips=self.clips, metrics=self.metrics,
+                shortest=shortest_window(self._classifier))
             scorer = window_scorer(self._classifier, stream, config_file=self.config_path, announce=not self.pipelines)
             self.scheduler.add_source(source.name, pipeline.on_result, score=scorer)
             if self.metrics is not None:
@@ -221,7 +222,7 @@ class Monitor:
             if self._reload.is_set():
                 self._reload.clear()
                 self._apply_reload()
-            for sink in [self.store_sink, *self.sinks]:
+            for sink in [self.store_sink, self.clips, *self.sinks]:
                 if sink is not None:
                     sink.ensure_running()
             for p in self.pipelines:
@@ -241,9 +242,6 @@ class Monitor:
                             sink.source_available(p.name, up)
                 seen[p.name] = (reconnects, overflows, up)
             if self.clips is not None:
-                with self._clip_lock:
-                    done = self.clips.poll()
-                self._clips_done(done)
                 if time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + RETENTION_SECONDS
                     self._retention()
@@ -264,11 +262,9 @@ class Monitor:
         for p in self.pipelines:
             p.close_events()
         if self.clips is not None:
-            with self._clip_lock:
-                done = self.clips.flush()
-            self._clips_done(done)
+            self.clips.flush()
         deadline = time.monotonic() + SHUTDOWN_SECONDS
-        for sink in [*self.sinks, self.store_sink]:
+        for sink in [self.clips, *self.sinks, self.store_sink]:  # the clips before the database: their paths go there
             if sink is not None:
                 sink.close(max(0.1, deadline - time.monotonic()))
         if self.metrics is not None:
@@ -314,7 +310,8 @@ class Monitor:
         store = self.config.store
         if self.clips is None or self.store_sink is None or (store.keep_days is None and store.max_gb is None):
             return
-        ids = self.clips.enforce_retention(self.store_sink.store.clips_by_age(), store.keep_days, store.max_gb)
+        ids = self.clips.recorder.enforce_retention(self.store_sink.store.clips_by_age(), store.keep_days,
+                                                    store.max_gb)
         if ids:
             self.store_sink.put(("clear", ids))
             log.info("clip retention deleted %d clip(s)", len(ids))

@@ -33,6 +33,19 @@ def level_db(samples: np.ndarray) -> float:
     return 20.0 * np.log10(rms) if rms > 0 else -np.inf
 
 
+def window_result(window: Window, probs: np.ndarray, sims: np.ndarray, labels: Sequence[str], *,
+                  smoother: Smoother, inference_s: float) -> WindowResult:
+    """A classified window's result, the same for the stream and every monitor source: ``probs`` smoothed
+    by ``smoother``, the window's times in stream seconds, its RMS level over the whole window (the
+    level ``min_dbfs`` gates on) and its latency from the arrival of its last sample until now."""
+    t_start = window.start / SAMPLE_RATE
+    t_end = (window.start + len(window.samples)) / SAMPLE_RATE
+    result = WindowResult(window.index, t_start, t_end, list(labels), smoother(probs), sims,
+                          inference_ms=inference_s * 1e3, level_db=level_db(window.samples))
+    result.latency_ms = (time.monotonic() - window.arrival) * 1e3
+    return result
+
+
 @dataclass
 class StreamStats:
     """Counters of one stream. ``windows``: classified; ``gated``: too quiet to classify (``min_dbfs``);
@@ -146,17 +159,12 @@ class InferenceWorker:
         busy = time.perf_counter() - t0
         if not (np.isfinite(probs).all() and np.isfinite(sims).all()):
             raise FloatingPointError(f"the classifier returned non-finite scores for window {window.index}")
-        probs = self.smoother(probs)
-        t_start = window.start / SAMPLE_RATE
-        tail = window.samples[-min(len(window.samples), SAMPLE_RATE // 10):]
-        result = WindowResult(window.index, t_start, t_end, self.labels, probs, sims,
-                              inference_ms=busy * 1e3, level_db=level_db(tail))
+        result = window_result(window, probs, sims, self.labels, smoother=self.smoother, inference_s=busy)
         if self.events is not None:
-            result.events, self._quiet_events = self._quiet_events + self.events.update(t_end, probs), []
+            result.events, self._quiet_events = self._quiet_events + self.events.update(t_end, result.probs), []
         self.last_t = t_end
         self.stats.windows += 1
         self.stats.busy_seconds += busy
-        result.latency_ms = (time.monotonic() - window.arrival) * 1e3
         self.stats.latencies_ms.append(result.latency_ms)
         self.emit(result)
 

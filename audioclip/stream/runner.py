@@ -10,12 +10,11 @@ import numpy as np
 from ..model.constants import SAMPLE_RATE
 from ..model.labels import ParameterError
 from .backends import shortest_window
-from .buffer import WindowScheduler
 from .config import StreamConfig
 from .engine import Classifier, InferenceWorker, StreamStats, level_db
+from .feed import WindowFeed
 from .incremental import window_scorer
 from .postprocess import Event, EventDetector, WindowResult
-from .resample import StreamResampler, to_mono
 
 log = logging.getLogger(__name__)
 
@@ -63,62 +62,37 @@ def run_stream(*, source: Source, classifier: Classifier, on_result: Callable[[W
     limit = None if config.duration is None else int(round(config.duration * SAMPLE_RATE))
     if events is None:
         events = event_detector(config, classifier.labels)
-    scheduler = WindowScheduler(win, hop_n)
-    resampler = StreamResampler(source.rate)
     stats = StreamStats() if stats is None else stats
     worker = InferenceWorker(classifier, on_result, smooth=config.smooth, events=events, stats=stats,
                              min_dbfs=config.min_dbfs, score=window_scorer(classifier, config)).start()
     live = source.live
+    feed = WindowFeed(source.rate, config, live=live, offer=lambda window: worker.submit(window, wait=not live),
+                      skip=worker.drop, limit=limit)
     log.info("streaming %s: window %.3f s, hop %.3f s, %s", source.name, win / SAMPLE_RATE, hop_n / SAMPLE_RATE,
              "newest window wins" if live else "every window")
-
-    def feed(samples: np.ndarray, arrival: float) -> None:
-        for i in range(0, len(samples), hop_n):  # the scheduler takes at most a hop at a time
-            ready = scheduler.push(samples[i:i + hop_n], arrival)
-            if not ready:
-                continue
-            for index in ready[:-1]:
-                if live:
-                    scheduler.skip(index)
-                    worker.drop()
-                else:
-                    worker.submit(scheduler.take(index), wait=True)
-            worker.submit(scheduler.take(ready[-1]), wait=not live)
-            if worker.error is not None:
-                break
 
     cancelled = False
     blocks = source.blocks()
     try:
-        arrival = 0.0
         for block, arrival in blocks:
-            samples = resampler.process(to_mono(block))
-            if limit is not None:
-                samples = samples[:max(limit - scheduler.total, 0)]
-            feed(samples, arrival)
-            stats.audio_seconds, stats.overflows = scheduler.total / SAMPLE_RATE, source.overflows
+            samples = feed.push(block, arrival)
+            stats.audio_seconds, stats.overflows = feed.total / SAMPLE_RATE, source.overflows
             if len(samples):
                 stats.input_dbfs = level_db(samples)
-            if worker.error is not None or (limit is not None and scheduler.total >= limit):
+            if worker.error is not None or feed.full:
                 break
-        else:
-            tail = resampler.flush()
-            if limit is not None:
-                tail = tail[:max(limit - scheduler.total, 0)]
-            feed(tail, arrival)
-        padded = scheduler.finish(shortest_window(classifier))
+        padded = feed.end(shortest_window(classifier))
         if padded is not None:
-            log.info("input shorter than one window (%.3f s): one window of %.3f s", scheduler.total / SAMPLE_RATE,
+            log.info("input shorter than one window (%.3f s): one window of %.3f s", feed.total / SAMPLE_RATE,
                      len(padded.samples) / SAMPLE_RATE)
-            worker.submit(padded, wait=True)
-        if scheduler.total == 0:
+        if feed.total == 0:
             log.warning("the input held no audio")
     except KeyboardInterrupt:
         cancelled = True
         log.info("interrupted; stopping")
     finally:
         blocks.close()  # stops a microphone, closes a file
-        stats.audio_seconds = scheduler.total / SAMPLE_RATE
+        stats.audio_seconds = feed.total / SAMPLE_RATE
         stats.overflows = source.overflows
         worker.finish(cancel=cancelled or worker.error is not None)
     return stats, worker.close_events()
