@@ -243,6 +243,10 @@ def test_credentials_never_reach_the_log(caplog):
     with pytest.raises(SourceError) as caught:
         next(UrlSource(url, name="x", open_timeout=2.0).blocks())
     assert "s3cr3t" not in str(caught.value) and "***@" in str(caught.value)
+    in_query = f"http://127.0.0.1:{free_port()}/cgi-bin/audio?user=admin&password=s3cr3t&channel=1"
+    with pytest.raises(SourceError) as caught:
+        UrlSource(in_query, name="x", open_timeout=2.0).open()
+    assert "s3cr3t" not in str(caught.value) and "password=***&channel=1" in str(caught.value), caught.value
 
 
 def test_looped_file_plays_on_and_a_consumer_that_falls_behind_gets_a_gap(tmp_path):
