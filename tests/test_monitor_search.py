@@ -15,6 +15,8 @@ from audioclip.archive.cli import search_app
 from audioclip.archive.search import QueryEncoder
 from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from audioclip.monitor.config import ConfigError, LabelParams, MonitorConfig
+from audioclip.monitor.events import DetectionEvent
+from audioclip.monitor.messages import EventEmbedding
 from audioclip.monitor.pipeline import IdCounter, SourcePipeline
 from audioclip.monitor.store import EMBEDDING_DTYPE, MIGRATIONS, SCHEMA_VERSION, EventStore, migrate
 from audioclip.stream.buffer import Window
@@ -146,19 +148,19 @@ def test_the_peak_window_is_taken_from_the_windows_that_started_the_event_and_th
     params = LabelParams(thresholds=np.array([0.5, 0.5]), hysteresis=np.array([0.1, 0.1]), min_windows=np.array([3, 3]),
                          event=np.array([True, False]), privacy=np.zeros(2, bool))
     pipeline = SourcePipeline("porch", object(), config=StreamConfig(window=1.0, hop=1.0), labels=["dog", "rain"],
-                              params=params, scheduler=None, emit=lambda kind, x: emitted.append((kind, x)),
-                              next_id=IdCounter(7))
+                              params=params, scheduler=None, emit=emitted.append, next_id=IdCounter(7))
     dog = [0.9, 0.2, 0.6, 0.8, 0.7, 0.95, 0.95, 0.6, 0.1]
     for i, p in enumerate(dog):  # window i's embedding: the i-th unit vector
         pipeline.on_result(Window(i, i * SAMPLE_RATE, np.full(SAMPLE_RATE, 0.1, np.float32), 0.0), np.array([p, 1 - p]),
                            np.zeros(2), 0.01, embedding=np.eye(len(dog), dtype=np.float16)[i])
-    kinds = [(kind, x.kind if kind == "event" else None) for kind, x in emitted if kind in ("event", "embedding")]
-    assert kinds == [("event", "start"), ("embedding", None), ("event", "end"), ("embedding", None)]
-    (_, start), (_, first), (_, end), (_, last) = [x for x in emitted if x[0] in ("event", "embedding")]
-    assert start.id == end.id == first[0] == last[0] == 7 and end.peak == 0.95
-    assert first[1] == last[1] == 1.0  # window seconds
-    assert np.argmax(first[2]) == 3  # at the start: the best of the three windows that started it (0.6, 0.8, 0.7)
-    assert np.argmax(last[2]) == 5  # at the end: the first of the two at 0.95; the window that ended it is not in it
+    news = [x for x in emitted if isinstance(x, (DetectionEvent, EventEmbedding))]
+    assert [(type(x), getattr(x, "kind", None)) for x in news] == [
+        (DetectionEvent, "start"), (EventEmbedding, None), (DetectionEvent, "end"), (EventEmbedding, None)]
+    start, first, end, last = news
+    assert start.id == end.id == first.event_id == last.event_id == 7 and end.peak == 0.95
+    assert first.window == last.window == 1.0  # window seconds
+    assert np.argmax(first.vector) == 3  # at the start: the best of the three windows that started it (0.6, 0.8, 0.7)
+    assert np.argmax(last.vector) == 5  # at the end: the first of the two at 0.95, not the window that ended it
 
 
 def test_queries_from_another_model_are_refused(monitored):

@@ -34,6 +34,7 @@ from ..stream.feed import WindowFeed
 from ..stream.postprocess import Event, EventDetector, Smoother, WindowResult
 from .config import LabelParams
 from .events import DetectionEvent
+from .messages import EventEmbedding, EventSeen, PipelineMessage, WindowClassified
 from .supervisor import Block, SourceDown, StreamGap
 
 log = logging.getLogger(__name__)
@@ -78,15 +79,16 @@ class _Peak:
 
 
 class SourcePipeline:
-    """A source's thread and the handling of its results. ``emit(kind, payload)`` receives
-    ``("window", (source, WindowResult))``, ``("event", DetectionEvent)``, ``("touch", the
-    arguments of EventStore.touch)`` and, when windows come with embeddings, ``("embedding",
-    (event_id, window_seconds, vector))`` for the outputs and sinks;
+    """A source's thread and the handling of its results. ``emit(message)`` receives a
+    :data:`~audioclip.monitor.messages.PipelineMessage` for the outputs and sinks: a
+    :class:`WindowClassified` per window, a :class:`DetectionEvent` per event start and end, an
+    :class:`EventSeen` about once a second per open event and, when windows come with embeddings, an
+    :class:`EventEmbedding` of an event's peak window;
     ``clips`` (a :class:`~audioclip.monitor.clip_sink.ClipSink` or None) receives the audio, privacy mutes
     and clip requests; it only queues them (the clips are written on its own thread)."""
 
     def __init__(self, name: str, source, *, config: StreamConfig, labels: list[str], params: LabelParams,
-                 scheduler, emit: Callable[[str, object], None], next_id: IdCounter, clips=None,
+                 scheduler, emit: Callable[[PipelineMessage], None], next_id: IdCounter, clips=None,
                  metrics=None, shortest: int | None = None):
         self.name, self.source, self.config = name, source, config
         self.shortest = shortest  # a source shorter than one window is padded only this far (None: to the window)
@@ -288,7 +290,7 @@ class SourcePipeline:
                 if self.params.privacy[int(np.argmax(probs))]:
                     self.clips.mute(self.name, t_start, t_end)
                 self.clips.classified(self.name, t_end)
-            self.emit("window", (self.name, result))
+            self.emit(WindowClassified(self.name, result))
             self._emit_events(events, t_end, arrival=window.arrival)
             self._touch(t_end, window.arrival)
             self._catch_up(None)
@@ -316,10 +318,10 @@ class SourcePipeline:
                 peak = self._peaks.pop(e.label, None)
                 if self.clips is not None:
                     self.clips.request(event_id, self.name, start_s, e.t, start_utc, label=e.label)
-            self.emit("event", record)
+            self.emit(record)
             if peak is not None and peak.changed and peak.embedding is not None:
                 vector, window_seconds = peak.embedding
-                self.emit("embedding", (event_id, window_seconds, vector))
+                self.emit(EventEmbedding(event_id, window_seconds, vector))
                 peak.changed = False
 
     # -- each event's peak window ------------------------------------------------------------------
@@ -353,7 +355,7 @@ class SourcePipeline:
             for detector in self.detectors:
                 state = detector.open_state(label)
                 if state is not None:
-                    self.emit("touch", (event_id, utc_at(arrival), t, state[0], state[1]))
+                    self.emit(EventSeen(event_id, utc_at(arrival), t, state[0], state[1]))
 
     def _quiet(self, t: float) -> list[Event]:
         return [e for detector in self.detectors for e in detector.quiet(t)]

@@ -24,6 +24,19 @@ from ..stream.incremental import window_scorer
 from .clip_sink import ClipSink
 from .clips import ClipRecorder, check_writable
 from .config import LabelParams, MonitorConfig, SourceConfig, load_config
+from .events import DetectionEvent
+from .messages import (
+    PIPELINE_MESSAGES,
+    STORE_MESSAGES,
+    ClipsCleared,
+    ClipWritten,
+    EventEmbedding,
+    EventSeen,
+    PipelineMessage,
+    StoreMessage,
+    WindowClassified,
+    check_message,
+)
 from .pipeline import IdCounter, SourcePipeline
 from .scheduler import InferenceScheduler
 from .sink import QueueSink
@@ -40,24 +53,29 @@ SHUTDOWN_SECONDS = 5.0
 
 
 class StoreSink(QueueSink):
-    """The detections database as a sink: events, open events' last-seen times, clip paths, embeddings."""
+    """The detections database as a sink of :data:`~audioclip.monitor.messages.StoreMessage`: events, open
+    events' last-seen times, embeddings (recorded as ``embedding_model``'s), clip paths. :meth:`put` refuses
+    anything else with ``TypeError``, in the caller's thread."""
 
-    def __init__(self, store: EventStore, *, queue_size: int = 10_000):
+    def __init__(self, store: EventStore, *, embedding_model: str, queue_size: int = 10_000):
         super().__init__(f"database {store.path}", queue_size=queue_size, backoff=(0.5, 30.0))
-        self.store = store
+        self.store, self.embedding_model = store, embedding_model
 
-    def deliver(self, item) -> None:
-        kind, payload = item
-        if kind == "event":
-            self.store.record(payload)
-        elif kind == "touch":
-            self.store.touch(*payload)
-        elif kind == "clip":
-            self.store.set_clip(*payload)
-        elif kind == "embedding":
-            self.store.set_embedding(*payload)
-        elif kind == "clear":
-            self.store.clear_clips(payload)
+    def put(self, item: StoreMessage) -> None:
+        check_message(item, STORE_MESSAGES, "the database sink")
+        super().put(item)
+
+    def deliver(self, item: StoreMessage) -> None:
+        if isinstance(item, DetectionEvent):
+            self.store.record(item)
+        elif isinstance(item, EventSeen):
+            self.store.touch(item.event_id, item.utc, item.s, item.peak, item.mean)
+        elif isinstance(item, EventEmbedding):
+            self.store.set_embedding(item.event_id, self.embedding_model, item.window, item.vector)
+        elif isinstance(item, ClipWritten):
+            self.store.set_clip(item.event_id, item.path, item.note)
+        else:  # ClipsCleared: put() let nothing else in
+            self.store.clear_clips(item.event_ids)
 
     def shutdown(self, deadline: float) -> None:
         self.store.close()
@@ -158,12 +176,14 @@ class Monitor:
         self.labels = list(self._classifier.labels)
         if self.output is None and self.output_factory is not None:
             self.output = self.output_factory(self.labels)
+        model = config.model
+        self.embedding_model = f"onnx:{model.onnx}" if model.onnx is not None else str(model.checkpoint)
         first_id, crashed = 1, []
         if config.store is not None:
             store = EventStore(config.store.db)
             crashed = store.ended(store.close_open())  # what a crash left open, closed where last seen
             first_id = store.next_id()
-            self.store_sink = StoreSink(store).start()
+            self.store_sink = StoreSink(store, embedding_model=self.embedding_model).start()
             if config.store.clips is not None:
                 longest = max(config.stream_config(s).window for s in config.enabled_sources)
                 recorder = ClipRecorder(config.store.clips, pre_roll=config.store.pre_roll,
@@ -172,8 +192,6 @@ class Monitor:
                 self.clips = ClipSink(recorder, self._clips_done).start()
                 self._retention()
         self.next_id = IdCounter(first_id)
-        model = config.model
-        self.embedding_model = f"onnx:{model.onnx}" if model.onnx is not None else str(model.checkpoint)
         if config.mqtt is not None:
             from .mqtt import MqttSink
 
@@ -274,26 +292,21 @@ class Monitor:
             self.output.close()
 
     # -- what the pipelines hand over --------------------------------------------------------------
-    def _emit(self, kind: str, payload) -> None:
-        if kind == "window":
+    def _emit(self, message: PipelineMessage) -> None:
+        """A pipeline's news to the output and the sinks; anything but a PipelineMessage is a bug (TypeError)."""
+        check_message(message, PIPELINE_MESSAGES, "the monitor")
+        if isinstance(message, WindowClassified):
             if self.output is not None:
-                self.output.window(*payload)
-            return
-        if kind == "touch":
-            if self.store_sink is not None:
-                self.store_sink.put(("touch", payload))
-            return
-        if kind == "embedding":
-            if self.store_sink is not None:
-                event_id, window, vector = payload
-                self.store_sink.put(("embedding", (event_id, self.embedding_model, window, vector)))
+                self.output.window(message.source, message.result)
             return
         if self.store_sink is not None:
-            self.store_sink.put(("event", payload))
-        self._publish_event(payload)
+            self.store_sink.put(message)
+        if isinstance(message, DetectionEvent):
+            self._publish_event(message)
 
-    def _publish_event(self, record) -> None:
-        """An event's start or end to MQTT, the webhooks and the output."""
+    def _publish_event(self, record: DetectionEvent) -> None:
+        """An event's start or end to MQTT, the webhooks and the output (nothing else is ever published)."""
+        check_message(record, (DetectionEvent,), "MQTT and the webhooks")
         for sink in self.sinks:
             sink.put(record)
         if self.output is not None:
@@ -302,7 +315,7 @@ class Monitor:
     def _clips_done(self, results) -> None:
         for result in results:
             if self.store_sink is not None:
-                self.store_sink.put(("clip", (result.event_id, result.path, result.note)))
+                self.store_sink.put(ClipWritten(result.event_id, result.path, result.note))
             if result.cause is not None and self.metrics is not None:
                 self.metrics.clip_not_written(result.cause)
 
@@ -313,7 +326,7 @@ class Monitor:
         ids = self.clips.recorder.enforce_retention(self.store_sink.store.clips_by_age(), store.keep_days,
                                                     store.max_gb)
         if ids:
-            self.store_sink.put(("clear", ids))
+            self.store_sink.put(ClipsCleared(tuple(ids)))
             log.info("clip retention deleted %d clip(s)", len(ids))
 
     # -- SIGHUP --------------------------------------------------------------------------------------
