@@ -1,6 +1,6 @@
 """``audioclip-stream`` on a file and a one-source monitor on the same file give the same windows: one
 per-window engine (stream/feed.py, stream/engine.py) under both, at 44.1 and 48 kHz, for an input
-shorter than a window and for a paced (live) file whose windows are dropped."""
+shorter than a window, with quiet windows gated, and for a paced (live) file whose windows are dropped."""
 
 from __future__ import annotations
 
@@ -22,16 +22,20 @@ from audioclip.stream.cli import app
 LABELS = ["cat", "dog", "siren"]
 
 
-def noise_wav(path: Path, seconds: float, rate: int, seed: int = 0) -> Path:
-    """Noise whose loudness changes every 0.2 s, so that windows differ in level and scores."""
+def noise_wav(path: Path, seconds: float, rate: int, seed: int = 0, quiet: tuple[float, float] | None = None) -> Path:
+    """Noise whose loudness changes every 0.2 s, so that windows differ in level and scores; ``quiet``: seconds
+    ``[a, b)`` of near silence (-100 dBFS)."""
     rng = np.random.default_rng(seed)
     n = int(round(seconds * rate))
     envelope = np.repeat(rng.uniform(0.02, 0.5, n // int(0.2 * rate) + 1), int(0.2 * rate))[:n]
+    if quiet is not None:
+        envelope[round(quiet[0] * rate):round(quiet[1] * rate)] = 1e-5
     sf.write(path, (envelope * rng.standard_normal(n)).astype(np.float32), rate, subtype="FLOAT")
     return path
 
 
 # (file seconds, its rate, window, hop, realtime, (windows, the last one's end) expected: None when drops decide)
+# and a quiet stretch gated by min_dbfs -60 (None: no gate)
 CASES = {
     "44k1": (2.3, 44100, 0.5, 0.25, False, (8, 2.25)),
     # 3 s at 48 kHz is exactly 11 windows of 0.5 s a 0.25 s apart: the last one needs the resampler's tail
@@ -39,6 +43,8 @@ CASES = {
     "shorter_than_a_window": (0.3, 44100, 0.5, 0.25, False, (1, 0.3)),
     # paced like a live source, 50-ms blocks and a 20-ms hop: each block completes 2 or 3 windows, the newest wins
     "live_with_drops": (1.5, 44100, 0.5, 0.02, True, None),
+    # windows 2..5 ([0.5, 1.0) to [1.25, 1.75)) lie in the quiet second: gated in both, not reported
+    "48k_quiet_windows_gated": (2.5, 48000, 0.5, 0.25, False, (5, 2.5), (0.5, 1.75)),
 }
 
 
@@ -62,8 +68,9 @@ def same_windows(a: list, b: list, key, realtime: bool, window: float, hop: floa
 
 @pytest.fixture(params=list(CASES))
 def case(request, tmp_path):
-    seconds, rate, window, hop, realtime, expected = CASES[request.param]
-    return noise_wav(tmp_path / f"{request.param}.wav", seconds, rate), window, hop, realtime, expected
+    seconds, rate, window, hop, realtime, expected, *quiet = CASES[request.param]
+    wav = noise_wav(tmp_path / f"{request.param}.wav", seconds, rate, quiet=quiet[0] if quiet else None)
+    return wav, window, hop, realtime, expected, -60.0 if quiet else None
 
 
 def cli(*args) -> tuple[list[dict], str]:
@@ -78,15 +85,19 @@ def dropped(summary: str) -> int:
 
 
 def test_stream_and_one_source_monitor_give_the_same_jsonl_rows(case, tiny_checkpoint, tmp_path):
-    wav, window, hop, realtime, expected = case
+    wav, window, hop, realtime, expected, min_dbfs = case
     common = ["--input", wav, "--checkpoint", tiny_checkpoint, "--labels", ",".join(LABELS), "--window", window,
-              "--hop", hop, "--threads", "1", "--format", "jsonl", *(["--realtime"] if realtime else [])]
+              "--hop", hop, "--threads", "1", "--format", "jsonl", *(["--realtime"] if realtime else []),
+              *(["--min-dbfs", min_dbfs] if min_dbfs is not None else [])]
     stream_rows, stream_log = cli(*common)
     monitor_rows, monitor_log = cli(*common, "--db", tmp_path / "events.sqlite")
 
     assert all(row.pop("source") == wav.stem for row in monitor_rows)
     if expected is not None:
         assert (len(stream_rows), stream_rows[-1]["t_end"]) == expected
+    if min_dbfs is not None:  # the four windows inside the quiet second, in both summaries
+        assert re.search(r"gated \(quiet\) (\d+)", stream_log).group(1) == "4"
+        assert re.search(r"gated (\d+)", monitor_log).group(1) == "4"
     else:  # most windows are dropped: 2 or 3 per block, one offered
         assert dropped(stream_log) > len(stream_rows) and dropped(monitor_log) > len(monitor_rows)
     stream_rows, monitor_rows = same_windows(stream_rows, monitor_rows, lambda r: (r["t_start"], r["t_end"]),
@@ -118,14 +129,14 @@ class Collect:
 
 
 def test_stream_and_monitor_report_the_same_level_the_whole_window_rms(case, tiny_checkpoint):
-    wav, window, hop, realtime, expected = case
+    wav, window, hop, realtime, expected, min_dbfs = case
     classifier = load_classifier(checkpoint=str(tiny_checkpoint), labels=LABELS, threads=1)
     stream = []
     run_stream(source=FileSource(wav, realtime=realtime), classifier=classifier, on_result=stream.append,
-               config=StreamConfig(window=window, hop=hop))
+               config=StreamConfig(window=window, hop=hop, min_dbfs=min_dbfs))
     output = Collect()
     Monitor(MonitorConfig.single(input=str(wav), labels=LABELS, checkpoint=str(tiny_checkpoint), window=window,
-                                 hop=hop, threads=1, realtime=realtime), output=output).run()
+                                 hop=hop, threads=1, realtime=realtime, min_dbfs=min_dbfs), output=output).run()
 
     stream, results = same_windows(stream, output.results, lambda r: (round(r.t_start, 6), round(r.t_end, 6)),
                                    realtime, window, hop)
