@@ -197,6 +197,18 @@ def test_bad_configuration_is_one_line(tmp_path, text, expected):
     assert str(config) in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--threshold", "0.3", "--hysteresis", "0.3"],
+     "--hysteresis: must be at least 0 and below threshold 0.3, got 0.3"),
+    (["--min-windows", "0"], "--min-windows: must be at least 1, got 0"),
+])
+def test_the_event_flags_reach_the_monitors_configuration(tmp_path, loud, flags, expected):
+    """Flags the user left out take the configuration's defaults; those given are checked there, by flag."""
+    result = subprocess.run([str(EXE), "--input", str(loud), "--loop", "--labels", "a", *flags],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr == f"error: command line: {expected}\n", result.stderr
+
+
 def test_flags_cannot_contradict_the_file(tmp_path, tiny_checkpoint, loud):
     config = write_config(tmp_path / "m.toml", tiny_checkpoint, loud, tmp_path / "d.sqlite")
     result = subprocess.run([str(EXE), "--config", str(config), "--labels", "a,b", "--hop", "1"],

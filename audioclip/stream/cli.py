@@ -69,7 +69,8 @@ def stream(
                                    "windows share work exactly)."),
     exact_windows: bool = typer.Option(False, "--exact-windows",
                                        help="Compute every window whole (no work shared between windows)."),
-    smooth: int = typer.Option(1, "--smooth", help="Average probabilities over the last N windows (1: off)."),
+    smooth: int = typer.Option(StreamConfig.smooth, "--smooth",
+                               help="Average probabilities over the last N windows (1: off)."),
     threshold: float | None = typer.Option(None, "--threshold",
                                               help="Event threshold on a label's prob (default 0.5)."),
     hysteresis: float | None = typer.Option(None, "--hysteresis",
@@ -80,7 +81,7 @@ def stream(
     min_dbfs: float | None = typer.Option(None, "--min-dbfs",
                                              help="Skip windows quieter than this RMS level, e.g. -70 (default: "
                                                   "classify all)."),
-    top_k: int = typer.Option(5, "--top-k", help="Labels shown in the live display."),
+    top_k: int = typer.Option(StreamConfig.top_k, "--top-k", help="Labels shown in the live display."),
     format: Format = typer.Option(Format.live, "--format", help="live display, or JSON lines / CSV on stdout."),
     events: bool = typer.Option(False, "--events", help="Report label events (start/end) against --threshold."),
     realtime: bool = typer.Option(False, "--realtime", help="Pace a file like a live source."),
@@ -170,10 +171,9 @@ def _monitor(options: dict, run_monitor_cli, *, given: list[str]) -> None:
     if o["config_file"] is None:
         label_list = labels_from_options(o["labels"], o["labels_file"])
         flags = {k: o[k] for k in ("input", "device", "template", "onnx", "threads", "window", "hop", "smooth",
-                                   "threshold", "min_dbfs", "realtime", "loop", "db", "clips", "mqtt", "metrics")}
-        flags.update(labels=label_list, checkpoint=o["checkpoint"] or "full",
-                     hysteresis=StreamConfig.hysteresis if o["hysteresis"] is None else o["hysteresis"],
-                     min_windows=StreamConfig.min_windows if o["min_windows"] is None else o["min_windows"])
+                                   "threshold", "hysteresis", "min_windows", "min_dbfs", "realtime", "loop", "db",
+                                   "clips", "mqtt", "metrics")}  # None: the configuration's default
+        flags.update(labels=label_list, checkpoint=o["checkpoint"] or "full")
         for name in ("db", "clips", "onnx"):
             flags[name] = None if flags[name] is None else str(flags[name])
     monitor = run_monitor_cli(config_path=o["config_file"], flags=flags, given=given,
