@@ -22,6 +22,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 from typing import Callable, Collection
 
 import numpy as np
@@ -70,6 +71,16 @@ def detectors_for(labels: list[str], params: LabelParams) -> list[EventDetector]
             for (hysteresis, min_windows), mask in groups.items() if any(mask)]
 
 
+class Mark(Enum):
+    """What happened at a stream sample, kept in stream order until the windows before it are classified: a
+    window in flight, a gated (quiet) window, the source down, or its end."""
+
+    WINDOW = "window"
+    QUIET = "quiet"
+    DOWN = "down"
+    ENDED = "ended"
+
+
 class _Peak:
     """An open event's highest (smoothed) probability, and the embedding of the window that had it."""
 
@@ -106,7 +117,7 @@ class SourcePipeline:
         self._arrival: float | None = None  # when the newest classified window's last sample arrived
         # Windows in flight, and behind them what happened after them (a gated window, the source down or
         # ended), by stream sample: handled in stream order, once the windows before them are classified.
-        self._order: deque[tuple[str, int]] = deque()
+        self._order: deque[tuple[Mark, int]] = deque()
         self.set_labels(labels, params)
         self._thread = threading.Thread(target=self._read, name=f"pipeline {name}", daemon=True)
 
@@ -156,7 +167,7 @@ class SourcePipeline:
         try:
             for item in self._items():
                 if isinstance(item, SourceDown):
-                    self._mark("down", base + (feed.total if feed is not None else 0))
+                    self._mark(Mark.DOWN, base + (feed.total if feed is not None else 0))
                     continue
                 if isinstance(item, StreamGap):
                     if feed is not None:
@@ -177,7 +188,7 @@ class SourcePipeline:
             self.error = e
             log.error("source %s stopped: %s", self.name, e)
         finally:
-            self._mark("ended", base + (feed.total if feed is not None else 0))
+            self._mark(Mark.ENDED, base + (feed.total if feed is not None else 0))
             self.finished.set()
 
     def _feed(self, rate: float, base: int, limit: int | None) -> WindowFeed:
@@ -216,31 +227,31 @@ class SourcePipeline:
             self.gated += 1
             if self.metrics is not None:
                 self.metrics.window(self.name, level_dbfs=max(level, -200.0), inference_s=None)
-            self._mark("quiet", end)
+            self._mark(Mark.QUIET, end)
             return
         with self._lock:
-            self._order.append(("window", end))
+            self._order.append((Mark.WINDOW, end))
         replaced = self.scheduler.submit(self.name, window, wait=not self.live)
         if replaced and self.metrics is not None:
             self.metrics.dropped_windows(self.name)
 
-    def _mark(self, kind: str, at: int) -> None:
+    def _mark(self, kind: Mark, at: int) -> None:
         """Stream sample ``at`` was gated (``quiet``) or the source went ``down`` or ``ended`` there: handle it
         now, or after the windows still being classified."""
         with self._lock:
-            if any(k == "window" for k, _ in self._order):
+            if any(k is Mark.WINDOW for k, _ in self._order):
                 self._order.append((kind, at))
             else:
                 self._handle(kind, at)
 
-    def _handle(self, kind: str, at: int) -> None:
-        if kind == "quiet":
+    def _handle(self, kind: Mark, at: int) -> None:
+        if kind is Mark.QUIET:
             t = at / SAMPLE_RATE
             if self.clips is not None:
                 self.clips.classified(self.name, t)
             self._emit_events(self._quiet(t), t)
         else:
-            self._cut(at, "the source went down" if kind == "down" else "the stream ended")
+            self._cut(at, "the source went down" if kind is Mark.DOWN else "the stream ended")
 
     def _cut(self, at: int, why: str) -> None:
         """The source went down or ended at stream sample ``at``: its open events end at its last classified
@@ -257,14 +268,14 @@ class SourcePipeline:
         queue) and forget windows that were replaced before their turn."""
         while self._order:
             kind, at = self._order[0]
-            if end is None and kind == "window":
+            if end is None and kind is Mark.WINDOW:
                 return
             if end is not None and at >= end:
-                if kind == "window" and at == end:
+                if kind is Mark.WINDOW and at == end:
                     self._order.popleft()
                 return
             self._order.popleft()
-            if kind != "window":
+            if kind is not Mark.WINDOW:
                 self._handle(kind, at)
 
     # -- results (the inference thread) ---------------------------------------------------------
