@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from audioclip.model import ZeroShotClassifier
+from audioclip.model import ZeroShotClassifier, incremental
 from audioclip.model.constants import SAMPLE_RATE
 from audioclip.model.incremental import STAGES, STRIDE_SAMPLES, IncrementalEncoder, stage_edges, stage_lengths
 
@@ -14,6 +14,8 @@ from helpers import make_tiny_model
 LABELS = ["cat", "thunder", "car horn", "alarm clock", "coughing", "dog"]
 WINDOW_5S, WINDOW_3S = 5 * SAMPLE_RATE, 3 * SAMPLE_RATE
 TOLERANCE = 1e-4  # max |diff| / max |value|
+LONG_TOLERANCE = 1e-5  # every window of a long stream (issue 22)
+LONG_WINDOWS = 100
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -104,6 +106,68 @@ def test_tiny_model_windows_of_any_length_equal_whole_windows(tiny, joined, wind
     full = FullWindows(tiny, joined, window)
     encoder = check_stream(full, 3 * STRIDE_SAMPLES, starts=[3 * STRIDE_SAMPLES * k for k in range(6)])
     assert (encoder.full_windows, encoder.incremental_windows) == (1, 5)
+
+
+@pytest.fixture(scope="module")
+def long_stream(joined) -> np.ndarray:
+    """The real clips joined three times (75 s): over 100 windows of 3 s at a 5 x 4488-sample hop."""
+    return np.tile(joined, 3)
+
+
+def check_long_stream(model, signal: np.ndarray, window: int) -> None:
+    """``LONG_WINDOWS`` windows at the default hop through one encoder, each within ``LONG_TOLERANCE`` of the
+    whole window: a cached column that is not the whole window's would be carried, shifted, into the next
+    windows, so the first two or three windows after a fresh start do not show it."""
+    hop = 5 * STRIDE_SAMPLES
+    assert len(signal) >= window + (LONG_WINDOWS - 1) * hop
+    encoder = IncrementalEncoder(model, window, hop_samples=hop)
+    worst = 0.0
+    for k in range(LONG_WINDOWS):
+        w = signal[k * hop:k * hop + window]
+        with torch.inference_mode():
+            got, whole = encoder.encode(w, k * hop), model.encode_audio(w)
+        worst = max(worst, relative(got, whole))
+        assert worst <= LONG_TOLERANCE, (k, worst)
+    assert (encoder.full_windows, encoder.incremental_windows) == (1, LONG_WINDOWS - 1)
+
+
+def test_tiny_model_every_window_of_a_long_stream_equals_whole_windows(tiny, long_stream):
+    check_long_stream(tiny, long_stream, WINDOW_3S)
+
+
+@pytest.mark.slow
+def test_golden_every_window_of_a_long_stream_equals_whole_windows(golden_model, long_stream):
+    check_long_stream(golden_model, long_stream, WINDOW_3S)
+
+
+def test_the_front_end_takes_only_frame_counts_that_the_blas_computes_as_the_whole_window(tiny, joined,
+                                                                                        monkeypatch):
+    """A BLAS that sums products of fewer than 100 rows in another order (MKL does below 12 rows on an AMD
+    EPYC; issue 22 saw the front end differ on an Intel Xeon with the 42 rows of the default hop): the
+    encoder finds which counts are exact and computes the new frames on one of them; taking any count
+    from 16 rows on, as it did before, gives other dB frames."""
+    linear = torch.nn.functional.linear
+
+    def blas(x, weight, bias=None):
+        if x.shape[-2] < 100:  # another summation order
+            return linear(x.double(), weight.double(), None if bias is None else bias.double()).float()
+        return linear(x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", blas)
+    monkeypatch.setattr(incremental, "_EXACT_ROWS", {})
+    hop = 5 * STRIDE_SAMPLES
+    exact = IncrementalEncoder(tiny, WINDOW_5S, hop_samples=hop)
+    fixed = IncrementalEncoder(tiny, WINDOW_5S, hop_samples=hop)
+    monkeypatch.setattr(fixed, "_exact_rows", lambda kernel, n: tuple(range(incremental.MIN_GEMM_ROWS, n + 1)))
+    for k in range(4):
+        w = joined[k * hop:k * hop + WINDOW_5S]
+        with torch.inference_mode():
+            got, whole = exact.encode(w, k * hop), tiny.encode_audio(w)
+            fixed.encode(w, k * hop)
+        assert torch.equal(exact._cache["db"], exact.stages_of(w)["db"]), k
+        assert relative(got, whole) <= LONG_TOLERANCE, k
+    assert exact._gemm_rows == (128, 256, stage_lengths(WINDOW_5S)["db"])
+    assert not torch.equal(fixed._cache["db"], fixed.stages_of(w)["db"])
 
 
 def shifted_agreement(a: torch.Tensor, b: torch.Tensor, shift: int) -> tuple[int, int]:

@@ -11,9 +11,12 @@ import torch.nn.functional as F
 from .constants import FRAME_LENGTH, HOP_LENGTH, INT16_SCALE, N_FFT, STRIDE_SAMPLES
 from .esresnext import Attention2d, ESResNeXtFBSP, to_reference_scale
 from .fbsp import power_to_db
-from .overlap import STAGES, OverlapEncoder, Stage, pool_params, stage_edges, stage_lengths
+from .overlap import MIN_GEMM_ROWS, STAGES, OverlapEncoder, Stage, pool_params, stage_edges, stage_lengths
 
 __all__ = ["STAGES", "STRIDE_SAMPLES", "IncrementalEncoder", "stage_edges", "stage_lengths"]
+
+_EXACT_ROWS: dict[tuple, tuple[int, ...]] = {}
+"""``IncrementalEncoder._exact_rows`` by shapes, device and thread count."""
 
 
 class IncrementalEncoder(OverlapEncoder):
@@ -69,11 +72,13 @@ class IncrementalEncoder(OverlapEncoder):
     def _db_ends(self, x: torch.Tensor, left: int, first: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """dB frames ``[0, left)`` and ``[first, end)`` of the window, framed and padded as the model frames it.
 
-        One matrix product over at least ``MIN_GEMM_ROWS`` frames (:mod:`..overlap`): MKL computes a row of a
-        product of fewer rows in another order, and a quiet frame's dB then moves by up to 1e-4
-        relative; from 16 rows on, every row is bit-identical to the whole window's.
+        One matrix product over a number of frames whose rows the BLAS computes as it computes the
+        whole window's (:meth:`_exact_rows`): a product of fewer rows may be summed in another order,
+        and a quiet frame's dB then moves by up to 1e-4 relative (MKL on an AMD EPYC: below 12 rows;
+        a fixed 16 rows was exact there but not on every CPU, issue 22; docs/incremental.md).
         """
         end = self.lengths["db"]
+        self._gemm_rows = self._exact_rows(self.head.fbsp_kernel(), end)
         lo = self._db_first(left, first)  # extra frames on the left of `first`
         pad_left, pad_right = self._pad
         padded = F.pad(to_reference_scale(x)[None], (pad_left, pad_right))
@@ -85,6 +90,27 @@ class IncrementalEncoder(OverlapEncoder):
         re, im = spec.transpose(1, 2).chunk(2, dim=1)
         db = power_to_db(re * re + im * im)
         return (db[..., :left] if left else None), db[..., left + first - lo:]
+
+    def _exact_rows(self, kernel: torch.Tensor, n: int) -> tuple[int, ...]:
+        """Frame counts from ``MIN_GEMM_ROWS`` on, doubling, whose products with ``kernel`` give the rows
+        of an ``n``-frame product bit for bit, taken as ``_db_ends`` takes them (the first frames, then
+        the last ones); ``n`` itself always does. Checked once per process, shape and thread count on
+        random frames (a silent window would pass any count)."""
+        left = self.edges["db"][0]
+        key = (n, left, tuple(kernel.shape), kernel.dtype, kernel.device, torch.get_num_threads())
+        if key not in _EXACT_ROWS:
+            generator = torch.Generator().manual_seed(0)
+            frames = torch.randn(1, n, kernel.shape[1], generator=generator).to(kernel)
+            whole = F.linear(frames, kernel)
+            exact, rows = [n], MIN_GEMM_ROWS
+            while rows < n:
+                taken = torch.cat((frames[:, :left], frames[:, n - rows + left:]), dim=1)
+                expected = torch.cat((whole[:, :left], whole[:, n - rows + left:]), dim=1)
+                if torch.equal(F.linear(taken, kernel), expected):
+                    exact.append(rows)
+                rows *= 2
+            _EXACT_ROWS[key] = tuple(sorted(exact))
+        return _EXACT_ROWS[key]
 
     def _run(self, stage: Stage, x: torch.Tensor) -> torch.Tensor:
         """``stage`` over columns ``x`` (a window or a slice of one), zero padded at both ends as the model pads."""

@@ -34,7 +34,7 @@ GFLOP = {"db": 3.3, "stem": 0.63, "layer1": 3.69, "layer2": 6.39, "tail": 14.72}
 """Arithmetic of a 5-s window of the full-size head by part (../shared/NOTES.md), for ``OverlapEncoder.cost``."""
 
 MIN_GEMM_ROWS = 16
-"""Frames per matrix product of the front end (see ``IncrementalEncoder._db_ends``)."""
+"""Fewest frames per matrix product of the front end (``IncrementalEncoder`` checks which counts are exact)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,8 @@ class OverlapEncoder:
         self.lengths = stage_lengths(window_samples)
         self.edges = stage_edges(head, window_samples) if edges is None else dict(edges)
         self._pad = frame_padding(window_samples)
+        # frame counts a backend computes the front end on (``_db_first``): any from MIN_GEMM_ROWS on
+        self._gemm_rows = tuple(range(MIN_GEMM_ROWS, self.lengths["db"] + 1))
         self.incremental_windows = 0
         self.full_windows = 0
         self.reset()
@@ -277,9 +279,13 @@ class OverlapEncoder:
         return left, self.lengths[name] - right - shift
 
     def _db_first(self, left: int, first: int) -> int:
-        """First of the frames computed on the right when frames ``[first, end)`` are new (more than
-        ``first`` when a backend computes at least :data:`MIN_GEMM_ROWS` frames at once)."""
-        return max(min(first, self.lengths["db"] - (MIN_GEMM_ROWS - left)), left)
+        """First of the frames computed on the right when frames ``[first, end)`` are new: more than
+        ``first`` when a backend computes one of the frame counts ``_gemm_rows`` at once (the
+        smallest of them that holds the new frames, or the whole window)."""
+        end = self.lengths["db"]
+        needed = left + end - first
+        rows = min((r for r in self._gemm_rows if r >= needed), default=end)
+        return max(min(first, end - (rows - left)), left)
 
     def _join(self, name: str, shift: int, head, tail):
         left, right = self.edges[name]
