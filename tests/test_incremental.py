@@ -135,11 +135,6 @@ def test_tiny_model_every_window_of_a_long_stream_equals_whole_windows(tiny, lon
     check_long_stream(tiny, long_stream, WINDOW_3S)
 
 
-@pytest.mark.slow
-def test_golden_every_window_of_a_long_stream_equals_whole_windows(golden_model, long_stream):
-    check_long_stream(golden_model, long_stream, WINDOW_3S)
-
-
 def test_the_front_end_takes_only_frame_counts_that_the_blas_computes_as_the_whole_window(tiny, joined,
                                                                                         monkeypatch):
     """A BLAS that sums products of fewer than 100 rows in another order (MKL does below 12 rows on an AMD
