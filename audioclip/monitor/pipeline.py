@@ -118,6 +118,13 @@ class SourcePipeline:
         # Windows in flight, and behind them what happened after them (a gated window, the source down or
         # ended), by stream sample: handled in stream order, once the windows before them are classified.
         self._order: deque[tuple[Mark, int]] = deque()
+        # The labels' state, made by set_labels (None before its first call)
+        self.labels: list[str] = []
+        self.detectors: list[EventDetector] | None = None
+        self.smoother: Smoother | None = None
+        self._open: dict[str, tuple[int, datetime, float]] = {}  # label -> (id, start_utc, start_s)
+        self._touched: dict[str, float] = {}
+        self._peaks: dict[str, _Peak] = {}  # open label -> its peak window's embedding
         self.set_labels(labels, params)
         self._thread = threading.Thread(target=self._read, name=f"pipeline {name}", daemon=True)
 
@@ -127,13 +134,12 @@ class SourcePipeline:
         were) go on, with their ids; the others end now. Streaks start afresh; so does smoothing, unless every
         label was kept in the same order."""
         with self._lock:
-            old = getattr(self, "detectors", None)
-            kept = {}  # label -> its open event, going on
+            old = self.detectors
+            kept = {label: event for label, event in self._open.items() if label in keep and label in labels}
             if old is not None:
-                kept = {label: event for label, event in self._open.items() if label in keep and label in labels}
                 ending = [label for label in self._open if label not in kept]
                 self._emit_events([e for d in old for e in d.close(self._t, ending)], self._t)
-            smoother = getattr(self, "smoother", None)
+            smoother = self.smoother
             if old is None or list(labels) != self.labels or not set(labels) <= set(keep):
                 smoother = Smoother(self.config.smooth)
             self.labels, self.params, self.smoother = list(labels), params, smoother
@@ -141,15 +147,13 @@ class SourcePipeline:
             for label in kept:
                 source = next(d for d in old if label in d.watched)
                 source.hand_over(label, next(d for d in self.detectors if label in d.watched))
-            self._open: dict[str, tuple[int, datetime, float]] = kept  # label -> (id, start_utc, start_s)
-            self._touched: dict[str, float] = {label: t for label, t in getattr(self, "_touched", {}).items()
-                                               if label in kept}
+            self._open = kept
+            self._touched = {label: t for label, t in self._touched.items() if label in kept}
             self._index = {label: i for i, label in enumerate(self.labels)}
             # The newest windows' (start second, smoothed probs, (embedding, seconds) or None): an event's first.
             self._recent: deque[tuple[float, np.ndarray, tuple | None]] = deque(
                 maxlen=int(params.min_windows.max(initial=1)))
-            self._peaks: dict[str, _Peak] = {label: peak for label, peak in getattr(self, "_peaks", {}).items()
-                                              if label in kept}  # open label -> its peak window's embedding
+            self._peaks = {label: peak for label, peak in self._peaks.items() if label in kept}
 
     # -- the reading thread ---------------------------------------------------------------------
     def start(self) -> SourcePipeline:
