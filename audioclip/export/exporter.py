@@ -250,12 +250,10 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
         fp32, graph = export_fp32(tmp, name, module, example, precision, input_name="waveform", output_names=outputs,
                                    dynamic=dims, opset=opset)
         if precision == "int8" and not int8_blocks:  # chosen on the encoder: the classifier has the same trunk
+            given = None if int8_count is None else _given_int8_blocks(fp32, int8_count)  # both flavours
             for tensorrt in (False, True):
-                if int8_count is None:
-                    blocks = _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt,
-                                                 most=len(int8_blocks[False]) if tensorrt else None)
-                else:
-                    blocks = _given_int8_blocks(fp32, int8_count)
+                blocks = given or _choose_int8_blocks(fp32, calib, inputs, threads, tensorrt,
+                                                      most=len(int8_blocks[False]) if tensorrt else None)
                 int8_blocks[tensorrt] = blocks
                 notes.append(f"int8 {'TensorRT (*.trt.onnx)' if tensorrt else 'ONNX Runtime'}: "
                              f"{describe_blocks(blocks)}{' (as given)' if int8_count else ''}; the rest fp32")
