@@ -256,8 +256,7 @@ class Monitor:
                         self.metrics.source_up(p.name, up)
                 if up != last_up:
                     for sink in self.sinks:
-                        if hasattr(sink, "source_available"):
-                            sink.source_available(p.name, up)
+                        sink.source_available(p.name, up)
                 seen[p.name] = (reconnects, overflows, up)
             if self.clips is not None:
                 if time.monotonic() >= next_retention:
@@ -350,8 +349,7 @@ class Monitor:
             params = label_params(config, source or self.config.source(p.name), len(self.labels))
             p.set_labels(self.labels, params, keep=self._unchanged_labels(config, p.name, params))
         for sink in self.sinks:
-            if hasattr(sink, "announce"):
-                sink.announce([p.name for p in self.pipelines], event_labels(config, self.labels))
+            sink.announce([p.name for p in self.pipelines], event_labels(config, self.labels))
         self.config = config
         log.info("reloaded %s: %d labels", self.config_path, len(self.labels))
 

@@ -99,6 +99,13 @@ class QueueSink:
         with self._cond:
             return len(self._queue) + self._has_current
 
+    def announce(self, sources: list[str], labels: list[str]) -> None:
+        """The sources and the labels that raise events, at the start and after each reload; a sink that
+        publishes something per source or label (MQTT) overrides it, the others have nothing to do."""
+
+    def source_available(self, source: str, up: bool) -> None:
+        """``source`` went up or down; a sink that publishes availability (MQTT) overrides it."""
+
     def queued(self) -> list:
         """A copy of the items queued or being delivered, oldest first."""
         with self._cond:
