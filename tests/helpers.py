@@ -11,6 +11,7 @@ import importlib
 import io
 import json
 import sqlite3
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
@@ -255,3 +256,11 @@ def assert_graphs_match_pytorch(export_dir: Path, model: AudioCLIP, clips_dir: P
     agree = onnx_logits.argmax(axis=-1) == torch_logits.argmax(axis=-1)
     assert agree[clear].all(), f"classifier graph: top-1 differs from PyTorch's on windows {np.flatnonzero(~agree)}"
     return GraphsMatch(len(x), max_abs_diff, float(cosines.min()), max_logit_diff, int(agree.sum()))
+
+
+def wait_until(predicate, timeout: float, what: str, seen=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; seen: {seen()}")
+        time.sleep(0.02)

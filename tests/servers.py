@@ -9,6 +9,9 @@
   an endless MP3 stream for ONE client; the process exits when that client goes (``start()`` again).
 - :class:`Mosquitto`: ``mosquitto`` on the port, anonymous clients allowed.
 
+And their peers in the test process: :class:`Subscriber` (an MQTT client with a persistent QoS 1
+session) and :class:`Receiver` (an HTTP server on 127.0.0.1 that records webhook POSTs).
+
 ``start()`` returns once the port is listening (read from ``/proc/net/tcp``, so that probing takes
 no connection: ffmpeg would serve its only client to the probe). Every server still running when
 the interpreter exits is killed, so that a failed test leaves no process behind.
@@ -23,10 +26,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import soundfile as sf
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -197,3 +203,56 @@ class Mosquitto(Server):
 def _kill_all() -> None:
     for server in list(_RUNNING):
         server.kill()
+
+
+class Subscriber:
+    """A paho client with a persistent QoS 1 session, recording (topic, payload, retain)."""
+
+    def __init__(self, port: int, topics: list[str], client_id: str):
+        self.messages: list[tuple[str, str, bool]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(0.1, 0.2)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(), m.retain))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(5)
+
+    def payloads(self, topic: str) -> list[str]:
+        return [p for t, p, _ in list(self.messages) if t == topic]
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 answering POSTs with the statuses given, then 200."""
+
+    def __init__(self, statuses=()):
+        self.statuses, self.requests = list(statuses), []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((self.path, dict(self.headers), body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_monitor_sinks import Receiver, Subscriber, wait_until
 
 from audioclip.monitor.config import MonitorConfig
 from audioclip.monitor.output import JsonlOutput
 from audioclip.monitor.service import Monitor
 
-from helpers import burst_wav
+from helpers import burst_wav, wait_until
+from servers import Receiver, Subscriber
 
 EXE = Path(sys.executable).with_name("audioclip-stream")
 

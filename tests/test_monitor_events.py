@@ -14,15 +14,14 @@ import paho.mqtt.client as mqtt
 import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
-from test_monitor_sinks import Receiver, wait_until
 
 from audioclip.model.constants import SAMPLE_RATE
 from audioclip.monitor.config import load_config
 from audioclip.monitor.output import JsonlOutput
 from audioclip.monitor.service import Monitor
 
-from helpers import burst_wav, event_rows, monitor_config, run_monitor
-from servers import RtspServer, free_port
+from helpers import burst_wav, event_rows, monitor_config, run_monitor, wait_until
+from servers import Receiver, RtspServer, free_port
 
 
 class Running:

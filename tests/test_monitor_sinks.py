@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -26,17 +25,10 @@ from audioclip.monitor.sink import QueueSink, Undeliverable
 from audioclip.monitor.supervisor import ResilientSource
 from audioclip.monitor.webhooks import WebhookSink
 
-from servers import Mosquitto, free_port
+from helpers import wait_until
+from servers import Mosquitto, Receiver, Subscriber, free_port
 
 FAST = (0.02, 0.1)  # backoff for the tests: the production default is (1, 60)
-
-
-def wait_until(predicate, timeout: float, what: str, seen=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; seen: {seen()}")
-        time.sleep(0.02)
 
 
 def event(id: int, kind: str = "start", source: str = "porch", label: str = "Dog bark") -> DetectionEvent:
@@ -195,29 +187,6 @@ def broker():
         yield server
 
 
-class Subscriber:
-    """A paho client with a persistent QoS 1 session, recording (topic, payload, retain)."""
-
-    def __init__(self, port: int, topics: list[str], client_id: str):
-        self.messages: list[tuple[str, str, bool]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        self.client.reconnect_delay_set(0.1, 0.2)
-        self.subscribed = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(), m.retain))
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self.subscribed.wait(5)
-
-    def payloads(self, topic: str) -> list[str]:
-        return [p for t, p, _ in list(self.messages) if t == topic]
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def test_mqtt_states_events_status_and_discovery(broker):
     sub = Subscriber(broker.port, ["t1/#", "homeassistant/binary_sensor/t1/#"], "t1-sub")
     sink = MqttSink(broker.url, prefix="t1", homeassistant=True, backoff=FAST).start()
@@ -347,36 +316,6 @@ def test_mqtt_broker_urls_parse_and_names_are_one_line_errors():
 
 
 # -- webhooks ---------------------------------------------------------------------------------------
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 answering POSTs with the statuses given, then 200."""
-
-    def __init__(self, statuses=()):
-        self.statuses, self.requests = list(statuses), []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((self.path, dict(self.headers), body))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                if 300 <= status < 400:
-                    self.send_header("Location", "/elsewhere")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 def test_webhook_body_and_signature_verify():
     receiver = Receiver()
