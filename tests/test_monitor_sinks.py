@@ -97,6 +97,7 @@ def test_one_backoff_schedule_doubles_with_jitter_and_caps_at_the_longest():
         waits = [backoff_delay((0.5, 4.0), attempt) for _ in range(400)]
         assert 0.8 * nominal <= min(waits) and max(waits) <= min(4.0, 1.2 * nominal), (attempt, min(waits), max(waits))
         assert max(waits) - min(waits) > 0.1 * nominal  # jittered, below the cap too
+        assert len(set(waits)) == len(waits)  # at the cap too: none clipped onto the same wait
     assert backoff_delay((1.0, 60.0), 10_000) <= 60.0  # no overflow however long the outage
     for bad in ((0.0, 1.0), (2.0, 1.0)):
         with pytest.raises(ValueError, match="0 < first <= longest"):

@@ -19,7 +19,8 @@ def check_backoff(backoff: tuple[float, float], name: str) -> tuple[float, float
 
 def backoff_delay(backoff: tuple[float, float], attempt: int) -> float:
     """The wait before retry ``attempt`` (0: the first): ``first`` doubling up to ``longest``, within ``JITTER``,
-    never longer than ``longest``."""
+    never longer than ``longest``. At the cap the wait is drawn below it (not clipped to it, which would
+    send half of the retries of sources failing together at the same instant)."""
     first, longest = backoff
     nominal = min(longest, first * 2 ** min(attempt, 30))
-    return min(longest, nominal * random.uniform(1 - JITTER, 1 + JITTER))
+    return random.uniform(nominal * (1 - JITTER), min(longest, nominal * (1 + JITTER)))
