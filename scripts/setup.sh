@@ -18,5 +18,5 @@ python3 -m venv .venv
 # torch first and pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine where the
 # CPU wheel is at hand; on a GPU machine pip takes the CUDA build of the same version.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev,archive]"
+.venv/bin/python -m pip install -q -e ".[dev,archive,web,openvino,eval]"
 echo "audioclip-stream is installed in .venv: . .venv/bin/activate"

@@ -6,7 +6,7 @@
 # whose program is missing fails rather than skips (tests/helpers.py, require).
 set -euo pipefail
 packages="mosquitto ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-          sqlite3 systemd"
+          sqlite3 systemd chromium"
 missing=$(for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
