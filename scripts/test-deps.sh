@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages only the tests need: real servers the tests start on 127.0.0.1 (Mosquitto, a
 # GStreamer RTSP server run by the system python3, ffmpeg serving HTTP streams), the sqlite3 program
-# that reads the monitor's database, and systemd for `systemd-analyze verify` of deploy/'s unit.
+# that reads the monitor's database, systemd for `systemd-analyze verify` of deploy/'s unit, and Chromium,
+# headless, that the web page's tests drive through Playwright.
 # Installed when missing; the user's install (scripts/setup.sh) does not need them. In CI a test
 # whose program is missing fails rather than skips (tests/helpers.py, require).
 set -euo pipefail
