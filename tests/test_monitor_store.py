@@ -13,10 +13,11 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from audioclip.monitor.events import DetectionEvent, utc_iso
-from audioclip.monitor.store import SCHEMA_VERSION, EventStore, StoreError, migrate, transaction
+from audioclip.monitor.store import COLUMNS, SCHEMA_VERSION, EventStore, StoreError, migrate, transaction
 
 from helpers import require
 
@@ -39,9 +40,9 @@ def test_new_file_has_the_versioned_schema_in_wal_mode(tmp_path, caplog):
     caplog.set_level("INFO", "audioclip.monitor.store")
     path = tmp_path / "events.sqlite"
     EventStore(path).close()
-    assert [r.getMessage() for r in caplog.records] == [f"{path}: database schema created at version 3"]  # one
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: database schema created at version 4"]  # one
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     columns = {r[1]: (r[2], r[3]) for r in conn.execute("PRAGMA table_info(events)")}
     assert list(columns)[:10] == ["id", "source", "label", "start_utc", "end_utc", "start_s", "end_s",
@@ -122,10 +123,10 @@ def test_a_version_2_file_gets_the_clip_note_column_and_keeps_its_rows(tmp_path,
     conn.close()
     caplog.set_level("INFO", "audioclip.monitor.store")
     with EventStore(path) as store:
-        assert store.version == 3
+        assert store.version == SCHEMA_VERSION
         store.set_clip(1, "/clips/a.flac", "muted for privacy: 3.00 s of 7.50 s")
     assert [r.getMessage() for r in caplog.records] == [f"{path}: database schema migrated from version 2 to "
-                                                        "version 3"]
+                                                        f"version {SCHEMA_VERSION}"]
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT id, clip, clip_note FROM events").fetchall() == [
             (1, "/clips/a.flac", "muted for privacy: 3.00 s of 7.50 s")]
@@ -302,3 +303,147 @@ def test_the_store_can_change_threads_and_serialises_calls(tmp_path):
         for t in threads:
             t.join()
         assert len(store.events(limit=1000)) == 150
+
+
+# -- schema 4: reviews, moments, the readers the web page uses -----------------------------------------------------
+
+
+def test_a_version_3_file_migrates_to_4_keeping_every_row(tmp_path):
+    from audioclip.monitor.store import MIGRATIONS
+
+    path = tmp_path / "v3.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, MIGRATIONS[:3]) == 3
+    conn.execute("INSERT INTO events (id, source, label, start_utc, end_utc, start_s, end_s, peak, mean, clip, "
+                 "clip_note) VALUES (1, 'porch', 'dog', '2026-12-01T12:00:00.000Z', '2026-12-01T12:00:02.000Z', "
+                 "0.0, 2.0, 0.9, 0.8, '/clips/a.flac', 'cut')")
+    conn.execute("INSERT INTO embeddings VALUES (1, 'm', 5.0, 2, ?)", (np.array([0.6, 0.8], "<f2").tobytes(),))
+    before = conn.execute("SELECT * FROM events").fetchall()
+    conn.close()
+    with EventStore(path) as store:
+        assert store.version == 4
+        (row,) = store.query_events()[0]
+        assert tuple(row[c] for c in COLUMNS + ("clip_note",)) == before[0]
+        assert row["review"] is None and row["clip_start_s"] is None
+        assert store.set_review(1, "correct")
+        assert [(i, label, review, v.tolist()) for i, label, review, v in store.reviewed_embeddings("m")] == [
+            (1, "dog", "correct", [0.60009765625, 0.7998046875])]  # float16 read back
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"events", "embeddings", "moments"} <= tables
+        assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 1
+        plan = " ".join(r[3] for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM moments WHERE source = 'a' AND utc >= 'x'"))
+        assert "INDEX moments_source_utc" in plan
+
+
+@pytest.fixture
+def filled(tmp_path):
+    """Events 1-6 a minute apart: porch dog, yard dog, porch cat, ...; 2 and 5 reviewed."""
+    store = EventStore(tmp_path / "e.sqlite")
+    for i in range(1, 7):
+        store.record(end(i, source="porch" if i % 2 else "yard", label="dog" if i % 3 else "cat", at=60.0 * i))
+    store.set_review(2, "wrong")
+    store.set_review(5, "correct")
+    yield store
+    store.close()
+
+
+def test_query_events_filters_pages_and_counts(filled):
+    def ids(**kw):
+        rows, total = filled.query_events(**kw)
+        return [r["id"] for r in rows], total
+
+    assert ids() == ([6, 5, 4, 3, 2, 1], 6)
+    assert ids(limit=2) == ([6, 5], 6) and ids(limit=2, offset=2) == ([4, 3], 6) and ids(offset=6) == ([], 6)
+    assert ids(source="porch") == ([5, 3, 1], 3)
+    assert ids(label="cat", source="yard") == ([6], 1)
+    assert ids(since=T0 + timedelta(seconds=120), until=utc_iso(T0 + timedelta(seconds=300))) == ([4, 3, 2], 3)
+    assert ids(since="2026-12-01T13:02:00+01:00") == ([6, 5, 4, 3, 2], 5)  # any ISO form, read as UTC
+    assert ids(since="2026-12-01T12:02:00") == ([6, 5, 4, 3, 2], 5)  # naive: UTC
+    assert ids(review="wrong") == ([2], 1) and ids(review="correct") == ([5], 1)
+    assert ids(review="unreviewed", limit=3) == ([6, 4, 3], 4)
+    rows, _ = filled.query_events(review="wrong")
+    assert set(rows[0]) == {*COLUMNS, "clip_note", "clip_start_s", "review"} and rows[0]["review"] == "wrong"
+    for bad, match in (({"review": "bad"}, "review: must be one of correct, wrong, unreviewed"),
+                       ({"limit": 0}, "limit: must be a whole number of at least 1"),
+                       ({"offset": -1}, "offset: must be a whole number of at least 0"),
+                       ({"since": "yesterday"}, "since: not an ISO 8601 time, got 'yesterday'")):
+        with pytest.raises(ValueError, match=match):
+            filled.query_events(**bad)
+
+
+def test_review_round_trip_and_bad_values(filled):
+    assert filled.event(3)["review"] is None and filled.event(99) is None
+    assert filled.set_review(3, "correct") is True
+    assert filled.event(3)["review"] == "correct"
+    assert filled.set_review(3, None) is True and filled.event(3)["review"] is None
+    assert filled.set_review(99, "wrong") is False
+    for bad in ("right", "", "WRONG", 1):
+        with pytest.raises(ValueError, match="review: must be 'correct', 'wrong' or null"):
+            filled.set_review(3, bad)
+    with pytest.raises(sqlite3.IntegrityError):  # the column refuses other words from any writer
+        with sqlite3.connect(filled.path) as conn:
+            conn.execute("UPDATE events SET review = 'maybe' WHERE id = 3")
+    assert filled.event(3)["review"] is None
+
+
+def test_label_stats_count_events_reviews_and_wrong_ones(filled):
+    filled.set_review(4, "wrong")
+    assert filled.label_stats() == {"cat": {"events": 2, "reviewed": 0, "wrong": 0},
+                                    "dog": {"events": 4, "reviewed": 3, "wrong": 2}}
+    assert filled.label_stats(T0 + timedelta(seconds=240)) == {"cat": {"events": 1, "reviewed": 0, "wrong": 0},
+                                                               "dog": {"events": 2, "reviewed": 2, "wrong": 1}}
+    assert filled.label_stats("2030-01-01") == {}
+
+
+def test_moments_are_stored_normalised_read_by_filters_and_deleted_by_age(tmp_path):
+    rng = np.random.default_rng(0)
+    with EventStore(tmp_path / "e.sqlite") as store:
+        raw = rng.standard_normal((6, 8)).astype(np.float32)
+        for i, v in enumerate(raw):
+            assert store.add_moment("porch" if i < 4 else "yard", T0 + timedelta(seconds=5 * i), 5.0 * i,
+                                    5.0 * i + 2.0, "m", v) == i + 1
+        rows, matrix = store.moments()
+        assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6] and matrix.dtype == np.float32 and matrix.shape == (6, 8)
+        assert rows[1] == (2, "porch", "2026-12-01T12:00:05.000Z", 5.0, 7.0)
+        np.testing.assert_allclose(matrix, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-3)
+        assert [r[0] for r in store.moments(source="yard")[0]] == [5, 6]
+        assert [r[0] for r in store.moments(since=T0 + timedelta(seconds=10), until=T0 + timedelta(seconds=20))[0]] \
+            == [3, 4]
+        store.add_moment("porch", T0, 0.0, 2.0, "other", raw[0])
+        with pytest.raises(ValueError, match=r"moments of several models \(m, other\)"):
+            store.moments()
+        assert len(store.moments(model="m")[0]) == 6
+        with pytest.raises(ValueError, match="finite, non-zero"):
+            store.add_moment("porch", T0, 0.0, 2.0, "m", np.zeros(8))
+        assert store.delete_moments(T0 + timedelta(seconds=10)) == 3  # two of m's, the other model's one
+        assert [r[0] for r in store.moments(model="m")[0]] == [3, 4, 5, 6]
+        assert store.moments(source="nobody") == ([], pytest.approx(np.zeros((0, 0))))
+
+
+def test_readers_on_other_threads_see_consistent_pages_while_the_writer_writes(tmp_path):
+    store = EventStore(tmp_path / "e.sqlite")
+    errors, seen = [], []
+
+    def read():
+        try:
+            for _ in range(200):
+                rows, total = store.query_events(limit=1000)
+                assert len(rows) == total  # one snapshot: the page and its count agree
+                seen.append(total)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    for i in range(1, 301):
+        store.record(end(i, at=float(i)))
+    for t in readers:
+        t.join()
+    store.close()
+    assert not errors, errors
+    assert len(set(seen)) > 3  # they read while the rows came
+    with pytest.raises(StoreError, match="closed"):
+        store.query_events()

@@ -3,8 +3,9 @@ one per kind of news, never a kind string with a loose payload.
 
 A pipeline hands the service a :data:`PipelineMessage`: a classified window
 (:class:`WindowClassified`), an event's start or end (:class:`~audioclip.monitor.events.DetectionEvent`),
-an open event still on (:class:`EventSeen`), or the embedding of an event's peak window
-(:class:`EventEmbedding`). The database sink takes a :data:`StoreMessage`: those events, seen times
+an open event still on (:class:`EventSeen`), the embedding of an event's peak window
+(:class:`EventEmbedding`), or a window's embedding kept every ``embed_every`` seconds
+(:class:`MomentEmbedding`). The database sink takes a :data:`StoreMessage`: those events, seen times
 and embeddings, and the clips' news (:class:`ClipWritten`, :class:`ClipsCleared`). MQTT and the
 webhooks take only :class:`~audioclip.monitor.events.DetectionEvent`. Anything else is a programming
 error: the receiver raises ``TypeError``, and nothing unknown is ever stored or published.
@@ -51,12 +52,26 @@ class EventEmbedding:
 
 
 @dataclass(frozen=True)
+class MomentEmbedding:
+    """Source ``source``'s window ``[t_start, t_end)`` (stream seconds), which started at ``utc``, and its
+    normalised audio embedding ``vector``: one every ``[store] embed_every`` seconds (the ``moments`` table)."""
+
+    source: str
+    utc: datetime
+    t_start: float
+    t_end: float
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
 class ClipWritten:
-    """Event ``event_id``'s clip is at ``path`` (None: not written), with ``note`` (the ``clip_note`` column)."""
+    """Event ``event_id``'s clip is at ``path`` (None: not written), with ``note`` (the ``clip_note`` column);
+    ``start_s``: the stream second of its first sample (None: not known)."""
 
     event_id: int
     path: str | None
     note: str | None
+    start_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,11 +81,11 @@ class ClipsCleared:
     event_ids: tuple[int, ...]
 
 
-PipelineMessage = WindowClassified | DetectionEvent | EventSeen | EventEmbedding
-StoreMessage = DetectionEvent | EventSeen | EventEmbedding | ClipWritten | ClipsCleared
+PipelineMessage = WindowClassified | DetectionEvent | EventSeen | EventEmbedding | MomentEmbedding
+StoreMessage = DetectionEvent | EventSeen | EventEmbedding | MomentEmbedding | ClipWritten | ClipsCleared
 
-PIPELINE_MESSAGES = (WindowClassified, DetectionEvent, EventSeen, EventEmbedding)
-STORE_MESSAGES = (DetectionEvent, EventSeen, EventEmbedding, ClipWritten, ClipsCleared)
+PIPELINE_MESSAGES = (WindowClassified, DetectionEvent, EventSeen, EventEmbedding, MomentEmbedding)
+STORE_MESSAGES = (DetectionEvent, EventSeen, EventEmbedding, MomentEmbedding, ClipWritten, ClipsCleared)
 
 
 def check_message(message, kinds: tuple[type, ...], receiver: str) -> None:

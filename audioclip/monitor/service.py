@@ -32,6 +32,7 @@ from .messages import (
     ClipWritten,
     EventEmbedding,
     EventSeen,
+    MomentEmbedding,
     PipelineMessage,
     StoreMessage,
     WindowClassified,
@@ -54,8 +55,8 @@ SHUTDOWN_SECONDS = 5.0
 
 class StoreSink(QueueSink):
     """The detections database as a sink of :data:`~audioclip.monitor.messages.StoreMessage`: events, open
-    events' last-seen times, embeddings (recorded as ``embedding_model``'s), clip paths. :meth:`put` refuses
-    anything else with ``TypeError``, in the caller's thread."""
+    events' last-seen times, events' and moments' embeddings (recorded as ``embedding_model``'s), clip paths.
+    :meth:`put` refuses anything else with ``TypeError``, in the caller's thread."""
 
     def __init__(self, store: EventStore, *, embedding_model: str, queue_size: int = 10_000):
         super().__init__(f"database {store.path}", queue_size=queue_size, backoff=(0.5, 30.0))
@@ -72,8 +73,10 @@ class StoreSink(QueueSink):
             self.store.touch(item.event_id, item.utc, item.s, item.peak, item.mean)
         elif isinstance(item, EventEmbedding):
             self.store.set_embedding(item.event_id, self.embedding_model, item.window, item.vector)
+        elif isinstance(item, MomentEmbedding):
+            self.store.add_moment(item.source, item.utc, item.t_start, item.t_end, self.embedding_model, item.vector)
         elif isinstance(item, ClipWritten):
-            self.store.set_clip(item.event_id, item.path, item.note)
+            self.store.set_clip(item.event_id, item.path, item.note, item.start_s)
         else:  # ClipsCleared: put() let nothing else in
             self.store.clear_clips(item.event_ids)
 
