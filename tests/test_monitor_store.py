@@ -324,7 +324,7 @@ def test_a_version_3_file_migrates_to_4_keeping_every_row(tmp_path):
         assert store.version == 4
         (row,) = store.query_events()[0]
         assert tuple(row[c] for c in COLUMNS + ("clip_note",)) == before[0]
-        assert row["review"] is None and row["clip_start_s"] is None
+        assert row["review"] is None and row["clip_start_s"] is None and row["clip_end_s"] is None
         assert store.set_review(1, "correct")
         assert [(i, label, review, v.tolist()) for i, label, review, v in store.reviewed_embeddings("m")] == [
             (1, "dog", "correct", [0.60009765625, 0.7998046875])]  # float16 read back
@@ -364,7 +364,8 @@ def test_query_events_filters_pages_and_counts(filled):
     assert ids(review="wrong") == ([2], 1) and ids(review="correct") == ([5], 1)
     assert ids(review="unreviewed", limit=3) == ([6, 4, 3], 4)
     rows, _ = filled.query_events(review="wrong")
-    assert set(rows[0]) == {*COLUMNS, "clip_note", "clip_start_s", "review"} and rows[0]["review"] == "wrong"
+    assert set(rows[0]) == {*COLUMNS, "clip_note", "clip_start_s", "clip_end_s", "review"}
+    assert rows[0]["review"] == "wrong"
     for bad, match in (({"review": "bad"}, "review: must be one of correct, wrong, unreviewed"),
                        ({"limit": 0}, "limit: must be a whole number of at least 1"),
                        ({"offset": -1}, "offset: must be a whole number of at least 0"),

@@ -209,6 +209,7 @@ class ClipRecorder:
         self._requests: dict[int, _Request] = {}
         self._finished: deque[int] = deque(maxlen=4096)  # ids whose clip is done: a late end is ignored
         self._done: list[ClipResult] = []
+        self._spans: dict[int, tuple[float, float]] = {}  # written clips' stream seconds, until taken
         self._early_mutes: dict[str, list[tuple[int, int]]] = {}
 
     def _index(self, t: float) -> int:
@@ -387,6 +388,11 @@ class ClipRecorder:
         if muted:
             log.info("clip of event %d: %s", r.event_id, muted[0])
         self._done.append(ClipResult(r.event_id, str(path), "; ".join(notes + muted) or "ok"))
+        self._spans[r.event_id] = (lo / self.sample_rate, hi / self.sample_rate)
+
+    def take_span(self, event_id: int) -> tuple[float, float] | None:
+        """The stream seconds ``(start, end)`` that event ``event_id``'s written clip holds, once (None after)."""
+        return self._spans.pop(event_id, None)
 
     def enforce_retention(self, clips, keep_days: float | None, max_gb: float | None,
                           now: float | None = None) -> list[int]:

@@ -142,8 +142,10 @@ class SourceConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     """``db``: the SQLite file; ``clips``: the clips folder (None: no clips). ``keep_days`` /
-    ``max_gb``: clip retention, None for no limit (``0`` in the file). ``embeddings``: keep each event's
-    peak window's audio embedding in the database, for ``audioclip-search DB --text ...``."""
+    ``max_gb``: clip retention, None for no limit (``0`` in the file); ``keep_days`` deletes the moments
+    too (``max_gb`` counts the clips only). ``embeddings``: keep each event's peak window's audio embedding
+    in the database, for ``audioclip-search DB --text ...``; ``embed_every``: with ``embeddings``, also keep
+    one window's embedding per source every so many seconds (the ``moments`` table; 0: none)."""
 
     db: str = "audioclip.sqlite"
     clips: str | None = None
@@ -153,6 +155,7 @@ class StoreConfig:
     keep_days: float | None = 30.0
     max_gb: float | None = 5.0
     embeddings: bool = True
+    embed_every: float = 5.0
 
 
 @dataclass(frozen=True, repr=False)

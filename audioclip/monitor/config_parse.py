@@ -238,7 +238,8 @@ def parse_config(cls, root: Reader, origin: str):
                                                       open_low=True),
                             keep_days=r.number("keep_days", base.keep_days, low=0.0) or None,
                             max_gb=r.number("max_gb", base.max_gb, low=0.0) or None,
-                            embeddings=r.boolean("embeddings", base.embeddings))
+                            embeddings=r.boolean("embeddings", base.embeddings),
+                            embed_every=r.number("embed_every", base.embed_every, low=0.0))
         r.done()
     if (r := root.table_of("mqtt")) is not None:
         url = r.url("url", MQTT_SCHEMES)

@@ -66,12 +66,13 @@ class MomentEmbedding:
 @dataclass(frozen=True)
 class ClipWritten:
     """Event ``event_id``'s clip is at ``path`` (None: not written), with ``note`` (the ``clip_note`` column);
-    ``start_s``: the stream second of its first sample (None: not known)."""
+    ``[start_s, end_s)``: the stream seconds it holds (None: not known, or unchanged)."""
 
     event_id: int
     path: str | None
     note: str | None
     start_s: float | None = None
+    end_s: float | None = None
 
 
 @dataclass(frozen=True)

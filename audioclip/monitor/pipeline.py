@@ -35,13 +35,16 @@ from ..stream.feed import WindowFeed
 from ..stream.postprocess import Event, EventDetector, Smoother, WindowResult
 from .config import LabelParams
 from .events import DetectionEvent
-from .messages import EventEmbedding, EventSeen, PipelineMessage, WindowClassified
+from .messages import EventEmbedding, EventSeen, MomentEmbedding, PipelineMessage, WindowClassified
 from .supervisor import Block, SourceDown, StreamGap
 
 log = logging.getLogger(__name__)
 
 TOUCH_SECONDS = 1.0
 """How often an open event's last-seen time reaches the database (what a crash leaves)."""
+
+MOMENT_SLACK = 1e-9
+"""Seconds a window's start may fall short of a multiple of ``embed_every`` and still reach it (float rounding)."""
 
 
 def utc_at(monotonic: float) -> datetime:
@@ -96,12 +99,16 @@ class SourcePipeline:
     :class:`EventSeen` about once a second per open event and, when windows come with embeddings, an
     :class:`EventEmbedding` of an event's peak window;
     ``clips`` (a :class:`~audioclip.monitor.clip_sink.ClipSink` or None) receives the audio, privacy mutes
-    and clip requests; it only queues them (the clips are written on its own thread)."""
+    and clip requests; it only queues them (the clips are written on its own thread). With ``embed_every``
+    seconds (0: never) and windows that come with embeddings, a :class:`MomentEmbedding` of the window whose
+    start first reaches each multiple of ``embed_every`` on the stream's clock."""
 
     def __init__(self, name: str, source, *, config: StreamConfig, labels: list[str], params: LabelParams,
                  scheduler, emit: Callable[[PipelineMessage], None], next_id: IdCounter, clips=None,
-                 metrics=None, shortest: int | None = None):
+                 metrics=None, shortest: int | None = None, embed_every: float = 0.0):
         self.name, self.source, self.config = name, source, config
+        self.embed_every = embed_every
+        self._next_moment = 0.0  # the stream second the next moment's window must start at or after
         self.shortest = shortest  # a source shorter than one window is padded only this far (None: to the window)
         self.scheduler, self.emit, self.next_id = scheduler, emit, next_id
         self.clips = clips
@@ -297,6 +304,10 @@ class SourcePipeline:
             events = [e for detector in self.detectors for e in detector.update(t_end, probs)]
             seconds_long = len(window.samples) / SAMPLE_RATE
             self._follow_peaks(events, t_start, probs, None if embedding is None else (embedding, seconds_long))
+            if embedding is not None and self.embed_every > 0 and t_start >= self._next_moment - MOMENT_SLACK:
+                self._next_moment = float(np.floor(t_start / self.embed_every + MOMENT_SLACK) + 1) * self.embed_every
+                self.emit(MomentEmbedding(self.name, utc_at(window.arrival) - timedelta(seconds=seconds_long),
+                                          t_start, t_end, embedding))
             self._t, self._arrival = t_end, window.arrival
             self.last = result
             if self.metrics is not None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +78,7 @@ class StoreSink(QueueSink):
         elif isinstance(item, MomentEmbedding):
             self.store.add_moment(item.source, item.utc, item.t_start, item.t_end, self.embedding_model, item.vector)
         elif isinstance(item, ClipWritten):
-            self.store.set_clip(item.event_id, item.path, item.note, item.start_s)
+            self.store.set_clip(item.event_id, item.path, item.note, item.start_s, item.end_s)
         else:  # ClipsCleared: put() let nothing else in
             self.store.clear_clips(item.event_ids)
 
@@ -193,7 +195,7 @@ class Monitor:
                                         post_roll=config.store.post_roll, max_seconds=config.store.max_clip_seconds,
                                         hold=longest)  # privacy mutes of every window over a clip land first
                 self.clips = ClipSink(recorder, self._clips_done).start()
-                self._retention()
+            self._retention()
         self.next_id = IdCounter(first_id)
         if config.mqtt is not None:
             from .mqtt import MqttSink
@@ -226,7 +228,7 @@ class Monitor:
                 source.name, open_source(source, stdin=self._stdin), config=stream, labels=self.labels,
                 params=label_params(self.config, source, len(self.labels)), scheduler=self.scheduler,
                 emit=self._emit, next_id=self.next_id, clips=self.clips, metrics=self.metrics,
-                shortest=shortest_window(self._classifier))
+                shortest=shortest_window(self._classifier), embed_every=0.0 if store is None else store.embed_every)
             scorer = window_scorer(self._classifier, stream, config_file=self.config_path, announce=not self.pipelines)
             self.scheduler.add_source(source.name, pipeline.on_result, score=scorer)
             if self.metrics is not None:
@@ -261,7 +263,7 @@ class Monitor:
                     for sink in self.sinks:
                         sink.source_available(p.name, up)
                 seen[p.name] = (reconnects, overflows, up)
-            if self.clips is not None:
+            if self.store_sink is not None:
                 if time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + RETENTION_SECONDS
                     self._retention()
@@ -317,13 +319,26 @@ class Monitor:
     def _clips_done(self, results) -> None:
         for result in results:
             if self.store_sink is not None:
-                self.store_sink.put(ClipWritten(result.event_id, result.path, result.note))
+                span = self.clips.recorder.take_span(result.event_id) or (None, None)  # this is the clips' thread
+                self.store_sink.put(ClipWritten(result.event_id, result.path, result.note, *span))
             if result.cause is not None and self.metrics is not None:
                 self.metrics.clip_not_written(result.cause)
 
     def _retention(self) -> None:
+        """Delete the moments older than ``keep_days`` (clips or not), then the clips ``keep_days`` and ``max_gb``
+        let go. ``max_gb`` counts the clips only: a moment is about 2 kB (docs/monitor.md)."""
         store = self.config.store
-        if self.clips is None or self.store_sink is None or (store.keep_days is None and store.max_gb is None):
+        if self.store_sink is None:
+            return
+        if store.keep_days is not None:
+            try:
+                n = self.store_sink.store.delete_moments(datetime.now(timezone.utc) - timedelta(days=store.keep_days))
+            except sqlite3.Error as e:  # the database busy or failing: the next round tries again
+                log.warning("moment retention failed, tried again in %.0f s: %s", RETENTION_SECONDS, e)
+            else:
+                if n:
+                    log.info("moment retention deleted %d moment(s) older than %g days", n, store.keep_days)
+        if self.clips is None or (store.keep_days is None and store.max_gb is None):
             return
         ids = self.clips.recorder.enforce_retention(self.store_sink.store.clips_by_age(), store.keep_days,
                                                     store.max_gb)

@@ -70,10 +70,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE events ADD COLUMN clip_note TEXT",
     ),
     (
-        # A person's verdict on an event (the web page's review), and where its clip starts on the stream's
-        # clock (a moment inside the clip plays from there).
+        # A person's verdict on an event (the web page's review), and where its clip starts and ends on the
+        # stream's clock (a moment inside the clip plays from there).
         "ALTER TABLE events ADD COLUMN review TEXT CHECK (review IN ('correct', 'wrong'))",
         "ALTER TABLE events ADD COLUMN clip_start_s REAL",
+        "ALTER TABLE events ADD COLUMN clip_end_s REAL",
         # One normalised float16 audio embedding per source every [store] embed_every seconds: its window's.
         """CREATE TABLE moments (
             id INTEGER PRIMARY KEY,
@@ -101,7 +102,7 @@ EMBEDDING_DTYPE = np.dtype("<f2")
 COLUMNS = ("id", "source", "label", "start_utc", "end_utc", "start_s", "end_s", "peak", "mean", "clip",
            "last_seen_utc", "last_seen_s")
 """The columns an event's start or end writes."""
-EVENT_COLUMNS = (*COLUMNS, "clip_note", "clip_start_s", "review")
+EVENT_COLUMNS = (*COLUMNS, "clip_note", "clip_start_s", "clip_end_s", "review")
 """Every column of ``events``: what the readers return."""
 REVIEWS = ("correct", "wrong")
 """What a person may say of an event (``review``; NULL: not reviewed)."""
@@ -320,12 +321,13 @@ class EventStore:
                     "WHERE id = ? AND end_utc IS NULL", (_iso(utc), s, peak, mean, event_id))
 
     def set_clip(self, event_id: int, path: str | Path | None, note: str | None = None,
-                 start_s: float | None = None) -> None:
+                 start_s: float | None = None, end_s: float | None = None) -> None:
         """Store (or with ``None`` clear) the path of an event's clip, ``note``: why the clip is not the
         event's whole audio as heard (``muted for privacy: 3.00 s of 7.50 s``, why it was not written, ...),
-        and ``start_s``: the stream second its first sample was heard at (None: not known)."""
-        self._write("UPDATE events SET clip = ?, clip_note = ?, clip_start_s = COALESCE(?, clip_start_s) WHERE id = ?",
-                    (None if path is None else str(path), note, start_s, event_id))
+        and ``[start_s, end_s)``: the stream seconds it holds (None: as stored before)."""
+        self._write("UPDATE events SET clip = ?, clip_note = ?, clip_start_s = COALESCE(?, clip_start_s), "
+                    "clip_end_s = COALESCE(?, clip_end_s) WHERE id = ?",
+                    (None if path is None else str(path), note, start_s, end_s, event_id))
 
     def clear_clips(self, event_ids: Sequence[int]) -> None:
         """Set ``clip`` NULL on many rows in one transaction (after retention deleted their files)."""
