@@ -11,9 +11,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..cli_common import Command, Group, OutputConsole, one_line_errors, setup_logging, version_option
+from ..cli_common import (
+    Command,
+    Group,
+    OutputConsole,
+    labels_from_options,
+    one_line_errors,
+    setup_logging,
+    version_option,
+)
 from ..model import SAMPLE_RATE, load_model
 from ..model.checkpoint import cache_dir
+from ..monitor.config import StreamDefaults
 from .audio_io import DecodeCache
 from .datasets import load_dataset
 from .evaluate import EvalReport, evaluate, plot_confusion, require_matplotlib, write_json
@@ -55,6 +64,7 @@ class Device(str, Enum):
 class EvalTask(str, Enum):
     classify = "classify"
     query = "query"
+    events = "events"
 
 
 def _rank() -> int:
@@ -75,6 +85,8 @@ CLIP_SECONDS = typer.Option(None, "--clip-seconds", help="Clip length; default a
                                                           "data set's (US8K 4 s, ESC-50 5 s, folder 5 s).")
 CACHE_DIR = typer.Option(None, "--cache-dir", help="Decoded-audio cache (default ~/.cache/audioclip/decoded).")
 NO_CACHE = typer.Option(False, "--no-cache", help="Decode every clip every time.")
+EVENTS = "Events (--task events)"
+MONITOR = StreamDefaults()  # the monitor's defaults: --task events streams as it does
 MAX_BAD = typer.Option(0.05, "--max-bad", help="Share of undecodable clips skipped with a warning before failing.")
 
 
@@ -170,8 +182,11 @@ def _render(report: EvalReport) -> None:
 @app.command("evaluate", cls=Command)
 @one_line_errors(cleanup=shutdown_distributed)
 def evaluate_command(
-    dataset: DatasetKind = typer.Option(..., "--dataset"),
-    data_root: Path = DATA_ROOT,
+    ctx: typer.Context,
+    dataset: DatasetKind | None = typer.Option(None, "--dataset", help="us8k, esc50 or folder (--task classify, "
+                                                                         "query)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Top folder of the data set (--task classify, "
+                                                                     "query)."),
     checkpoint: str = typer.Option("full", "--checkpoint", help="Release name (zero-shot) or checkpoint file."),
     fold: int | None = typer.Option(None, "--fold", help="Fold to test; default a fine-tuned checkpoint's own "
                                                          "held-out fold, else all folds."),
@@ -180,22 +195,68 @@ def evaluate_command(
     batch_size: int = typer.Option(16, "--batch-size"),
     device: Device = typer.Option(Device.auto, "--device"),
     workers: int = typer.Option(0, "--workers"),
-    report_path: Path = typer.Option(None, "--report", help="JSON report (default: beside a checkpoint file, "
-                                                            "<name>-eval-<dataset>.json; runs/ for a release)."),
-    plot: bool = typer.Option(False, "--plot", help="Also write the confusion matrix as a PNG beside the report."),
+    report_path: Path = typer.Option(None, "--report", "--output", help="JSON report (default: beside a checkpoint "
+                                     "file, <name>-eval-<dataset>.json, -eval-events.json; runs/ for a release)."),
+    plot: bool = typer.Option(False, "--plot", help="Also write the confusion matrix (events: the threshold sweep) "
+                                                    "as a PNG beside the report."),
     task: EvalTask = typer.Option(EvalTask.classify, "--task", help="classify: accuracy and confusion matrix; "
-                                  "query: also text-to-audio and audio-to-text P@1, R@1 and mAP (the paper's)."),
+                                  "query: also text-to-audio and audio-to-text P@1, R@1 and mAP (the paper's); "
+                                  "events: the monitor's events on annotated recordings (docs/training.md)."),
+    annotations: Path | None = typer.Option(None, "--annotations", rich_help_panel=EVENTS,
+                                            help="CSV file,onset,offset,label or Raven selection tables: a file or "
+                                                 "a folder of them."),
+    recordings: list[Path] | None = typer.Option(None, "--recordings", rich_help_panel=EVENTS,
+                                                 help="Recordings (files or folders, repeatable); default: the files "
+                                                      "the annotations name, relative to their table."),
+    labels: str | None = typer.Option(None, "--labels", rich_help_panel=EVENTS,
+                                      help="Comma-separated labels (default: the annotations' labels)."),
+    labels_file: Path | None = typer.Option(None, "--labels-file", rich_help_panel=EVENTS),
+    onnx: Path | None = typer.Option(None, "--onnx", rich_help_panel=EVENTS, help="An audioclip-export folder "
+                                                                                   "instead of --checkpoint."),
+    score: str = typer.Option("label", "--score", rich_help_panel=EVENTS,
+                              help="label: each label's own score; softmax: over the label set."),
+    window: float = typer.Option(MONITOR.window, "--window", rich_help_panel=EVENTS),
+    hop: float = typer.Option(MONITOR.hop, "--hop", rich_help_panel=EVENTS, show_default=False,
+                              help="Seconds between window starts (default 0.50884, the monitor's)."),
+    smooth: int = typer.Option(MONITOR.smooth, "--smooth", rich_help_panel=EVENTS),
+    threshold: float | None = typer.Option(None, "--threshold", rich_help_panel=EVENTS,
+                                           help="Event threshold (default: the score's starting one)."),
+    hysteresis: float = typer.Option(MONITOR.hysteresis, "--hysteresis", rich_help_panel=EVENTS),
+    min_windows: int = typer.Option(MONITOR.min_windows, "--min-windows", rich_help_panel=EVENTS),
+    min_dbfs: float = typer.Option(MONITOR.min_dbfs, "--min-dbfs", rich_help_panel=EVENTS,
+                                   help="Windows quieter than this are not classified (the monitor's default)."),
+    exact_windows: bool = typer.Option(False, "--exact-windows", rich_help_panel=EVENTS),
+    collar: float = typer.Option(1.0, "--collar", rich_help_panel=EVENTS,
+                                 help="Seconds an event's onset (and offset) may be off and still match."),
+    offset_share: float = typer.Option(0.2, "--offset-share", rich_help_panel=EVENTS,
+                                       help="An offset also matches within this share of the annotated length."),
+    onsets_only: bool = typer.Option(False, "--onsets-only", rich_help_panel=EVENTS,
+                                     help="Match events on their onsets alone."),
+    alarms_per_hour: float | None = typer.Option(None, "--alarms-per-hour", rich_help_panel=EVENTS,
+                                                 help="Choose the threshold with the best recall within this many "
+                                                      "false alarms per hour (default: the best F1)."),
+    threads: int | None = typer.Option(None, "--threads", rich_help_panel=EVENTS),
     clip_seconds: float | None = CLIP_SECONDS,
     cache_path: Path | None = CACHE_DIR,
     no_cache: bool = NO_CACHE,
     max_bad: float = MAX_BAD,
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Accuracy per fold and mean, confusion matrix; zero-shot for releases, fine-tuned otherwise."""
-    _folds(fold, all_folds)
+    """Accuracy per fold and mean, confusion matrix; zero-shot for releases, fine-tuned otherwise. --task events:
+    the monitor's events on annotated recordings."""
     setup_logging(verbose=not quiet and _rank() == 0)
     if plot:
         require_matplotlib()
+    if task is EvalTask.events:
+        events_options = {k: v for k, v in locals().items() if k in EVENT_OPTIONS}
+        _evaluate_events(ctx, **events_options)
+        return
+    if annotations is not None:
+        raise typer.BadParameter("--annotations applies to --task events")
+    for value, flag in ((dataset, "--dataset"), (data_root, "--data-root")):
+        if value is None:
+            raise typer.BadParameter(f"{flag} is needed for --task {task.value}")
+    _folds(fold, all_folds)
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be at least 1, got {batch_size}")
     model = load_model(checkpoint)
@@ -226,6 +287,94 @@ def evaluate_command(
         png = report_path.with_suffix(".png")
         plot_confusion(report, png)
         console.print(f"confusion matrix: {png}")
+
+
+EVENT_OPTIONS = ("annotations", "recordings", "labels", "labels_file", "checkpoint", "onnx", "template", "score",
+                 "window", "hop", "smooth", "threshold", "hysteresis", "min_windows", "min_dbfs", "exact_windows",
+                 "collar", "offset_share", "onsets_only", "alarms_per_hour", "threads", "report_path", "plot", "quiet")
+
+
+def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings: list[Path] | None, labels,
+                     labels_file,
+                     checkpoint: str, onnx: Path | None, template: str | None, score: str, threshold: float | None,
+                     collar: float, offset_share: float, onsets_only: bool, alarms_per_hour: float | None,
+                     threads: int | None, report_path: Path | None, plot: bool, quiet: bool, **stream) -> None:
+    """``--task events``: read the annotations, stream the recordings, write the report (:mod:`.events`)."""
+    from ..archive.decode import find_recordings
+    from ..stream.backends import fit_window, load_classifier
+    from ..stream.config import StreamConfig
+    from ..stream.runner import check_window
+    from ..stream.scoring import check_score, default_threshold, score_classifier
+    from .annotations import RecordingIndex, events_by_recording, read_annotations
+    from .events import Matching, evaluate_events, plot_event_curves
+
+    if annotations is None:
+        raise typer.BadParameter("--task events needs --annotations (CSV file,onset,offset,label or Raven tables)")
+    check_score(score)
+    if not collar > 0 or not 0 <= offset_share <= 1:
+        raise typer.BadParameter(f"--collar must be positive and --offset-share in [0, 1], got {collar:g} and "
+                                 f"{offset_share:g}")
+    if alarms_per_hour is not None and not alarms_per_hour >= 0:
+        raise typer.BadParameter(f"--alarms-per-hour must be at least 0, got {alarms_per_hour:g}")
+    config = StreamConfig(events=True, threshold=default_threshold(score) if threshold is None else threshold,
+                          **stream)
+    table = read_annotations(annotations)
+    given = labels_from_options(labels, labels_file)
+    label_list = given or sorted({a.label for a in table.events})
+    if not label_list:
+        raise ValueError(f"{annotations}: no annotated events and no --labels: nothing to evaluate")
+    folders = [p for p in recordings or [] if p.is_dir()]
+    index = RecordingIndex(find_recordings(recordings) if recordings else None, folders)
+    references, counts = events_by_recording(table, index, label_list)
+    counts["unannotated_recordings"] = sum(1 for events in references.values() if not events)
+    classifier = load_classifier(checkpoint=None if onnx else checkpoint, onnx=onnx, labels=label_list,
+                                 template=template, threads=threads)
+    classifier = score_classifier(classifier, score)
+    config = fit_window(config, classifier, window_given=ctx.get_parameter_source("window").name != "DEFAULT")
+    check_window(classifier, config)
+    root = folders[0] if folders else (annotations if annotations.is_dir() else annotations.parent)
+    name = str(onnx) if onnx else checkpoint
+    report = evaluate_events(references=references, classifier=classifier, config=config,
+                             matching=Matching(collar, offset_share, offsets=not onsets_only),
+                             alarms_per_hour=alarms_per_hour, progress=not quiet, name=name, score=score,
+                             annotations=counts, root=root)
+    _render_events(report)
+    report_path = report_path or _default_report(name, "events")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(report.to_json(), report_path)
+    console.print(f"report: {report_path}")
+    if plot:
+        png = report_path.with_suffix(".png")
+        plot_event_curves(report, png)
+        console.print(f"threshold sweep: {png}")
+
+
+def _render_events(report) -> None:
+    def share(value) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    psds = report.psds
+    table = Table("label", "events", "TP", "FP", "FN", "P", "R", "F1", "FA/h", "PSDS1", "PSDS2", padding=(0, 1),
+                  title=f"events in {len(report.recordings)} recordings ({report.hours:.2f} h), {report.score} scores")
+    rows = [*report.at_threshold["per_label"].items(), ("overall", report.at_threshold["overall"])]
+    for label, m in rows:
+        scores = [(psds.get(k) or {}).get("value") if label == "overall" else
+                  (psds.get(k) or {}).get("per_label", {}).get(label) for k in ("psds1", "psds2")]
+        table.add_row(label, str(m["reference"]), str(m["tp"]), str(m["fp"]), str(m["fn"]), share(m["precision"]),
+                      share(m["recall"]), share(m["f1"]), f"{m['alarms_per_hour']:.1f}",
+                      *("-" if v is None else f"{v:.3f}" for v in scores),
+                      style="bold" if label == "overall" else None)
+    console.print(table)
+    s, m = report.stream, report.matching
+    offsets = f"offsets within max({m['collar_s']:g} s, {m['offset_share']:.0%})" if m["offsets"] else "onsets only"
+    console.print(f"at threshold {', '.join(f'{v:g}' for v in sorted(set(s['threshold'].values())))}, hysteresis "
+                  f"{s['hysteresis']:g}, min_windows {s['min_windows']}, window {s['window']:g} s, hop {s['hop']:g} s; "
+                  f"onsets within {m['collar_s']:g} s, {offsets}")
+    picks = {**report.chosen["per_label"], "overall (one threshold)": report.chosen["overall"]}
+    console.print(f"chosen thresholds ({report.chosen['rule']}): " + "; ".join(
+        f"{label} none within the budget" if p is None else
+        f"{label} {p['threshold']:g} (F1 {share(p['f1'])}, {p['alarms_per_hour']:.1f} false alarms/h)"
+        for label, p in picks.items()))
 
 
 def _default_report(checkpoint: str, dataset: str) -> Path:
