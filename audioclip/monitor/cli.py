@@ -7,13 +7,13 @@ import logging
 import sys
 
 from ..cli_common import errors
-from .config import MonitorConfig, load_config
+from .config import MonitorConfig, load_config, with_http
 from .output import CsvOutput, JsonlOutput, LiveOutput
 from .service import Monitor, install_signals
 
 log = logging.getLogger(__name__)
 
-SHORTCUTS = ("db", "clips", "mqtt", "metrics")
+SHORTCUTS = ("db", "clips", "mqtt", "metrics", "http")
 
 
 def wants_monitor(*, config, input: str | None, **shortcuts) -> bool:
@@ -23,7 +23,7 @@ def wants_monitor(*, config, input: str | None, **shortcuts) -> bool:
 
 
 def run_monitor_cli(*, config_path, flags: dict, given: list[str], format: str, duration: float | None,
-                    top_k: int, stdin=None) -> Monitor:
+                    top_k: int, stdin=None, http: str | None = None, http_token: str | None = None) -> Monitor:
     """Build the configuration (a file, or the flags' single source), run it with the chosen output.
 
     ``given``: the flags the user set that a configuration file replaces; with ``--config`` they
@@ -35,6 +35,7 @@ def run_monitor_cli(*, config_path, flags: dict, given: list[str], format: str, 
         config = load_config(config_path)
     else:
         config = MonitorConfig.single(**flags)
+    config = with_http(config, http, http_token)  # a bind beyond loopback without a token stops here
     log.debug("configuration: %s", config.redacted())
     if format == "jsonl":
         output = JsonlOutput(sys.stdout)

@@ -31,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "LabelConfig", "LabelParams", "MetricsConfig", "ModelConfig", "MonitorConfig",
+__all__ = ["ConfigError", "HttpConfig", "LabelConfig", "LabelParams", "MetricsConfig", "ModelConfig", "MonitorConfig",
            "MqttConfig", "SourceConfig", "StoreConfig", "StreamDefaults", "WebhookConfig", "load_config",
            "redact"]
 
@@ -192,6 +192,82 @@ class MetricsConfig:
         return split_listen(self.listen)[1]
 
 
+@dataclass(frozen=True, repr=False)
+class HttpConfig:
+    """``[http]``: the web page and HTTP API. ``listen``: ``host:port`` (loopback unless a ``token`` is set);
+    ``token``: the bearer token writes and requests from beyond loopback need (``--http-token`` or
+    ``AUDIOCLIP_HTTP_TOKEN`` when not in the file); ``public_url``: the base of the ``clip_url`` that MQTT and
+    webhooks carry (default ``http://listen``); ``upload_max_mb``: the largest search upload; ``cors``: origins
+    allowed to call the API from other pages (none by default)."""
+
+    listen: str = "127.0.0.1:8080"
+    token: str | None = _secret()
+    public_url: str | None = None
+    upload_max_mb: float = 20.0
+    cors: tuple[str, ...] = ()
+
+    __repr__ = _safe_repr
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    @property
+    def base_url(self) -> str:
+        """Where clip links point: ``public_url`` without its trailing ``/``, else ``http://listen``."""
+        return (self.public_url or f"http://{self.listen}").rstrip("/")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+HTTP_TOKEN_ENV = "AUDIOCLIP_HTTP_TOKEN"
+"""The environment variable a token may come from when neither ``[http] token`` nor ``--http-token`` gives one."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) reaches this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def with_http(config: MonitorConfig, listen: str | None = None, token: str | None = None, *,
+              environ: Mapping[str, str] | None = None) -> MonitorConfig:
+    """``config`` with the command line's ``--http`` / ``--http-token`` over ``[http]``, the token from
+    ``AUDIOCLIP_HTTP_TOKEN`` when none is given, checked: a bind beyond loopback needs a token (ConfigError)."""
+    http = config.http
+    if listen is not None:
+        try:
+            split_listen(listen)
+        except ValueError as e:
+            raise ConfigError("--http", str(e), "command line") from None
+        http = dataclasses.replace(http or HttpConfig(), listen=listen)
+    if http is None:
+        if token is not None:
+            raise ConfigError("--http-token", "needs --http HOST:PORT or [http] listen", "command line")
+        return config
+    environ = os.environ if environ is None else environ
+    token = token or http.token or environ.get(HTTP_TOKEN_ENV) or None
+    http = dataclasses.replace(http, token=token)
+    if not http.loopback and not token:
+        key = "--http" if listen is not None else "http.listen"
+        raise ConfigError(key, f"{http.listen} is reachable beyond this machine: set a token ([http] token, "
+                               f"--http-token or {HTTP_TOKEN_ENV}) or listen on 127.0.0.1",
+                          "command line" if listen is not None else config.origin)
+    return dataclasses.replace(config, http=http)
+
+
 @dataclass(frozen=True)
 class LabelParams:
     """One source's per-label event settings, arrays in label order."""
@@ -215,6 +291,7 @@ class MonitorConfig:
     mqtt: MqttConfig | None = None
     webhooks: tuple[WebhookConfig, ...] = ()
     metrics: MetricsConfig | None = None
+    http: HttpConfig | None = None
     origin: str = "monitor.toml"
 
     @classmethod

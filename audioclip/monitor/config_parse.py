@@ -189,6 +189,7 @@ def parse_config(cls, root: Reader, origin: str):
     from .config import (
         MQTT_SCHEMES,
         URL_SCHEMES,
+        HttpConfig,
         MetricsConfig,
         ModelConfig,
         MqttConfig,
@@ -221,6 +222,7 @@ def parse_config(cls, root: Reader, origin: str):
         defaults = StreamDefaults(template=template, **values)
         r.done()
     labels = tuple(_label(item, i) for i, item in enumerate(_list(root, "labels")))
+    _check_prompt_lengths(labels, defaults.template)
     _unique([label.name for label in labels], "labels")
     if not labels:
         raise ConfigError("labels", 'none given; add [[labels]] tables or labels = ["siren", "dog bark"]')
@@ -267,9 +269,20 @@ def parse_config(cls, root: Reader, origin: str):
     if (r := root.table_of("metrics")) is not None:
         metrics = MetricsConfig(listen=_listen(r))
         r.done()
+    http = None
+    if (r := root.table_of("http")) is not None:
+        base = HttpConfig()
+        cors = r.raw("cors", [])
+        if isinstance(cors, str) or not isinstance(cors, list) or not all(isinstance(c, str) and c for c in cors):
+            raise r.error("cors", f'must be a list of origins, e.g. ["http://nas.local:8080"], got {_show(cors)}')
+        http = HttpConfig(listen=_listen(r, base.listen), token=r.string("token"),
+                          public_url=r.url("public_url", ("http", "https")),
+                          upload_max_mb=r.number("upload_max_mb", base.upload_max_mb, low=0.0, open_low=True),
+                          cors=tuple(cors))
+        r.done()
     root.done()
     return cls(sources=sources, labels=labels, model=model, defaults=defaults, store=store, mqtt=mqtt,
-               webhooks=tuple(webhooks), metrics=metrics, origin=origin)
+               webhooks=tuple(webhooks), metrics=metrics, http=http, origin=origin)
 
 
 def _label(item, i: int):
@@ -293,6 +306,23 @@ def _label(item, i: int):
                         event=r.boolean("event", True), privacy=r.boolean("privacy", False))
     r.done()
     return label
+
+
+def _check_prompt_lengths(labels, template: str) -> None:
+    """Every prompt, in the template, fits the text encoder's context (77 tokens with start and end)."""
+    from ..model.constants import CONTEXT_LENGTH
+
+    for i, label in enumerate(labels):
+        for j, prompt in enumerate(label.prompts):
+            text = template.format(prompt)
+            if len(text.encode("utf-8")) + 2 <= CONTEXT_LENGTH:  # a token is at least a byte: it fits
+                continue
+            from ..model.tokenizer import get_tokenizer
+
+            tokens = len(get_tokenizer().encode(text)) + 2
+            if tokens > CONTEXT_LENGTH:
+                raise ConfigError(f"labels[{i}].prompts[{j}]", f"is {tokens} tokens with the template, longer than "
+                                                                f"the text encoder's {CONTEXT_LENGTH}; shorten it")
 
 
 def _source(item, i: int, schemes):
@@ -341,8 +371,8 @@ def _unique(names: list[str], section: str) -> None:
         seen.add(name)
 
 
-def _listen(r: Reader) -> str:
-    listen = r.string("listen", "127.0.0.1:9108")
+def _listen(r: Reader, default: str = "127.0.0.1:9108") -> str:
+    listen = r.string("listen", default)
     try:
         split_listen(listen)
     except ValueError as e:

@@ -113,6 +113,9 @@ class SourcePipeline:
         self.scheduler, self.emit, self.next_id = scheduler, emit, next_id
         self.clips = clips
         self.metrics = metrics
+        # Set while someone watches this source's audio (the web page's spectrogram): ``tap(mono, end_s)`` gets each
+        # block's resampled samples and the stream second after them, on the reading thread; it must only copy.
+        self.tap: Callable[[np.ndarray, float], None] | None = None
         self.live = bool(getattr(source, "live", True))
         self.windows = self.gated = self.events = 0
         self.level = -np.inf
@@ -208,6 +211,9 @@ class SourcePipeline:
         def audio(mono: np.ndarray, end: int) -> None:
             if self.clips is not None:
                 self.clips.push(self.name, mono, (base + end) / SAMPLE_RATE)
+            tap = self.tap
+            if tap is not None:
+                tap(mono, (base + end) / SAMPLE_RATE)
 
         def skip() -> None:
             self.scheduler.drop(self.name)

@@ -10,6 +10,7 @@ the metrics and applies the clips' retention (a :class:`ClipSink` writes the cli
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sqlite3
@@ -146,6 +147,8 @@ class Monitor:
         self.embedding_model: str | None = None
         self.scheduler: InferenceScheduler | None = None
         self.stop_signal: int | None = None  # SIGTERM or SIGINT when one stopped it (install_signals)
+        self.web = None  # the web page and HTTP API (audioclip.web.server.WebServer), with [http]
+        self._reload_lock = threading.Lock()  # SIGHUP and the web page's label changes, one at a time
 
     # -- control, from any thread or a signal handler -------------------------------------------
     def stop(self) -> None:
@@ -154,6 +157,17 @@ class Monitor:
 
     def reload(self) -> None:
         self._reload.set()
+
+    @property
+    def classifier(self):
+        """The classifier the sources are scored with now (a reload replaces it)."""
+        return self._classifier
+
+    @property
+    def clip_base_url(self) -> str | None:
+        """Where the web server serves clips (``[http] public_url`` or ``http://listen``), when it does."""
+        http, store = self.config.http, self.config.store
+        return None if http is None or store is None or store.clips is None else http.base_url
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -217,6 +231,10 @@ class Monitor:
             for sink in [self.store_sink, self.clips, *self.sinks]:
                 if sink is not None:
                     self.metrics.watch_sink(sink)
+        if config.http is not None:
+            from ..web.server import WebServer
+
+            self.web = WebServer(self, config.http).start()
 
     def _start_sources(self) -> None:
         store = self.config.store
@@ -273,6 +291,8 @@ class Monitor:
                 break
 
     def _shutdown(self) -> None:
+        if self.web is not None:
+            self.web.close()
         for p in self.pipelines:
             close = getattr(p.source, "close", None)
             if close is not None and not p.finished.is_set():
@@ -302,6 +322,8 @@ class Monitor:
         if isinstance(message, WindowClassified):
             if self.output is not None:
                 self.output.window(message.source, message.result)
+            if self.web is not None:
+                self.web.window(message.source, message.result)
             return
         if self.store_sink is not None:
             self.store_sink.put(message)
@@ -315,6 +337,8 @@ class Monitor:
             sink.put(record)
         if self.output is not None:
             self.output.event(record)
+        if self.web is not None:
+            self.web.event(record)
 
     def _clips_done(self, results) -> None:
         for result in results:
@@ -352,14 +376,23 @@ class Monitor:
             log.warning("SIGHUP: nothing to reload (no --config file)")
             return
         try:
-            config = load_config(self.config_path)
+            self.reload_config()
+        except Exception as e:  # a bad file: the running configuration stays
+            log.error("reload refused, the running configuration stays: %s", e)
+
+    def reload_config(self, config: MonitorConfig | None = None) -> None:
+        """Apply the configuration file again (SIGHUP), or ``config`` read from it (the web page's label
+        changes): labels and thresholds now, sources at the next start. Any thread, one reload at a time.
+        Raises when the file or its labels are refused; the running configuration then stays."""
+        with self._reload_lock:
+            config = load_config(self.config_path) if config is None else config
             if [s for s in config.enabled_sources] != [s for s in self.config.enabled_sources]:
                 log.warning("%s: sources changed; they apply at the next start (labels and thresholds apply now)",
                             self.config_path)
-            classifier = self._relabel(config)
-        except Exception as e:  # a bad file: the running configuration stays
-            log.error("reload refused, the running configuration stays: %s", e)
-            return
+            config = dataclasses.replace(config, http=self.config.http)  # the web server stays as it started
+            self._apply(config, self._relabel(config))
+
+    def _apply(self, config: MonitorConfig, classifier) -> None:
         self.scheduler.set_classifier(classifier)
         self._classifier, self.labels = classifier, list(classifier.labels)
         for p in self.pipelines:

@@ -146,6 +146,8 @@ class ResilientSource:
         self._failures = 0
         self._up_since: float | None = None
         self._been_up = False
+        self._down_since: float | None = None  # when the current outage (or the first failed attempt) began
+        self._retry_at: float | None = None  # when the next attempt starts, while backing off
         self._broken: str | None = None  # why the next block is not continuous with the last one
         self._last_arrival: float | None = None
         self._alive_at = 0.0  # when the open source last showed life (opened, or delivered a block)
@@ -159,6 +161,24 @@ class ResilientSource:
     @property
     def up(self) -> bool:
         return self.state == UP
+
+    @property
+    def been_up(self) -> bool:
+        """Whether it ever delivered audio."""
+        return self._been_up
+
+    @property
+    def retry_in(self) -> float | None:
+        """Seconds until the next attempt while backing off, else None."""
+        retry_at = self._retry_at
+        return None if self.state != BACKING_OFF or retry_at is None else max(0.0, retry_at - time.monotonic())
+
+    @property
+    def down_for(self) -> float | None:
+        """Seconds since the current outage began (since the first failed attempt, if it was never up); None while
+        up or before any attempt failed."""
+        since = self._down_since
+        return None if self.state == UP or since is None else time.monotonic() - since
 
     @property
     def overflows(self) -> int:
@@ -245,6 +265,7 @@ class ResilientSource:
             else:
                 log.info("%s: up (%g Hz, %d ch)", self.name, rate, channels)
             self.state, self._been_up, self._up_since = UP, True, time.monotonic()
+            self._down_since = None
         if self._last_arrival is not None:
             if self._broken:
                 lost = max(0.0, arrival - len(samples) / rate - self._last_arrival)
@@ -302,8 +323,12 @@ class ResilientSource:
         else:
             log.debug("%s: attempt %d failed: %s", self.name, self._failures, reason)
         self.last_error = reason
+        delay = backoff_delay(self.backoff, self._failures - 1)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._retry_at = time.monotonic() + delay
         self.state = BACKING_OFF
-        self._stop.wait(backoff_delay(self.backoff, self._failures - 1))
+        self._stop.wait(delay)
 
     # the consuming thread
 
@@ -315,6 +340,8 @@ class ResilientSource:
             if self.state == UP:
                 log.warning("%s: %s; reconnecting with backoff", self.name, self._stall)
                 self._went_down(self._stall)
+            if self._down_since is None:
+                self._down_since = time.monotonic()
             self.state, self.last_error = BACKING_OFF, self._stall
             self._interrupt(source)
 

@@ -94,6 +94,12 @@ def stream(
     clips: Path | None = typer.Option(None, "--clips", help="Write each event's audio as FLAC here (needs --db)."),
     mqtt: str | None = typer.Option(None, "--mqtt", help="Publish events to mqtt://[user:pass@]host[:port]."),
     metrics: str | None = typer.Option(None, "--metrics", help="Serve Prometheus metrics on HOST:PORT."),
+    http: str | None = typer.Option(None, "--http",
+                                    help="Serve the web page and HTTP API on HOST:PORT (the monitor; also with "
+                                         "--config, over its [http] listen)."),
+    http_token: str | None = typer.Option(None, "--http-token",
+                                          help="The token writes and requests from beyond loopback need (or "
+                                               "AUDIOCLIP_HTTP_TOKEN); needed to listen beyond loopback."),
     loop: bool = typer.Option(False, "--loop", help="Play --input FILE again at its end (the monitor)."),
     version: bool = version_option("audioclip-stream"),
 ) -> None:
@@ -112,7 +118,8 @@ def stream(
         return
     from ..monitor.cli import run_monitor_cli, wants_monitor
 
-    if loop or wants_monitor(config=config_file, input=input, db=db, clips=clips, mqtt=mqtt, metrics=metrics):
+    if loop or wants_monitor(config=config_file, input=input, db=db, clips=clips, mqtt=mqtt, metrics=metrics,
+                                 http=http):
         _monitor(locals(), run_monitor_cli, given=_given_flags(ctx))
         return
     given = {"threshold": threshold, "hysteresis": hysteresis, "min_windows": min_windows}
@@ -177,7 +184,8 @@ def _monitor(options: dict, run_monitor_cli, *, given: list[str]) -> None:
         for name in ("db", "clips", "onnx"):
             flags[name] = None if flags[name] is None else str(flags[name])
     monitor = run_monitor_cli(config_path=o["config_file"], flags=flags, given=given,
-                              format=o["format"].value, duration=o["duration"], top_k=o["top_k"])
+                              format=o["format"].value, duration=o["duration"], top_k=o["top_k"],
+                              http=o["http"], http_token=o["http_token"])
     for line in monitor_summary(monitor):
         errors.print(line, highlight=False, soft_wrap=True)
     if monitor.stop_signal == signal.SIGINT:  # Ctrl-C; SIGTERM is a service's clean stop

@@ -1,0 +1,68 @@
+"""Who may do what: with a token, every request from beyond loopback and every write carries it.
+
+``Authorization: Bearer <token>``, compared in constant time. The live stream (``/api/live``) also takes
+``?token=`` because a browser's ``EventSource`` cannot set headers. The pages and their static files need
+no token (they hold no data; the page asks for the token and sends it with its API calls), nor does the
+OpenAPI description (``/docs``), the same for every installation. Without a token the server listens on
+loopback only (the configuration refuses anything else), and every local request is allowed.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..monitor.config import is_loopback
+
+READS = ("GET", "HEAD", "OPTIONS")
+PUBLIC_PREFIXES = ("/static/", "/docs", "/openapi.json")
+PAGES = ("/", "/events", "/labels", "/search")
+LIVE_PATH = "/api/live"
+
+
+def needs_token(request: Request) -> bool:
+    """Whether this request must show the token (when one is set)."""
+    path = request.url.path
+    if request.method in READS and (path in PAGES or path.startswith(PUBLIC_PREFIXES)):
+        return False
+    client = request.client.host if request.client is not None else ""
+    return request.method not in READS or not is_loopback(client)
+
+
+def presented(request: Request) -> str | None:
+    """The token the request shows: its bearer header, or ``?token=`` on the live stream."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if request.url.path == LIVE_PATH:
+        return request.query_params.get("token") or None
+    return None
+
+
+class TokenMiddleware:
+    """Refuses, with 401 and a one-line reason, a request that needs the token and lacks the right one
+    (plain ASGI, so that the live stream passes through untouched)."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            request = Request(scope)
+            if needs_token(request):
+                token = presented(request)
+                if token is None:
+                    await _refuse("this request needs the token: send 'Authorization: Bearer <token>'")(
+                        scope, receive, send)
+                    return
+                if not hmac.compare_digest(token.encode(), self._token):
+                    await _refuse("wrong token")(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _refuse(detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,95 @@
+"""The web page and HTTP API inside the monitor process: uvicorn on a thread of its own, over the running monitor.
+
+The monitor makes a :class:`WebServer` after its outputs open, tells it each classified window and event
+(:meth:`WebServer.window`, :meth:`WebServer.event`: they only queue JSON for the open pages) and closes it at
+shutdown. The server binds its socket in :meth:`WebServer.start`, so that a port in use is an error at start.
+Its access log is off: the live stream's URL may carry the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from datetime import datetime, timezone
+
+from ..monitor.config import HTTP_TOKEN_ENV, ConfigError, HttpConfig
+from ..monitor.events import DetectionEvent, utc_iso
+from ..stream.postprocess import WindowResult
+from .live import LiveHub
+from .view import live_event_json, window_json
+
+log = logging.getLogger(__name__)
+
+
+class WebServer:
+    """Serves :func:`~audioclip.web.app.create_app` over ``monitor`` on ``http.listen`` until :meth:`close`."""
+
+    def __init__(self, monitor, http: HttpConfig):
+        if not http.loopback and not http.token:
+            raise ConfigError("http.listen", f"{http.listen} is reachable beyond this machine: set a token "
+                                             f"([http] token, --http-token or {HTTP_TOKEN_ENV}) or listen on "
+                                             "127.0.0.1")
+        from .app import create_app
+        from .watch import LiveWatch
+
+        self.http, self.monitor = http, monitor
+        self.hub = LiveHub()
+        self.watch = LiveWatch(monitor, self.hub)
+        self.app = create_app(monitor, hub=self.hub, watch=self.watch, token=http.token, cors=http.cors,
+                              upload_max_mb=http.upload_max_mb)
+        self.host, self.port = http.host, http.port
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> WebServer:
+        import uvicorn
+
+        try:
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError as e:
+            raise OSError(f"http.listen: cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=5,
+                                timeout_graceful_shutdown=1)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, args=(sock,), name="web", daemon=True)
+        self._thread.start()
+        self.watch.start()
+        log.info("web page and API on %s", self.url)
+        return self
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            asyncio.run(self._server.serve(sockets=[sock]))
+        except Exception:
+            log.exception("the web server stopped")
+        finally:
+            sock.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.watch.close()
+        self.hub.close()  # open live streams end, so that the server can stop gracefully
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout)
+
+    # -- what the monitor tells it (any thread; never waits) --------------------------------------------
+    def window(self, source: str, result: WindowResult) -> None:
+        if self.hub.listening:
+            now = utc_iso(datetime.now(timezone.utc))
+            self.hub.publish({"type": "window", **window_json(source, result), "utc": now})
+
+    def event(self, record: DetectionEvent) -> None:
+        if self.hub.listening:
+            self.hub.publish({"type": "event", **live_event_json(record)})
