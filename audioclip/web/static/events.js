@@ -4,6 +4,7 @@
 "use strict";
 
 const FILTERS = ["source", "label", "since", "until", "review"];
+const CSV_ROWS = 10000; // the most rows the API gives at once: the CSV holds every filtered row up to this
 const form = document.getElementById("filters");
 const rows = document.querySelector("#events tbody");
 let total = 0;
@@ -54,12 +55,17 @@ function reviewCell(event) {
       event.review ? button(null, "clear", "not reviewed") : null)));
 }
 
+// A clip is written once the audio after an event's end is there: for a minute after, it may still come.
+function clipPending(event) {
+  return Date.now() - Date.parse(event.end_utc) < 60000;
+}
+
 function row(event) {
   const open = !event.end_utc;
   const span = open ? "open" : seconds(event.end_s - event.start_s);
   const clip = event.clip_url
     ? el("audio", { controls: true, preload: "metadata", src: withToken(event.clip_url) })
-    : el("span", { class: "muted", text: open ? "after it ends" : "no clip" });
+    : el("span", { class: "muted", text: open ? "after it ends" : clipPending(event) ? "being written" : "no clip" });
   const spectrogram = event.spectrogram_url
     ? el("img", { class: "spectrogram", loading: "lazy", src: withToken(event.spectrogram_url), alt: `spectrogram of event ${event.id}`,
                   onclick: (e) => e.target.classList.toggle("large") })
@@ -89,7 +95,7 @@ async function load() {
   document.getElementById("range").textContent = `${first}–${offset(p) + answer.events.length} of ${total}`;
   document.getElementById("previous").disabled = offset(p) === 0;
   document.getElementById("next").disabled = offset(p) + answer.events.length >= total;
-  document.getElementById("csv").href = `/api/events?${query(p, { format: "csv" })}`;
+  document.getElementById("csv").href = `/api/events?${query(p, { format: "csv", limit: CSV_ROWS })}`;
   say(total ? "" : "no events match", "info");
 }
 
