@@ -24,7 +24,7 @@ class Precision(str, Enum):
 def _print_checks(checks) -> None:
     from .report import format_checks
 
-    typer.echo("verification against PyTorch (ONNX Runtime; CPU unless a provider is named):", err=True)
+    typer.echo("verification against PyTorch (ONNX Runtime; CPU unless a provider or OpenVINO is named):", err=True)
     for line in format_checks(checks):
         typer.echo("  " + line, err=True)
 
@@ -51,6 +51,9 @@ def onnx(
     int8_blocks: int | None = typer.Option(None, "--int8-blocks",
                                            help="int8: quantise the last N residual blocks instead of searching "
                                                 "for the most that keep the bound (still verified)"),
+    openvino: bool = typer.Option(True, "--openvino/--no-openvino",
+                                  help="verify on OpenVINO too (f32; bf16 where the CPU has it) and record what "
+                                       "passed, which --runtime openvino requires"),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for the checks"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines, only warnings and errors"),
@@ -65,7 +68,8 @@ def onnx(
         with console.status("exporting and verifying (a minute or two for the full model)"):
             result = export_onnx(checkpoint=checkpoint, out=out, labels=label_list, template=template, window=window,
                                  dynamic_length=dynamic_length, precision=precision.value, opset=opset,
-                                 force=force, clips=clips, threads=threads, int8_blocks=int8_blocks)
+                                 force=force, clips=clips, threads=threads, int8_blocks=int8_blocks,
+                                 openvino=openvino)
     except ExportError as e:  # a failed check: show the table, then the one-line error
         if e.checks:
             _print_checks(e.checks)

@@ -28,12 +28,22 @@ from ..model.labels import window_samples as check_window
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .incremental import TAIL_FILE
+from .openvino import RECORD_FILE as OPENVINO_RECORD
 from .report import readme_text, tensorrt_files, trtexec_lines
 from .runtime import gpu_providers
 from .shared import SHARED_WEIGHTS_FILE, share_weights
 from .stages import stage_shapes, write_stage_graphs
 from .trt_check import tensorrt_problems
-from .verify import Check, check_audio, check_incremental, check_text, fit, load_clips, synthetic_clips
+from .verify import (
+    Check,
+    check_audio,
+    check_incremental,
+    check_openvino,
+    check_text,
+    fit,
+    load_clips,
+    synthetic_clips,
+)
 from .writing import ExportError, describe_blocks, export_fp32, export_graph, set_metadata, write_at_precision
 
 log = logging.getLogger(__name__)
@@ -90,13 +100,16 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
                 template: str | None = None, window: float = 5.0, dynamic_length: bool = False,
                 precision: str = "fp32", opset: int = 18, force: bool = False,
                 clips: Sequence[str | os.PathLike] | None = None, threads: int = 2,
-                int8_blocks: int | None = None) -> ExportResult:
+                int8_blocks: int | None = None, openvino: bool = True) -> ExportResult:
     """Export and verify the audio encoder, the label classifier and (when there is one) the text encoder.
 
     ``clips``: audio files or folders used to verify (and, for int8, to calibrate); without them
     the checks use synthetic signals and int8 is refused. ``int8_blocks``: quantise the last N residual
     blocks instead of searching for the longest run that keeps the bound (a choice an earlier export
-    logged, or one to try); the checks judge it all the same. Raises :class:`ExportError` (or
+    logged, or one to try); the checks judge it all the same. ``openvino``: verify the graphs on OpenVINO as
+    well, f32 and (on a CPU with native bf16) bf16, and record the precisions that passed
+    (:data:`~audioclip.export.openvino.RECORD_FILE`; fp32 exports; skipped with a note when OpenVINO is not
+    installed). Raises :class:`ExportError` (or
     :class:`~audioclip.model.CheckpointError`) with a one-line message; nothing is written then.
     """
     out = Path(out)
@@ -195,6 +208,10 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
             raise ExportError(f"verification failed: {c.graph} {c.precision} on {c.inputs}: max|diff| "
                               f"{c.max_abs_diff:.3g}, cosine {c.min_cosine:.6f}, top-1 {c.top1_agree} "
                               f"(bound {c.bound}); {len(failed)} of {len(checks)} checks failed", checks)
+        if openvino:
+            checks += _verify_openvino(tmp, precision=precision, classifier=classifier, batches=batches,
+                                       clips=check_clips, window_samples=window_samples, threads=threads,
+                                       references=references, notes=notes)
         (tmp / "labels.json").write_text(json.dumps(
             {"labels": classifier.labels, "template": classifier.template, "logit_scale": classifier.logit_scale,
              "embedding_size": model.config.embed_dim, "sample_rate": SAMPLE_RATE,
@@ -208,6 +225,8 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
         (tmp / "README.txt").write_text(readme_text(metadata=metadata, files=files + weights, checks=checks,
                                                     notes=notes, trtexec=lines, labels=classifier.labels))
         files += weights + ["labels.json", "trtexec.txt", "README.txt"]
+        if (tmp / OPENVINO_RECORD).is_file():
+            files.append(OPENVINO_RECORD)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -276,6 +295,38 @@ def _write_graphs(tmp: Path, *, model, classifier, window_samples: int, dynamic_
         set_metadata(tmp / "text_encoder.onnx", {**metadata, "graph": "text_encoder", "precision": "fp32"})
         files.append("text_encoder.onnx")
     return files
+
+
+def _verify_openvino(tmp: Path, *, precision: str, classifier, batches, clips, window_samples: int, threads: int,
+                     references: dict, notes: list[str]) -> list[Check]:
+    """OpenVINO's rows of the verification table; writes the record of the precisions that passed (a note says
+    what was not verified and why; a failure here never fails the export)."""
+    from .openvino import import_openvino, write_record
+
+    try:
+        import_openvino()
+    except ValueError as e:
+        notes.append(f"OpenVINO not verified: {e}")
+        log.warning(notes[-1])
+        return []
+    if precision != "fp32":
+        write_record(tmp, {"precisions": {}, "not_verified": {p: f"a {precision} export: OpenVINO runs fp32 exports "
+                                                                 f"(its bf16 converts them itself)"
+                                                              for p in ("fp32", "bf16")}})
+        return []
+    model = classifier.model
+    checks, record = check_openvino(graph_dir=tmp, classifier=classifier, batches=batches, clips=clips,
+                                    window_samples=window_samples, threads=threads, references=references,
+                                    text=(classifier.labels, classifier.template) if model.has_text else None)
+    write_record(tmp, record)
+    for name, why in record["not_verified"].items():
+        notes.append(f"OpenVINO {name} not verified (--runtime openvino --precision {name} refuses this export): "
+                     f"{why}")
+    if record["precisions"]:
+        plans = [p + (f" ({', '.join(plan['fp32_stages'])} in f32)" if plan["fp32_stages"] else "")
+                 for p, plan in record["precisions"].items()]
+        notes.append(f"OpenVINO verified: {', '.join(plans)}")
+    return checks
 
 
 def _stream_lengths(window_samples: int, dynamic_length: bool) -> list[int]:

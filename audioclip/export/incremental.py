@@ -31,6 +31,8 @@ LAYER2_FILES = {0: "incremental_layer2_even.onnx", 1: "incremental_layer2_odd.on
 """layer2's gate pools in time as a whole window does, which depends on the parity of layer1's length."""
 TAIL_FILE = "incremental_tail.onnx"
 STAGE_FILES = (FRONT_FILE, STEM_FILE, LAYER1_FILE, *LAYER2_FILES.values(), TAIL_FILE)
+STAGE_OF = {"front": FRONT_FILE, "stem": STEM_FILE, "layer1": LAYER1_FILE, "tail": TAIL_FILE}
+"""The graph of each stage name (layer2: one of :data:`LAYER2_FILES`)."""
 
 
 def layer2_file(window_samples: int) -> str:
@@ -60,12 +62,19 @@ class IncrementalGraphs:
 
     ``tensorrt``: an int8 export's ``.trt.onnx`` flavour (to check it on ONNX Runtime). Raises a
     one-line ``ValueError`` when the folder has none (an export from before they existed: export again).
+    ``runtime``, ``precision``: as :func:`~audioclip.export.runtime.session` takes them; ``fp32_stages``: the
+    stages (:data:`~audioclip.export.openvino.STAGE_NAMES`) that OpenVINO compiles in f32 whatever ``precision``.
     """
 
     def __init__(self, folder: str | os.PathLike, *, threads: int | None = None, providers: Sequence | None = None,
-                 tensorrt: bool = False):
+                 tensorrt: bool = False, runtime: str = "onnxruntime", precision: str = "fp32",
+                 fp32_stages: Sequence[str] = ()):
         self.folder = Path(folder)
         self.threads, self.providers, self.tensorrt = threads, providers, tensorrt
+        self.runtime, self.precision = runtime, precision
+        self.fp32_files = {STAGE_OF[name] for name in fp32_stages if name != "layer2"}
+        if "layer2" in fp32_stages:
+            self.fp32_files.update(LAYER2_FILES.values())
         needed = (FRONT_FILE, STEM_FILE, LAYER1_FILE, TAIL_FILE)
         missing = [f for f in needed if not (self.folder / self._name(f)).is_file()]
         if missing:
@@ -90,7 +99,8 @@ class IncrementalGraphs:
             path = self.folder / self._name(file)
             if not path.is_file():
                 raise ValueError(f"{path}: no such graph; export the folder again with `audioclip-export onnx`")
-            self._sessions[file] = session(path, threads=self.threads, providers=self.providers)
+            self._sessions[file] = session(path, threads=self.threads, providers=self.providers, runtime=self.runtime,
+                                           precision="fp32" if file in self.fp32_files else self.precision)
         return self._sessions[file]
 
     def run(self, file: str, x: np.ndarray) -> list[np.ndarray]:

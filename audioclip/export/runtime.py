@@ -57,14 +57,21 @@ def gpu_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
 
 
-def session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence | None = None):
+def session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence | None = None,
+            runtime: str = "onnxruntime", precision: str = "fp32"):
     """An ONNX Runtime session on ``path`` with ``threads`` intra-op threads (None: ONNX Runtime's default).
 
     A file ONNX Runtime cannot load (truncated by an interrupted copy, not ONNX) raises a one-line
     ``ValueError`` that names it.
 
     ``providers``: names or ``(name, options)`` pairs, as ONNX Runtime takes them; by default the CPU.
+    ``runtime="openvino"``: the graph compiled by OpenVINO at ``precision`` (``fp32``, ``bf16``) behind the
+    same calls (:class:`~audioclip.export.openvino.OpenVinoSession`; no providers).
     """
+    if runtime == "openvino":
+        from .openvino import OpenVinoSession
+
+        return OpenVinoSession(path, precision=precision, threads=threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -109,6 +116,22 @@ def as_mono_batch(waveform, *, min_samples: int, window_samples: int | None) -> 
     return waveform
 
 
+def check_runtime(runtime: str, precision: str | None) -> str:
+    """``precision`` for ``runtime`` (``None``: fp32), or a one-line ``ValueError``: ONNX Runtime runs each graph
+    at the precision it was exported with; bf16 is OpenVINO's (and PyTorch's)."""
+    from .openvino import PRECISIONS, RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    precision = "fp32" if precision is None else precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if runtime == "onnxruntime" and precision != "fp32":
+        raise ValueError(f"precision {precision}: ONNX Runtime runs the graphs at the precision they were exported "
+                         f"with; {precision} is for --runtime openvino (or PyTorch, without --onnx)")
+    return precision
+
+
 class OnnxClassifier:
     """Scores audio against labels: those baked into ``DIR/classifier.onnx``, or new ones.
 
@@ -118,11 +141,21 @@ class OnnxClassifier:
     default, as for the PyTorch classifier) it embeds them once with ``text_encoder.onnx`` and the
     tokenizer, then runs ``audio_encoder.onnx``: new labels without torch.
     ``threads``: intra-op threads (None: ONNX Runtime's default of one per core).
+
+    ``runtime="openvino"``, ``precision`` ``fp32`` or ``bf16``: the same graphs on OpenVINO, at a precision the
+    export verified (:func:`~audioclip.export.openvino.verified_plan`). Whole windows then run through the
+    incremental stage graphs where the export has them: the front end, the first stages in f32 as the export
+    recorded, the rest at ``precision``. (OpenVINO compiles the whole graph's in-graph input scaling into
+    another rounding, which the quiet bins of the dB front end amplify: 2.1e-3 from ONNX Runtime on the golden
+    checkpoint, against 1.5e-4 through the stage graphs, whose input numpy scales as PyTorch does.)
     """
 
     def __init__(self, path: str | os.PathLike, *, labels: Sequence[str] | None = None, template: str | None = None,
-                 threads: int | None = None, providers: Sequence | None = None):
+                 threads: int | None = None, providers: Sequence | None = None, runtime: str = "onnxruntime",
+                 precision: str | None = None):
         path = Path(path)
+        self.runtime = runtime
+        self.runtime_precision = check_runtime(runtime, precision)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such folder; pass a folder written by `audioclip-export onnx`")
         self.label_embeddings: np.ndarray | None = None  # [L, D], normalised; None: the classifier graph scores
@@ -140,7 +173,19 @@ class OnnxClassifier:
         self.folder = file.parent
         self.threads, self.providers = threads, providers
         self._incremental = None
-        self.session = session(file, threads=threads, providers=providers)
+        self._fp32_stages: list[str] = []
+        self._whole_encoders: dict[int, object] | None = None  # OpenVINO: whole windows through the stages
+        if runtime == "openvino":
+            from .incremental import TAIL_FILE
+            from .openvino import verified_plan
+
+            self._fp32_stages = verified_plan(self.folder, self.runtime_precision)
+            if (self.folder / TAIL_FILE).is_file():
+                self._whole_encoders = {}
+                file = self.folder / TAIL_FILE
+        self.session = (self.incremental_graphs().session(file.name) if self._whole_encoders is not None else
+                        session(file, threads=threads, providers=providers, runtime=runtime,
+                                precision=self.runtime_precision))
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             self.labels: list[str] = json.loads(meta["labels"])
@@ -156,8 +201,12 @@ class OnnxClassifier:
         self.input_name = self.session.get_inputs()[0].name
         if labels is not None:
             self.labels, self.template = labels, template
-            self.label_embeddings = embed_labels(file.parent, labels, template, threads=threads, providers=providers)
-        log.info("loaded %s: %d labels, %s, window %s", file, len(self.labels), self.precision, window)
+            self.label_embeddings = embed_labels(file.parent, labels, template, threads=threads, providers=providers,
+                                                 runtime=runtime)
+        log.info("loaded %s: %d labels, %s, window %s%s", file, len(self.labels), self.precision, window,
+                 f", OpenVINO {self.runtime_precision}" + (f" ({', '.join(self._fp32_stages)} f32)"
+                                                           if self._fp32_stages else "")
+                 if runtime == "openvino" else "")
 
     def logits(self, waveform) -> np.ndarray:
         """Scaled cosine similarities ``[B, L]``."""
@@ -170,11 +219,26 @@ class OnnxClassifier:
 
     def _logits_probs(self, waveform) -> tuple[np.ndarray, np.ndarray]:
         x = as_mono_batch(waveform, min_samples=self.min_samples, window_samples=self.window_samples)
+        if self._whole_encoders is not None:
+            outputs = [self._whole_window(row) for row in x]
+            if self.label_embeddings is None:
+                return (np.concatenate([o.logits for o in outputs]), np.concatenate([o.probs for o in outputs]))
+            return self.logits_probs_of(np.concatenate([o.embedding for o in outputs]))
         if self.label_embeddings is None:
             logits, probs = self.session.run(["logits", "probs"], {self.input_name: x})
             return logits, probs
         (embedding,) = self.session.run(["embedding"], {self.input_name: x})
         return self.logits_probs_of(embedding)
+
+    def _whole_window(self, row: np.ndarray):
+        """One window computed whole through the stage graphs (:class:`~audioclip.export.incremental.TailOutput`)."""
+        from .incremental import OnnxIncrementalEncoder
+
+        encoder = self._whole_encoders.get(len(row))
+        if encoder is None:
+            encoder = self._whole_encoders[len(row)] = OnnxIncrementalEncoder(self.incremental_graphs(), len(row))
+        encoder.reset()
+        return encoder.encode(row, 0)
 
     def logits_probs_of(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, probs)`` of normalised embeddings against the new labels."""
@@ -188,7 +252,9 @@ class OnnxClassifier:
         if self._incremental is None:
             from .incremental import IncrementalGraphs
 
-            self._incremental = IncrementalGraphs(self.folder, threads=self.threads, providers=self.providers)
+            self._incremental = IncrementalGraphs(self.folder, threads=self.threads, providers=self.providers,
+                                                  runtime=self.runtime, precision=self.runtime_precision,
+                                                  fp32_stages=self._fp32_stages)
         return self._incremental
 
     def scores_of_tail(self, output) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +277,12 @@ class OnnxClassifier:
 
 
 def embed_labels(directory: str | os.PathLike, labels: Sequence[str], template: str = "{}", *,
-                 threads: int | None = None, providers: Sequence | None = None) -> np.ndarray:
-    """Normalised embeddings ``[L, D]`` of ``template.format(label)`` from ``DIR/text_encoder.onnx``, without torch."""
+                 threads: int | None = None, providers: Sequence | None = None,
+                 runtime: str = "onnxruntime") -> np.ndarray:
+    """Normalised embeddings ``[L, D]`` of ``template.format(label)`` from ``DIR/text_encoder.onnx``, without torch.
+
+    ``runtime="openvino"``: on OpenVINO, in f32 at every precision (labels are embedded once; the export
+    verifies the text graph in f32 only)."""
     from ..model.tokenizer import token_ids
 
     file = Path(directory) / TEXT_ENCODER_FILE
@@ -220,5 +290,6 @@ def embed_labels(directory: str | os.PathLike, labels: Sequence[str], template: 
         raise ValueError(f"{directory} has no {TEXT_ENCODER_FILE} (exported from a fine-tuned audio head, which has no "
                          "text tower): it scores only the labels it was exported with; leave out the labels")
     tokens = token_ids([template.format(label) for label in labels])
-    (embeddings,) = session(file, threads=threads, providers=providers).run(["embedding"], {"tokens": tokens})
+    (embeddings,) = session(file, threads=threads, providers=providers, runtime=runtime).run(["embedding"],
+                                                                                            {"tokens": tokens})
     return embeddings

@@ -11,8 +11,12 @@ Bounds (on L2-normalised embeddings, per check input):
 - fp16: cosine >= 0.999.
 - int8: cosine >= 0.99 and the same top-1 label as PyTorch, unless PyTorch's two labels are tied
   (within ``TOP1_TIE_LOGITS``).
+- bf16 (OpenVINO's ``INFERENCE_PRECISION_HINT``): cosine >= 0.99 and the same top-1, as int8: bf16 keeps
+  8 bits of mantissa, about int8's resolution.
+- OpenVINO f32: the fp32 bound.
 - every precision: ``classifier.onnx``'s probabilities within 1e-4 of PyTorch's head (labels,
-  logit scale, softmax) applied to ``audio_encoder.onnx``'s embeddings.
+  logit scale, softmax) applied to ``audio_encoder.onnx``'s embeddings (bf16: within 0.02, its label
+  scores are computed in bf16 too).
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ FP32_MAX_DIFF = 1e-4
 HEAD_MAX_DIFF = 1e-4
 FP16_MIN_COSINE = 0.999
 INT8_MIN_COSINE = 0.99
+BF16_MIN_COSINE = 0.99
+BF16_HEAD_MAX_DIFF = 0.02
+"""bf16 computes the label scores in bf16 as well: the logit scale (up to 100) turns its rounding of the
+cosines into probabilities up to about 1e-2 from PyTorch's head on the same embeddings (tiny model: 6e-3)."""
 TOP1_TIE_LOGITS = 0.05
 """A top-1 disagreement is a tie when PyTorch ranks the two labels within this many logits (0.05 of
 a scale up to 100: cosines 5e-4 apart), as on a random checkpoint where all labels score alike."""
@@ -179,6 +187,9 @@ def _judge(classifier: ZeroShotClassifier, precision: str, graph: str, name: str
         passed = diff <= limit
     elif precision == "fp16":
         bound, passed = f"cos >= {FP16_MIN_COSINE}", cos >= FP16_MIN_COSINE
+    elif precision == "bf16":
+        bound = f"cos >= {BF16_MIN_COSINE}, same top-1"
+        passed = cos >= BF16_MIN_COSINE and agree + ties == len(x)
     else:
         bound = f"cos >= {INT8_MIN_COSINE}, same top-1"
         passed = cos >= INT8_MIN_COSINE and agree + ties == len(x)
@@ -192,7 +203,7 @@ def _judge(classifier: ZeroShotClassifier, precision: str, graph: str, name: str
     else:  # a standalone head reads pooled features, not the embedding: fp32 against PyTorch's probabilities,
         head_probs = ref_probs if precision == "fp32" else probs  # fp16/int8 by embedding and top-1 only
     head_diff = float(np.abs(probs - head_probs).max())
-    if head_diff > HEAD_MAX_DIFF:
+    if head_diff > (BF16_HEAD_MAX_DIFF if precision == "bf16" else HEAD_MAX_DIFF):
         bound, passed = bound + f"; classifier head off by {head_diff:.2g}", False
     top1 = f"{agree}/{len(x)}" + (f" +{ties} tie" if ties else "")
     log.info("check %s %s %s %s: max|diff| %.3g, cos %.6f, top-1 %d/%d, %s", graph, precision, name, x.shape, diff,
@@ -207,9 +218,13 @@ INCREMENTAL_HOP_STRIDES = 5
 def check_incremental(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifier,
                       clips: Sequence[tuple[str, np.ndarray]], window_samples: int, threads: int = 2,
                       tensorrt: bool = False, provider: str = "CPUExecutionProvider",
-                      references: dict | None = None) -> list[Check]:
+                      references: dict | None = None, runtime: str = "onnxruntime", runtime_precision: str = "fp32",
+                      fp32_stages: Sequence[str] = ()) -> list[Check]:
     """The incremental graphs over the check clips played one after another, at the stream's default hop,
-    against PyTorch on each whole window, with the whole-window graphs' bounds.
+    against PyTorch on each whole window, with the whole-window graphs' bounds (``precision``'s).
+
+    ``runtime``, ``runtime_precision``, ``fp32_stages``: as :class:`~audioclip.export.incremental.IncrementalGraphs`
+    takes them (OpenVINO's rows are named by :func:`openvino_graph_name`).
 
     One check covers every window of the stream (the first computed whole, the others from the
     previous window's columns; a window too short to share columns at that hop: all whole); a
@@ -222,10 +237,14 @@ def check_incremental(*, graph_dir: Path, precision: str, classifier: ZeroShotCl
     providers = [provider]
     if provider == "CUDAExecutionProvider":
         providers = [(provider, {"use_tf32": "0"}), "CPUExecutionProvider"]
-    graphs = IncrementalGraphs(graph_dir, threads=threads, providers=providers, tensorrt=tensorrt)
+    graphs = IncrementalGraphs(graph_dir, threads=threads, providers=None if runtime == "openvino" else providers,
+                               tensorrt=tensorrt, runtime=runtime, precision=runtime_precision,
+                               fp32_stages=fp32_stages)
     stream = np.concatenate([fit(a, max(len(a), window_samples)) for _, a in clips])
     graph = "incremental" + (" .trt" if tensorrt else "")
-    if provider != "CPUExecutionProvider":
+    if runtime == "openvino":
+        graph = openvino_graph_name(graph, runtime_precision, fp32_stages)
+    elif provider != "CPUExecutionProvider":
         graph += f" [{provider.removesuffix('ExecutionProvider')}]"
     checks = []
     for strides in (INCREMENTAL_HOP_STRIDES,):
@@ -250,14 +269,125 @@ def check_incremental(*, graph_dir: Path, precision: str, classifier: ZeroShotCl
     return checks
 
 
-def check_text(*, graph_dir: Path, model, labels: Sequence[str], template: str, threads: int = 2) -> Check:
-    """Run ``text_encoder.onnx`` on the labels' tokens and compare with PyTorch (fp32 bound)."""
+def check_text(*, graph_dir: Path, model, labels: Sequence[str], template: str, threads: int = 2,
+               runtime: str = "onnxruntime") -> Check:
+    """Run ``text_encoder.onnx`` on the labels' tokens and compare with PyTorch (fp32 bound); ``runtime="openvino"``:
+    on OpenVINO in f32 (the text graph runs in f32 at every precision)."""
     from ..model import tokenize
 
     tokens = tokenize([template.format(label) for label in labels])
     with torch.inference_mode():
         ref = torch.nn.functional.normalize(model.encode_tokens(tokens), dim=-1).numpy()
-    (emb,), ms = _timed_run(session(graph_dir / "text_encoder.onnx", threads=threads), {"tokens": tokens.numpy()})
+    (emb,), ms = _timed_run(session(graph_dir / "text_encoder.onnx", threads=threads, runtime=runtime),
+                            {"tokens": tokens.numpy()})
     diff = float(np.abs(emb - ref).max())
-    return Check("text_encoder", "fp32", "labels", tuple(tokens.shape), diff, float(_cosine(emb, ref).min()), "-",
+    graph = "text_encoder" if runtime == "onnxruntime" else openvino_graph_name("text_encoder", "fp32", ())
+    return Check(graph, "fp32", "labels", tuple(tokens.shape), diff, float(_cosine(emb, ref).min()), "-",
                  f"diff <= {FP32_MAX_DIFF:g}", diff <= FP32_MAX_DIFF, ms)
+
+
+def openvino_graph_name(graph: str, precision: str, fp32_stages: Sequence[str]) -> str:
+    """A verification row's graph on OpenVINO: ``incremental [OpenVINO bf16; front, stem f32]``."""
+    split = f"; {', '.join(fp32_stages)} f32" if fp32_stages else ""
+    return f"{graph} [OpenVINO {precision}{split}]"
+
+
+def check_openvino_whole(*, graph_dir: Path, precision: str, classifier: ZeroShotClassifier,
+                         batches: Sequence[tuple[str, np.ndarray]], threads: int = 2, fp32_stages: Sequence[str] = (),
+                         references: dict | None = None) -> list[Check]:
+    """Whole windows on OpenVINO at ``precision`` as :class:`~audioclip.export.runtime.OnnxClassifier` runs them:
+    through the stage graphs where the export has them (``fp32_stages`` in f32), else ``audio_encoder.onnx`` and
+    ``classifier.onnx``; each batch against PyTorch with ``precision``'s bound."""
+    from .incremental import TAIL_FILE, IncrementalGraphs, OnnxIncrementalEncoder
+
+    checks = []
+    if (graph_dir / TAIL_FILE).is_file():
+        graphs = IncrementalGraphs(graph_dir, threads=threads, runtime="openvino", precision=precision,
+                                   fp32_stages=fp32_stages)
+        graph = openvino_graph_name("whole windows (stage graphs)", precision, fp32_stages)
+        encoders: dict[int, OnnxIncrementalEncoder] = {}
+        for name, x in batches:
+            t0 = time.perf_counter()
+            outputs = []
+            for row in x:
+                encoder = encoders.setdefault(len(row), OnnxIncrementalEncoder(graphs, len(row)))
+                encoder.reset()
+                outputs.append(encoder.encode(row, 0))
+            ms = (time.perf_counter() - t0) * 1000
+            emb = np.concatenate([o.embedding for o in outputs])
+            probs = np.concatenate([o.probs for o in outputs])
+            checks.append(_judge(classifier, precision, graph, name, x, emb, probs, ms, references))
+        return checks
+    encoder = session(graph_dir / "audio_encoder.onnx", threads=threads, runtime="openvino", precision=precision)
+    clf = session(graph_dir / "classifier.onnx", threads=threads, runtime="openvino", precision=precision)
+    graph = openvino_graph_name("audio_encoder+classifier", precision, ())
+    for name, x in batches:
+        (emb,), ms = _timed_run(encoder, {"waveform": x})
+        logits, probs = clf.run(None, {"waveform": x})
+        checks.append(_judge(classifier, precision, graph, name, x, emb, probs, ms, references))
+    return checks
+
+
+BF16_SPLITS = ((), ("front",), ("front", "stem"), ("front", "stem", "layer1"), ("front", "stem", "layer1", "layer2"))
+"""The stages kept in f32 that bf16 tries, in order: the whole trunk in bf16 first, then ever longer f32 heads
+(the stage graphs are the places where the precision can change)."""
+
+
+def check_openvino(*, graph_dir: Path, classifier: ZeroShotClassifier, batches: Sequence[tuple[str, np.ndarray]],
+                   clips: Sequence[tuple[str, np.ndarray]], window_samples: int, threads: int = 2,
+                   references: dict | None = None, text: tuple[Sequence[str], str] | None = None,
+                   precisions: Sequence[str] = ("fp32", "bf16")) -> tuple[list[Check], dict]:
+    """Verify the export on OpenVINO: ``(checks, record)``, the record as
+    :func:`~audioclip.export.openvino.write_record` writes it.
+
+    fp32: whole windows, the incremental stream and (``text``: labels and template) the text graph, with the
+    fp32 bounds. bf16, on a CPU with native bf16 only (elsewhere OpenVINO computes f32: the record says why
+    not): each split of :data:`BF16_SPLITS` in turn, the stream first (cheapest, every clip), then whole
+    windows, until one keeps the bf16 bound; the rows of the splits that failed are kept, the first failing
+    row of each. A precision that fails is left out of the record, with the reason; the export goes on.
+    """
+    from .incremental import TAIL_FILE
+    from .openvino import cpu_description, import_openvino, no_native_bf16
+
+    ov = import_openvino()
+    record: dict = {"openvino": ov.__version__, "cpu": cpu_description(), "precisions": {}, "not_verified": {}}
+    stages = (graph_dir / TAIL_FILE).is_file()
+    checks: list[Check] = []
+
+    def rows(precision: str, split: Sequence[str]) -> list[Check]:
+        found = []
+        if stages:
+            found += check_incremental(graph_dir=graph_dir, precision=precision, classifier=classifier, clips=clips,
+                                       window_samples=window_samples, threads=threads, references=references,
+                                       runtime="openvino", runtime_precision=precision, fp32_stages=split)
+            if not all(c.passed for c in found):
+                return found
+        return found + check_openvino_whole(graph_dir=graph_dir, precision=precision, classifier=classifier,
+                                            batches=batches, threads=threads, fp32_stages=split, references=references)
+
+    for precision in precisions:
+        if precision == "bf16" and (why := no_native_bf16()):
+            record["not_verified"]["bf16"] = why
+            log.warning("OpenVINO bf16 not verified: %s", why)
+            continue
+        splits = BF16_SPLITS if precision == "bf16" and stages else ((),)
+        for split in splits:
+            found = rows(precision, split)
+            if precision == "fp32" and text is not None:
+                found.append(check_text(graph_dir=graph_dir, model=classifier.model, labels=text[0],
+                                        template=text[1], threads=threads, runtime="openvino"))
+            failed = [c for c in found if not c.passed]
+            if not failed:
+                checks += found
+                record["precisions"][precision] = {"fp32_stages": list(split)}
+                log.info("OpenVINO %s verified%s", precision, f" ({', '.join(split)} in f32)" if split else "")
+                break
+            checks += failed[:1]
+            c = failed[0]
+            record["not_verified"][precision] = (f"{c.graph} on {c.inputs}: cosine {c.min_cosine:.4f}, max|diff| "
+                                                 f"{c.max_abs_diff:.2g}, top-1 {c.top1_agree} (bound {c.bound})")
+        if precision in record["precisions"]:
+            record["not_verified"].pop(precision, None)
+        else:
+            log.warning("OpenVINO %s not verified for this export: %s", precision, record["not_verified"][precision])
+    return checks, record
