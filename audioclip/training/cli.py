@@ -252,10 +252,10 @@ def evaluate_command(
         _evaluate_events(ctx, **events_options)
         return
     if annotations is not None:
-        raise typer.BadParameter("--annotations applies to --task events")
+        raise ValueError("--annotations applies to --task events")
     for value, flag in ((dataset, "--dataset"), (data_root, "--data-root")):
         if value is None:
-            raise typer.BadParameter(f"{flag} is needed for --task {task.value}")
+            raise ValueError(f"{flag} is needed for --task {task.value}")
     _folds(fold, all_folds)
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be at least 1, got {batch_size}")
@@ -309,13 +309,13 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
     from .events import Matching, evaluate_events, plot_event_curves
 
     if annotations is None:
-        raise typer.BadParameter("--task events needs --annotations (CSV file,onset,offset,label or Raven tables)")
+        raise ValueError("--task events needs --annotations (CSV file,onset,offset,label or Raven tables)")
     check_score(score)
     if not collar > 0 or not 0 <= offset_share <= 1:
-        raise typer.BadParameter(f"--collar must be positive and --offset-share in [0, 1], got {collar:g} and "
-                                 f"{offset_share:g}")
+        raise ValueError(f"--collar must be positive and --offset-share in [0, 1], got {collar:g} and "
+                         f"{offset_share:g}")
     if alarms_per_hour is not None and not alarms_per_hour >= 0:
-        raise typer.BadParameter(f"--alarms-per-hour must be at least 0, got {alarms_per_hour:g}")
+        raise ValueError(f"--alarms-per-hour must be at least 0, got {alarms_per_hour:g}")
     config = StreamConfig(events=True, threshold=default_threshold(score) if threshold is None else threshold,
                           **stream)
     table = read_annotations(annotations)
