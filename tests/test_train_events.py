@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import warnings
 
 import numpy as np
@@ -20,7 +21,17 @@ from audioclip.stream.config import StreamConfig
 from audioclip.stream.scoring import score_classifier
 from audioclip.training.annotations import RecordingIndex, events_by_recording, read_annotations
 from audioclip.training.cli import app
-from audioclip.training.events import Counts, Matching, ScoreCurve, detect, psds, score_curve, stream_recording
+from audioclip.training.events import (
+    Counts,
+    Matching,
+    ScoreCurve,
+    detect,
+    eval_libraries,
+    psds,
+    score_curve,
+    score_frame,
+    stream_recording,
+)
 
 from helpers import monitor_config, require_module, run_monitor
 
@@ -124,17 +135,13 @@ def test_counts_agree_with_sed_eval_and_sed_scores_eval_on_random_events(offsets
         assert sed_eval_counts(reference, detected, labels, matching) == ours(counts, labels)
         if not offsets:
             continue
-        from sed_scores_eval.base_modules.scores import create_score_dataframe
-
-        from audioclip.training.events import _WritableFrame
-
         curves = {}
         for name, found in detected.items():
             stamps = np.unique([0.0, 100.0] + [t for e in found for t in e[:2]])
             values = np.zeros((len(stamps) - 1, len(labels)))
             for on, off, label in found:
                 values[np.searchsorted(stamps, on):np.searchsorted(stamps, off), labels.index(label)] = 1.0
-            curves[name] = _WritableFrame(create_score_dataframe(values, stamps, labels))
+            curves[name] = score_frame(values, stamps, labels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _, _, _, stats = sed_scores_eval.collar_based.fscore(
@@ -400,3 +407,12 @@ def test_bad_input_fails_with_one_line(soundscape, tiny_checkpoint, tmp_path):
     one_line_error(result.exit_code, result.output, "--task events needs --annotations")
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(tiny_checkpoint)])
     one_line_error(result.exit_code, result.output, "--dataset is needed for --task classify")
+
+
+def test_without_the_eval_extra_the_command_names_it(soundscape, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sed_scores_eval", None)  # what an installation without it imports
+    with pytest.raises(ValueError, match=r"pip install 'audioclip-stream\[eval\]'"):
+        eval_libraries()
+    one_line_error(*evaluate(soundscape, tiny_checkpoint, soundscape / "events.csv", tmp_path / "r.json"),
+                   "event evaluation needs sed_eval and sed_scores_eval: pip install 'audioclip-stream[eval]'")
+    assert not (tmp_path / "r.json").exists()

@@ -306,10 +306,11 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
     from ..stream.runner import check_window
     from ..stream.scoring import check_score, default_threshold, score_classifier
     from .annotations import RecordingIndex, events_by_recording, read_annotations
-    from .events import Matching, evaluate_events, plot_event_curves
+    from .events import Matching, eval_libraries, evaluate_events, plot_event_curves
 
     if annotations is None:
         raise ValueError("--task events needs --annotations (CSV file,onset,offset,label or Raven tables)")
+    eval_libraries()
     check_score(score)
     if not collar > 0 or not 0 <= offset_share <= 1:
         raise ValueError(f"--collar must be positive and --offset-share in [0, 1], got {collar:g} and "

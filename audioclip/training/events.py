@@ -18,6 +18,7 @@ the model. PSDS comes from sed_scores_eval over each recording's score curve (:f
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -146,8 +147,9 @@ def detect(curve: ScoreCurve, labels: Sequence[str], threshold: float | Sequence
 def score_curve(curve: ScoreCurve) -> tuple[np.ndarray, np.ndarray]:
     """``(timestamps [S + 1], scores [S, L])``: the score of each moment, the highest of the classified windows
     whose event would cover it at hysteresis 0 and ``min_windows`` 1 (from a window's start to the end of the
-    window after it, or its own end for the last), 0 where none does. Thresholding it at ``t`` gives the monitor's
-    events at threshold ``t`` without hysteresis."""
+    window after it, or its own end for the last), 0 where none does. At any threshold it is at or above the
+    threshold exactly where the monitor's events at hysteresis 0 are; two events of one label that overlap (the
+    second's first window starts before the first's last one ends) read as one."""
     ends = np.append(curve.t_end[1:], curve.t_end[-1])
     keep = ~curve.gated
     starts, ends, scores = curve.t_start[keep], ends[keep], curve.scores[keep]
@@ -338,8 +340,6 @@ def psds(curves: dict[str, ScoreCurve], reference: dict[str, Events], labels: li
     """Both DCASE PSDS scenarios (:data:`PSDS_SCENARIOS`) over the labels with annotated events, from each
     recording's :func:`score_curve`, with sed_scores_eval; per label too."""
     _, sed_scores_eval = eval_libraries()
-    from sed_scores_eval.base_modules.scores import create_score_dataframe
-
     present = [label for label in labels if any(e[2] == label for events in reference.values() for e in events)]
     out: dict = {"labels": present, "max_efpr_per_hour": MAX_EFPR}
     if not present:
@@ -348,7 +348,7 @@ def psds(curves: dict[str, ScoreCurve], reference: dict[str, Events], labels: li
     scores = {}
     for n, curve in curves.items():
         stamps, values = score_curve(curve)
-        scores[n] = _WritableFrame(create_score_dataframe(values[:, columns], stamps, present))
+        scores[n] = score_frame(values[:, columns], stamps, present)
     truth = {n: [e for e in events if e[2] in present] for n, events in reference.items()}
     durations = {n: max(c.seconds, float(c.t_end.max())) for n, c in curves.items()}
     for key, params in PSDS_SCENARIOS.items():
@@ -361,14 +361,20 @@ def psds(curves: dict[str, ScoreCurve], reference: dict[str, Events], labels: li
     return out
 
 
+def score_frame(values: np.ndarray, stamps: np.ndarray, labels: list[str]):
+    """sed_scores_eval's score DataFrame of ``values [S, L]`` between ``stamps [S + 1]``, whose ``to_numpy`` is a
+    writable copy: sed_scores_eval 0.0.4 hands it to Cython functions typed for writable buffers, which pandas 3's
+    copy-on-write arrays are not ("buffer source array is read-only")."""
+    from sed_scores_eval.base_modules.scores import create_score_dataframe
+
+    return _writable_frame()(create_score_dataframe(values, stamps, labels))
+
+
+@functools.cache
 def _writable_frame():
     import pandas as pd
 
     class WritableFrame(pd.DataFrame):
-        """A DataFrame whose ``to_numpy`` is a writable copy: sed_scores_eval 0.0.4 hands it to Cython functions
-        typed for writable buffers, which pandas 3's copy-on-write views are not ("buffer source array is
-        read-only")."""
-
         @property
         def _constructor(self):
             return WritableFrame
@@ -377,10 +383,6 @@ def _writable_frame():
             return np.array(super().to_numpy(*args, **kwargs))
 
     return WritableFrame
-
-
-def _WritableFrame(frame):
-    return _writable_frame()(frame)
 
 
 def _columns(rows: list[dict]) -> dict:
