@@ -71,7 +71,7 @@ function row(event) {
                   onclick: (e) => e.target.classList.toggle("large") })
     : null;
   return el("tr", { "data-id": event.id, "data-review": event.review || "", class: open ? "open" : null },
-    el("td", { "data-th": "time" }, el("span", {}, localTime(event.start_utc), el("small", { class: "muted", text: ` · ${span}` }))),
+    el("td", { "data-th": "time", class: "time" }, el("span", {}, localTime(event.start_utc), el("small", { class: "muted", text: span }))),
     el("td", { "data-th": "source", text: event.source }),
     el("td", { "data-th": "label", class: "label", text: event.label }),
     el("td", { "data-th": "peak", text: Number(event.peak).toFixed(2) }),

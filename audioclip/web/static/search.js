@@ -21,18 +21,25 @@ function player(hit) {
   audio.addEventListener("loadedmetadata", () => { audio.currentTime = Math.min(offset, audio.duration || offset); }, { once: true });
   const play = el("button", { type: "button", class: "play", onclick: () => { audio.currentTime = offset; audio.play(); } },
     `▶ from ${offset.toFixed(1)} s`);
-  return el("div", { class: "player" }, audio, play);
+  const box = el("div", { class: "player" }, audio, play);
+  // an event still open, or its clip not yet written or deleted by retention: say so instead of a dead player
+  audio.addEventListener("error", () => box.replaceWith(el("p", { class: "muted", text: "its clip is not there (yet)" })));
+  return box;
+}
+
+function span(hit) {
+  return hit.t_end === null || hit.t_end === undefined ? `from ${seconds(hit.t_start)}, still going,` : `${seconds(hit.t_start)}–${seconds(hit.t_end)}`;
 }
 
 function hitItem(hit, rank) {
   const what = hit.kind === "event" ? `event · ${hit.label}` : "moment";
   return el("li", { class: `hit hit-${hit.kind}`, "data-kind": hit.kind, "data-id": hit.id, "data-source": hit.source,
-                    "data-t-start": hit.t_start, "data-t-end": hit.t_end },
+                    "data-t-start": hit.t_start, "data-t-end": hit.t_end, "data-offset": hit.clip_url ? hit.clip_offset_s : null },
     el("div", { class: "head" },
       el("span", { class: "rank", text: `${rank + 1}` }),
       el("span", { class: "score", title: "cosine similarity", text: Number(hit.score).toFixed(3) }),
       el("span", { class: `kind kind-${hit.kind}`, text: what })),
-    el("p", { class: "where", text: `${hit.source} · ${localTime(hit.utc)} · ${seconds(hit.t_start)}–${seconds(hit.t_end)} of the stream` }),
+    el("p", { class: "where", text: `${hit.source} · ${localTime(hit.utc)} · ${span(hit)} of the stream` }),
     hit.clip_url ? player(hit) : el("p", { class: "muted", text: "no clip kept of this moment (clips are written around events)" }));
 }
 
