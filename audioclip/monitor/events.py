@@ -35,8 +35,10 @@ class DetectionEvent:
     end_s: float | None = None
     clip: str | None = None
 
-    def to_json(self) -> dict:
-        return {
+    def to_json(self, clip_base: str | None = None) -> dict:
+        """The JSON that sinks publish; with ``clip_base`` (the web server's URL, when it serves the clips) also
+        ``clip_url``, where the event's clip plays once written (``{clip_base}/api/events/{id}/clip``)."""
+        out = {
             "id": self.id,
             "event": self.kind,
             "source": self.source,
@@ -49,3 +51,6 @@ class DetectionEvent:
             "mean": round(self.mean, 6),
             "clip": self.clip,
         }
+        if clip_base is not None:
+            out["clip_url"] = f"{clip_base}/api/events/{self.id}/clip"
+        return out

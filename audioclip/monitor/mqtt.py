@@ -77,14 +77,17 @@ def parse_broker_url(url: str) -> BrokerUrl:
 class MqttSink(QueueSink):
     """Publish :class:`DetectionEvent` items to an MQTT broker (paho-mqtt 2).
 
-    ``url`` and ``prefix`` are ``[mqtt]``'s, as :class:`~audioclip.monitor.config.MonitorConfig` validated them.
+    ``url`` and ``prefix`` are ``[mqtt]``'s, as :class:`~audioclip.monitor.config.MonitorConfig` validated them;
+    ``clip_base``: the web server's URL, for each event's ``clip_url`` (None: no link).
     """
 
     def __init__(self, url: str, *, prefix: str = "audioclip", homeassistant: bool = False,
                  client_id: str | None = None, queue_size: int = 1000,
                  backoff: tuple[float, float] = (1.0, 60.0),
-                 reconnect_delay: tuple[float, float] = (1, 60), keepalive: int = 30) -> None:
+                 reconnect_delay: tuple[float, float] = (1, 60), keepalive: int = 30,
+                 clip_base: str | None = None) -> None:
         self.broker = parse_broker_url(url)
+        self.clip_base = clip_base
         super().__init__(redact(url), queue_size=queue_size, backoff=backoff)
         self.prefix = prefix
         self.homeassistant = homeassistant
@@ -193,7 +196,7 @@ class MqttSink(QueueSink):
                 self._states[state_topic] = state
                 self._inflight_topic = state_topic
                 mids = [self._client.publish(f"{self.prefix}/{topic_slug(event.source)}/events",
-                                             json.dumps(event.to_json()), qos=1).mid,
+                                             json.dumps(event.to_json(self.clip_base)), qos=1).mid,
                         self._client.publish(state_topic, state, qos=1, retain=True).mid]
             self._inflight = (event, mids)
         self._await_acks(mids)

@@ -215,13 +215,14 @@ class Monitor:
             from .mqtt import MqttSink
 
             mqtt = MqttSink(config.mqtt.url, prefix=config.mqtt.prefix, homeassistant=config.mqtt.homeassistant,
-                            queue_size=config.mqtt.queue).start()
+                            queue_size=config.mqtt.queue, clip_base=self.clip_base_url).start()
             mqtt.announce([s.name for s in config.enabled_sources], event_labels(config, self.labels))
             self.sinks.append(mqtt)
         for hook in config.webhooks:
             from .webhooks import WebhookSink
 
-            self.sinks.append(WebhookSink(hook.url, secret=hook.secret, timeout=hook.timeout).start())
+            self.sinks.append(WebhookSink(hook.url, secret=hook.secret, timeout=hook.timeout,
+                                          clip_base=self.clip_base_url).start())
         for record in crashed:  # their ends, as any other end (the database has them already)
             self._publish_event(record)
         if config.metrics is not None:

@@ -39,8 +39,10 @@ class WebhookSink(QueueSink):
     (http or https, a host, a numeric port)."""
 
     def __init__(self, url: str, *, secret: str | None = None, timeout: float = 5.0,
-                 queue_size: int = 1000, backoff: tuple[float, float] = (1.0, 60.0)) -> None:
+                 queue_size: int = 1000, backoff: tuple[float, float] = (1.0, 60.0),
+                 clip_base: str | None = None) -> None:
         parts = urlsplit(url)
+        self.clip_base = clip_base  # the web server's URL, for each event's clip_url (None: no link)
         netloc = parts.netloc.rpartition("@")[2]
         super().__init__(f"webhook {parts.scheme}://{netloc}{parts.path}", queue_size=queue_size, backoff=backoff)
         self._url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
@@ -56,7 +58,7 @@ class WebhookSink(QueueSink):
         return f"WebhookSink({self.name!r})"
 
     def deliver(self, event: DetectionEvent) -> None:
-        body = json.dumps(event.to_json()).encode()
+        body = json.dumps(event.to_json(self.clip_base)).encode()
         request = urllib.request.Request(self._url, data=body, method="POST")
         request.add_header("Content-Type", "application/json")
         request.add_header("User-Agent", "audioclip-stream")

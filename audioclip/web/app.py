@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -29,12 +30,30 @@ KEEPALIVE_SECONDS = 15.0
 
 @dataclass
 class WebState:
-    """What the routes share: the monitor, the live hub and watch, the upload cap."""
+    """What the routes share: the monitor, the live hub and watch, the upload cap, the search index."""
 
     monitor: object
     hub: LiveHub
     watch: object | None
     upload_max_bytes: int
+    _index: object = None
+    _index_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def search_index(self, path, model: str):
+        """The database as a :class:`~audioclip.archive.search.MonitorIndex` of ``model``'s embeddings: loaded on
+        the first search, then each search reads only the rows stored since (the index refreshes itself)."""
+        from ..archive.search import MonitorIndex
+
+        with self._index_lock:
+            if self._index is None:
+                self._index = MonitorIndex.open(path, model=model)
+            return self._index
+
+    def close(self) -> None:
+        with self._index_lock:
+            if self._index is not None:
+                self._index.close()
+                self._index = None
 
 
 def web(request: Request) -> WebState:

@@ -5,6 +5,9 @@
 no token (they hold no data; the page asks for the token and sends it with its API calls), nor does the
 OpenAPI description (``/docs``), the same for every installation. Without a token the server listens on
 loopback only (the configuration refuses anything else), and every local request is allowed.
+
+Behind a reverse proxy on the same machine every request arrives from loopback: reads then need no token,
+so protect them at the proxy (or bind the proxy's upstream to another loopback address, e.g. 127.0.0.2).
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import hmac
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..monitor.config import is_loopback
-
 READS = ("GET", "HEAD", "OPTIONS")
 PUBLIC_PREFIXES = ("/static/", "/docs", "/openapi.json")
 PAGES = ("/", "/events", "/labels", "/search")
 LIVE_PATH = "/api/live"
+LOOPBACK_CLIENTS = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+"""Clients that count as this machine: its loopback address only. Other addresses of the loopback range
+(127.0.0.2, ...) count as beyond it, as a container's or another user's namespace may reach them."""
 
 
 def needs_token(request: Request) -> bool:
@@ -28,7 +32,7 @@ def needs_token(request: Request) -> bool:
     if request.method in READS and (path in PAGES or path.startswith(PUBLIC_PREFIXES)):
         return False
     client = request.client.host if request.client is not None else ""
-    return request.method not in READS or not is_loopback(client)
+    return request.method not in READS or client not in LOOPBACK_CLIENTS
 
 
 def presented(request: Request) -> str | None:

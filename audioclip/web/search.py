@@ -95,11 +95,9 @@ def _embedder(request: Request) -> QueryEmbedder:
 # -- the search ---------------------------------------------------------------------------------------
 
 def _search(request: Request, query: np.ndarray, shown, k: int, source: str | None, since: str | None) -> dict:
-    from ..archive.search import MonitorIndex
-
     store = store_of(request)
     try:
-        index = MonitorIndex.open(store.path)
+        index = web(request).search_index(store.path, web(request).monitor.embedding_model)
         hits = index.search(query, k=k, source=source, since=since)
     except ValueError as e:
         raise HTTPException(422, str(e).splitlines()[0]) from None
@@ -107,11 +105,10 @@ def _search(request: Request, query: np.ndarray, shown, k: int, source: str | No
 
 
 def _hit_json(hit) -> dict:
-    event_id = hit.id if hit.kind == "event" else hit.event_id
-    return {"kind": hit.kind, "id": hit.id, "source": hit.source, "utc": hit.utc, "t_start": hit.t_start,
-            "t_end": hit.t_end, "score": round(float(hit.score), 6), "label": getattr(hit, "label", None),
-            "event_id": event_id, "clip_url": None if event_id is None else f"/api/events/{event_id}/clip",
-            "clip_offset_s": getattr(hit, "clip_offset_s", None)}
+    """A :class:`~audioclip.archive.search.MonitorHit` with a link to the clip that holds it instead of a path."""
+    shown = hit.to_json()
+    del shown["clip"]
+    return {**shown, "clip_url": None if hit.clip is None else f"/api/events/{hit.event_id}/clip"}
 
 
 @router.get("", summary="Moments and events that match a description")

@@ -62,6 +62,8 @@ class WebServer:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=5,
                                 timeout_graceful_shutdown=1)
+        # No access log, whatever configured logging since: a live page's URL carries the token (?token=).
+        logging.getLogger("uvicorn.access").disabled = True
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, args=(sock,), name="web", daemon=True)
         self._thread.start()
@@ -83,6 +85,7 @@ class WebServer:
         if self._server is not None:
             self._server.should_exit = True
             self._thread.join(timeout)
+        self.app.state.web.close()
 
     # -- what the monitor tells it (any thread; never waits) --------------------------------------------
     def window(self, source: str, result: WindowResult) -> None:

@@ -75,7 +75,7 @@ class FrontEnd:
         audio = self._audio
         with torch.inference_mode():
             kernel = audio.fbsp_kernel()
-            x = to_reference_scale(torch.from_numpy(np.ascontiguousarray(frames, np.float32)))
+            x = to_reference_scale(torch.from_numpy(np.array(frames, np.float32)))  # a copy: frames is a view
             pad = (N_FFT - FRAME_LENGTH) // 2
             framed = F.pad(x * audio.window, (pad, N_FFT - FRAME_LENGTH - pad))
             re, im = F.linear(framed, kernel).chunk(2, dim=-1)  # [n, 1023] each
