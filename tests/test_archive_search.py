@@ -135,6 +135,71 @@ def test_top_k_over_blocks_equals_a_full_sort(monkeypatch):
     assert top_k(x, q, 3)[0][:2].tolist() == [3, 200]
 
 
+def test_top_k_with_a_mask_returns_only_those_rows(monkeypatch):
+    monkeypatch.setattr(search_module, "BLOCK_ROWS", 64)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(500, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    q = x[9].astype(np.float32)
+    mask = np.arange(500) % 3 == 1  # row 9 is left out; one block without a row
+    mask[64:128] = False
+    full = np.asarray(x, np.float32) @ q
+    for k in (1, 5, 400):
+        rows, scores = top_k(x, q, k, mask=mask)
+        allowed = np.flatnonzero(mask)
+        expected = allowed[np.lexsort((allowed, -full[allowed]))][:k]
+        assert rows.tolist() == expected.tolist() and 9 not in rows
+        np.testing.assert_array_equal(scores, full[expected])
+    assert top_k(x, q, 3, mask=np.zeros(500, bool))[0].tolist() == []
+
+
+def live_rows(n: int, dim: int = 32, seed: int = 5):
+    """``n`` unit float16 rows (ids 1..n) of sources 0, 1, 2 in turn, one second apart: the arguments of
+    ``LiveIndex.append``."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    return np.arange(1, n + 1), np.arange(n) % 3, 1_000_000 + 1000 * np.arange(n), x
+
+
+@pytest.mark.parametrize("path", ["exact", "vector index"])
+def test_live_index_filters_by_source_and_time_on_both_paths(monkeypatch, path):
+    from audioclip.archive.vindex import LiveIndex
+
+    if path == "vector index":
+        pytest.importorskip("faiss", reason="the vector index needs faiss (the archive extra)")
+        monkeypatch.setattr(search_module, "EXACT_MAX_ROWS", 100)
+    ids, sources, times, x = live_rows(3000)
+    live = LiveIndex(32)
+    live.append(ids[:1000], sources[:1000], times[:1000], x[:1000])
+    live.search(x[0].astype(np.float32), 5)  # builds the vector index over 1000 rows on that path
+    for start in range(1000, 3000, 700):  # rows come after it was built: the index is extended
+        live.append(ids[start:start + 700], sources[start:start + 700], times[start:start + 700], x[start:start + 700])
+    assert len(live) == 3000
+    full = np.asarray(x, np.float32)
+    for row in (7, 1500, 2999):
+        q = full[row]
+        for source, since in ((None, None), (row % 3, None), ((row + 1) % 3, None), (None, times[row]),
+                              (row % 3, times[row] + 1)):
+            allowed = np.ones(3000, bool) if source is None else sources == source
+            if since is not None:
+                allowed &= times >= since
+            got, scores = live.search(q, 10, source=source, since=since)
+            rows = np.flatnonzero(allowed)
+            expected = rows[np.lexsort((rows, -(full[rows] @ q)))][:10]
+            assert got.tolist() == ids[expected].tolist(), (row, source, since)
+            np.testing.assert_allclose(scores, full[expected] @ q, atol=1e-6)
+            assert (len(got) > 0 and got[0] == row + 1) == bool(allowed[row])  # its own vector finds it first
+    assert (live._vectors is not None) == (path == "vector index")
+    live.floor = int(times[2000])  # retention deleted the first 2000 rows
+    assert live.search(full[5], 10)[0].min() > 2000
+    live.keep(times >= live.floor)
+    live.floor = None
+    assert len(live) == 1000 and live.search(full[2500], 1)[0].tolist() == [2501]
+    live.truncate(400)
+    assert live.search(full[2500], 3)[0].max() <= 2400
+
+
 def test_retrieval_metrics_on_hand_computed_rankings():
     scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.5], [0.3, 0.3, 0.3]])
     relevant = np.array([[1, 0, 1], [1, 0, 0], [0, 0, 0]], bool)

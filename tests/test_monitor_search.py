@@ -1,10 +1,15 @@
-"""The monitor's database as a search index: each event's peak-window embedding, stored through the
-database sink, and ``audioclip-search DB --text/--audio`` over it; schema migration of older files."""
+"""The monitor's database as a search index: each event's peak-window embedding and one window's embedding per
+source every ``embed_every`` seconds (moments), stored through the database sink; ``MonitorIndex`` (what
+``audioclip-search DB`` and the web page search) over them: filters, refresh, retention, the clip that holds a
+moment; schema migration of older files."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +17,10 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from audioclip.archive.cli import search_app
-from audioclip.archive.search import QueryEncoder
+from audioclip.archive.search import MonitorIndex, QueryEncoder
 from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from audioclip.monitor.config import ConfigError, LabelParams, MonitorConfig
-from audioclip.monitor.events import DetectionEvent
+from audioclip.monitor.events import DetectionEvent, utc_iso
 from audioclip.monitor.messages import EventEmbedding
 from audioclip.monitor.pipeline import IdCounter, SourcePipeline
 from audioclip.monitor.store import EMBEDDING_DTYPE, MIGRATIONS, SCHEMA_VERSION, EventStore, migrate
@@ -104,42 +109,92 @@ def test_each_event_keeps_its_peak_windows_unit_embedding(monitored, tiny_checkp
         np.testing.assert_allclose(v, expected, atol=1e-3)
 
 
+def stored_vectors(db) -> dict[tuple[str, int], np.ndarray]:
+    """Every stored embedding by ``(kind, id)``: events' and moments'."""
+    with sqlite3.connect(db) as conn:
+        rows = [("event", *r) for r in conn.execute("SELECT event_id, vector FROM embeddings")]
+        rows += [("moment", *r) for r in conn.execute("SELECT id, vector FROM moments")]
+    return {(kind, i): np.frombuffer(blob, EMBEDDING_DTYPE).astype(np.float32) for kind, i, blob in rows}
+
+
 def test_an_events_own_audio_finds_it_first(monitored, tmp_path):
     db, files, windows, events, _ = monitored
-    vectors = {r["event_id"]: vector(r) for r in stored(db)}
+    vectors = stored_vectors(db)
     for event in events:
         clip = window_wav(tmp_path / f"{event['id']}.wav", files[event["source"]],
                           peak_window(event, windows[event["source"]]))
-        code, stdout, stderr = search(db, "--audio", clip, "--k", "3", "--format", "jsonl")
+        code, stdout, stderr = search(db, "--audio", clip, "--k", "10", "--format", "jsonl")
         assert code == 0, stderr
         hits = [json.loads(line) for line in stdout.splitlines()]
-        assert len(hits) == min(3, len(events))
-        # first: the event itself, or an event of the same window (the same stored vector, the same score)
-        assert hits[0]["id"] == event["id"] or np.array_equal(vectors[hits[0]["id"]], vectors[event["id"]])
-        assert hits[0]["score"] == pytest.approx(1.0, abs=2e-3) and hits[0]["source"] == event["source"]
+        assert len(hits) == len(vectors)
+        # the event itself scores 1 within float16 storage, and so first among rows that differ from it by more
+        # (the tiny model's embeddings of different sounds can be that close)
+        own = next(h for h in hits if (h["kind"], h["id"]) == ("event", event["id"]))
+        assert own["score"] == pytest.approx(1.0, abs=2e-3) and hits[0]["score"] - own["score"] < 2e-3
+        assert all(h["score"] < own["score"] for h in hits if h["score"] < 1 - 4e-3)
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
 
-def test_a_text_query_returns_every_event_with_its_fields_and_exact_scores(monitored, tiny_checkpoint):
+def moment_starts(windows: list[dict], every: float) -> list[float]:
+    """The starts of the classified ``windows`` (JSON lines, in order) that first reach each multiple of ``every``."""
+    starts, due = [], 0.0
+    for w in windows:
+        if w["t_start"] >= due - 1e-5:
+            starts.append(round(w["t_start"], 5))
+            due = (np.floor(w["t_start"] / every + 1e-9) + 1) * every
+    return starts
+
+
+def moment_rows(db) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM moments ORDER BY id")]
+
+
+def test_a_text_query_returns_every_event_and_moment_with_its_fields_and_exact_scores(monitored, tiny_checkpoint):
     db, _, _, events, _ = monitored
-    code, stdout, stderr = search(db, "--text", "a cat", "--k", "50", "--format", "jsonl")
+    code, stdout, stderr = search(db, "--text", "a cat", "--k", "100", "--format", "jsonl")
     assert code == 0, stderr
     hits = [json.loads(line) for line in stdout.splitlines()]
     by_id = {e["id"]: e for e in events}
-    assert sorted(h["id"] for h in hits) == sorted(by_id)
+    moments = {m["id"]: m for m in moment_rows(db)}
+    windows = monitored[2]
+    assert sorted((m["source"], round(m["t_start"], 5)) for m in moments.values()) == sorted(
+        (name, t) for name in windows for t in moment_starts(windows[name], 5.0))  # silence is gated: none there
+    assert sorted((h["kind"], h["id"]) for h in hits) == sorted(
+        [("event", i) for i in by_id] + [("moment", i) for i in moments])
     query = QueryEncoder(tiny_checkpoint).text("a cat")
-    scores = {r["event_id"]: float(vector(r) @ query) for r in stored(db)}
+    vectors = stored_vectors(db)
     for hit in hits:
-        event = by_id[hit["id"]]
-        assert {k: hit[k] for k in ("source", "label", "start_utc", "clip")} == \
-            {k: event[k] for k in ("source", "label", "start_utc", "clip")}
-        assert hit["start_s"] == pytest.approx(event["start_s"], abs=1e-6)
-        assert hit["end_s"] == pytest.approx(event["end_s"], abs=1e-6)
-        assert hit["score"] == pytest.approx(scores[hit["id"]], abs=1e-5)
+        assert hit["score"] == pytest.approx(float(vectors[(hit["kind"], hit["id"])] @ query), abs=1e-5)
+        if hit["kind"] == "event":
+            event = by_id[hit["id"]]
+            assert (hit["source"], hit["label"], hit["utc"], hit["clip"], hit["event_id"], hit["clip_offset_s"]) == \
+                (event["source"], event["label"], event["start_utc"], None, event["id"], None)  # no clips here
+            assert (hit["t_start"], hit["t_end"]) == pytest.approx((event["start_s"], event["end_s"]), abs=1e-6)
+        else:
+            moment = moments[hit["id"]]
+            assert (hit["source"], hit["utc"], hit["label"], hit["event_id"]) == (moment["source"], moment["utc"],
+                                                                                 None, None)
+            assert (hit["t_start"], hit["t_end"]) == pytest.approx((moment["t_start"], moment["t_end"]), abs=1e-6)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     code, stdout, stderr = search(db, "--text", "a cat", "--k", "1")
     assert code == 0, stderr
-    assert hits[0]["source"] in stdout and hits[0]["label"] in stdout and "start_utc" in stdout
+    assert hits[0]["source"] in stdout and hits[0]["kind"] in stdout and "utc" in stdout
+
+
+def test_the_command_filters_by_source_and_since(monitored):
+    db, _, _, events, _ = monitored
+    code, stdout, stderr = search(db, "--text", "a cat", "--k", "100", "--format", "jsonl", "--source", "yard")
+    assert code == 0, stderr
+    hits = [json.loads(line) for line in stdout.splitlines()]
+    assert hits and {h["source"] for h in hits} == {"yard"}
+    assert len(hits) == sum(e["source"] == "yard" for e in events) + sum(
+        m["source"] == "yard" for m in moment_rows(db))
+    code, stdout, stderr = search(db, "--text", "a cat", "--format", "jsonl", "--since", "2999-01-01T00:00:00Z")
+    assert code == 0 and stdout == "", stderr
+    code, _, stderr = search(db, "--text", "a cat", "--since", "last tuesday")
+    assert code == 2 and "since: not an ISO 8601 time" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_the_peak_window_is_taken_from_the_windows_that_started_the_event_and_those_after():
@@ -179,9 +234,9 @@ def test_storing_embeddings_leaves_the_scores_unchanged_and_can_be_switched_off(
         assert [(w["t_end"], w["probs"]) for w in plain] == [(w["t_end"], w["probs"]) for w in windows[name]]
     assert sorted((e["source"], e["start_s"], e["end_s"]) for e in event_rows(off)) == \
         sorted((e["source"], e["start_s"], e["end_s"]) for e in events)  # ids follow the sources' threads
-    assert stored(off) == []
+    assert stored(off) == [] and moment_rows(off) == []  # neither events' nor moments' embeddings
     code, _, stderr = search(off, "--text", "a cat")
-    assert code == 2 and "no event embeddings yet" in stderr and len(stderr.strip().splitlines()) == 1
+    assert code == 2 and "no embeddings yet" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_the_store_setting_is_validated_like_the_others(tmp_path):
@@ -213,7 +268,9 @@ def test_an_old_database_migrates_and_only_new_events_are_searchable(tmp_path, t
     assert [r["event_id"] for r in stored(db)] == [e["id"] for e in events[1:]]
     code, stdout, stderr = search(db, "--text", "a cat", "--k", "50", "--format", "jsonl")
     assert code == 0, stderr
-    assert sorted(json.loads(line)["id"] for line in stdout.splitlines()) == [e["id"] for e in events[1:]]
+    hits = [json.loads(line) for line in stdout.splitlines()]
+    assert sorted(h["id"] for h in hits if h["kind"] == "event") == [e["id"] for e in events[1:]]
+    assert sorted(h["id"] for h in hits if h["kind"] == "moment") == [m["id"] for m in moment_rows(db)]
 
 
 def test_sqlite_files_that_are_not_searchable_are_one_line_errors(tmp_path):
@@ -225,4 +282,186 @@ def test_sqlite_files_that_are_not_searchable_are_one_line_errors(tmp_path):
     fresh = tmp_path / "fresh.sqlite"
     EventStore(fresh).close()  # the current schema, no events yet
     code, _, stderr = search(fresh, "--text", "a cat")
-    assert code == 2 and "no event embeddings yet" in stderr
+    assert code == 2 and "no embeddings yet" in stderr
+
+
+# -- moments: a real monitor, then MonitorIndex on databases written by the store --------------------------------
+
+T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def moments_run(tmp_path_factory, tiny_checkpoint, clips_dir):
+    """Two shared clips monitored at embed_every = 1 with clips and keep_days = 30, a low threshold (each source's
+    event lasts the whole clip), into a database that already held moments 40 and 20 days old:
+    ``(db, windows by source)``."""
+    tmp = tmp_path_factory.mktemp("moments")
+    db = tmp / "m.sqlite"
+    old = np.eye(32, dtype=np.float32)[0]
+    with EventStore(db) as store:
+        now = datetime.now(timezone.utc)
+        store.add_moment("cat", now - timedelta(days=40), 0.0, 1.0, str(tiny_checkpoint), old)
+        store.add_moment("cat", now - timedelta(days=20), 0.0, 1.0, str(tiny_checkpoint), old)
+    sources = [{"name": "cat", "file": str(clips_dir / "cat_3-95694-A-5.wav"), "realtime": False},
+               {"name": "horn", "file": str(clips_dir / "car_horn_1-24074-A-43.wav"), "realtime": False,
+                "hop": HOP}]  # a hop that does not divide a second: the first window past each second is taken
+    config = monitor_config(tmp, tiny_checkpoint, sources,
+                            defaults={"window": 1.0, "hop": 0.5, "threshold": 0.05, "hysteresis": 0.01,
+                                      "min_dbfs": -80.0},
+                            store={"db": str(db), "clips": str(tmp / "clips"), "embed_every": 1.0, "keep_days": 30})
+    _, lines = run_monitor(config)
+    return db, {name: [x for x in lines if "t_start" in x and x["source"] == name] for name in ("cat", "horn")}
+
+
+def test_the_monitor_keeps_one_moment_per_embed_every_with_its_windows_embedding(moments_run, clips_dir,
+                                                                                tiny_checkpoint, tmp_path):
+    db, windows = moments_run
+    today = utc_iso(datetime.now(timezone.utc) - timedelta(days=1))
+    encoder = QueryEncoder(tiny_checkpoint)
+    for name, file in (("cat", "cat_3-95694-A-5.wav"), ("horn", "car_horn_1-24074-A-43.wav")):
+        mine = [r for r in moment_rows(db) if r["source"] == name and r["utc"] > today]
+        starts = moment_starts(windows[name], 1.0)
+        assert [round(r["t_start"], 5) for r in mine] == starts
+        assert starts == ([0.0, 1.0, 2.0, 3.0, 4.0] if name == "cat" else [0.0, 1.01769, 2.03537, 3.05306])
+        assert all(r["t_end"] == pytest.approx(r["t_start"] + 1.0) for r in mine)
+        assert [r["utc"] for r in mine] == sorted(r["utc"] for r in mine)
+        for r in mine[1:2]:
+            v = np.frombuffer(r["vector"], EMBEDDING_DTYPE).astype(np.float32)
+            assert r["model"] == str(tiny_checkpoint) and r["dim"] == len(v) == 32
+            clip = window_wav(tmp_path / f"{r['id']}.wav", clips_dir / file, {"t_start": r["t_start"],
+                                                                              "t_end": r["t_end"]})
+            np.testing.assert_allclose(v, encoder.audio(clip, window=1.0), atol=1e-3)  # the window's embedding
+    assert set(windows) == {"cat", "horn"}
+
+
+def test_retention_deletes_the_moments_older_than_keep_days(moments_run):
+    db, _ = moments_run
+    now = datetime.now(timezone.utc)
+    old = [r["utc"] for r in moment_rows(db) if r["utc"] < utc_iso(now - timedelta(days=1))]
+    assert len(old) == 1 and utc_iso(now - timedelta(days=21)) < old[0] < utc_iso(now - timedelta(days=19))
+
+
+def test_a_moment_inside_a_streamed_events_clip_reports_it_and_its_offset(moments_run):
+    db, _ = moments_run
+    events = {e["source"]: e for e in event_rows(db)}
+    assert {s: (e["clip_start_s"], e["clip_end_s"]) for s, e in events.items()} == {"cat": (0.0, 5.0),
+                                                                                  "horn": (0.0, 5.0)}
+    vectors = stored_vectors(db)
+    with MonitorIndex.open(db) as index:
+        for r in moment_rows(db):
+            if r["utc"] < utc_iso(datetime.now(timezone.utc) - timedelta(days=1)):
+                continue  # the old one: no clip of its run
+            hits = index.search(vectors[("moment", r["id"])], k=50, source=r["source"],
+                                since=datetime.now(timezone.utc) - timedelta(days=1))
+            assert {h.source for h in hits} == {r["source"]}
+            (hit,) = [h for h in hits if (h.kind, h.id) == ("moment", r["id"])]  # the tiny model's rows are close
+            assert (hit.kind, hit.id, hit.event_id) == ("moment", r["id"], events[r["source"]]["id"])
+            assert hit.clip == events[r["source"]]["clip"] and Path(hit.clip).is_file()
+            assert hit.clip_offset_s == pytest.approx(r["t_start"])
+
+
+def vectors_of(n: int, seed: int = 0, dim: int = 16) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_search_by_a_moments_own_vector_filters_refresh_and_retention(tmp_path):
+    db = tmp_path / "d.sqlite"
+    x = vectors_of(40)
+    with EventStore(db) as store:
+        for i in range(30):  # porch and yard in turn, 5 s apart
+            store.add_moment("porch" if i % 2 == 0 else "yard", T0 + timedelta(seconds=5 * i), 5.0 * i,
+                             5.0 * i + 2.0, "m", x[i])
+        index = MonitorIndex.open(db, model="m")
+        for i in (0, 7, 29):
+            (hit, *rest) = index.search(x[i], k=3)
+            assert (hit.kind, hit.id, hit.source, hit.t_start) == ("moment", i + 1, "porch" if i % 2 == 0 else "yard",
+                                                                   5.0 * i)
+            assert hit.utc == utc_iso(T0 + timedelta(seconds=5 * i)) and hit.score == pytest.approx(1.0, abs=2e-3)
+            assert hit.event_id is None and hit.clip_offset_s is None and len(rest) == 2
+        assert {h.source for h in index.search(x[0], k=30, source="yard")} == {"yard"}
+        assert index.search(x[0], k=1, source="yard")[0].id != 1 and index.search(x[0], source="nobody") == []
+        since = [h.id for h in index.search(x[0], k=30, since=T0 + timedelta(seconds=100))]
+        assert sorted(since) == list(range(21, 31))
+        assert sorted(h.id for h in index.search(x[0], k=30, since=utc_iso(T0 + timedelta(seconds=100)),
+                                                  source="porch")) == [21, 23, 25, 27, 29]
+        assert index.refresh() == 0
+        for i in range(30, 40):  # the monitor goes on: the next search reads only these
+            store.add_moment("porch", T0 + timedelta(seconds=5 * i), 5.0 * i, 5.0 * i + 2.0, "m", x[i])
+            store.add_moment("porch", T0 + timedelta(seconds=5 * i), 5.0 * i, 5.0 * i + 2.0, "other", x[i])
+        assert index.search(x[35], k=1)[0].id == 31 + 2 * (35 - 30)  # ids alternate between the two models
+        assert index.refresh() == 0 and len(index._moments["m"]) == 40 and "other" not in index._moments
+        assert store.delete_moments(T0 + timedelta(seconds=5 * 10)) == 10  # retention
+        assert min(h.id for h in index.search(x[0], k=40)) == 11
+        assert len(index.search(x[0], k=40)) == 30
+        index.close()
+
+
+def test_an_events_clip_is_found_for_the_moments_it_holds_only_in_the_same_run(tmp_path):
+    db = tmp_path / "d.sqlite"
+    x = vectors_of(6, seed=1)
+    with EventStore(db) as store:
+        store.record(DetectionEvent(1, "start", "porch", "dog", T0 + timedelta(seconds=10), 10.0, 0.8, 0.8))
+        store.record(DetectionEvent(1, "end", "porch", "dog", T0 + timedelta(seconds=10), 10.0, 0.9, 0.8,
+                                    end_utc=T0 + timedelta(seconds=14), end_s=14.0))
+        store.set_embedding(1, "m", 2.0, x[5])
+        store.set_clip(1, "/clips/porch/1.flac", None, 8.0, 16.0)
+        moments = [("porch", 12.0, 12.0),  # inside the clip: event 1, 4 s in
+                   ("porch", 20.0, 20.0),  # after it
+                   ("yard", 12.0, 12.0),  # another source
+                   ("porch", 3612.0, 12.0),  # the same stream second in a later run (the monitor restarted)
+                   ("porch", 8.5, 8.5)]  # in the pre-roll
+        for (source, at, t), v in zip(moments, x):
+            store.add_moment(source, T0 + timedelta(seconds=at), t, t + 2.0, "m", v)
+    with MonitorIndex.open(db) as index:
+        found = [index.search(v, k=1)[0] for v in x[:5]]
+        assert [(h.kind, h.event_id, h.clip, h.clip_offset_s) for h in found] == [
+            ("moment", 1, "/clips/porch/1.flac", 4.0), ("moment", None, None, None), ("moment", None, None, None),
+            ("moment", None, None, None), ("moment", 1, "/clips/porch/1.flac", 0.5)]
+        (event,) = index.search(x[5], k=1)
+        assert (event.kind, event.id, event.event_id, event.label, event.clip_offset_s, event.t_end) == (
+            "event", 1, 1, "dog", 2.0, 14.0)
+
+
+def test_an_index_of_the_monitors_model_answers_before_anything_is_stored(tmp_path):
+    db = tmp_path / "d.sqlite"
+    store = EventStore(db)
+    index = MonitorIndex.open(db, model="m")
+    assert index.search(vectors_of(1)[0], k=5) == []
+    store.add_moment("porch", T0, 0.0, 2.0, "m", vectors_of(1)[0])
+    assert [h.id for h in index.search(vectors_of(1)[0], k=5)] == [1]
+    with pytest.raises(ValueError, match="the query has 8 dimensions, m's embeddings 16"):
+        index.search(np.ones(8), k=1)
+    index.close()
+    store.close()
+
+
+def test_searches_from_threads_while_the_store_writes(tmp_path):
+    db = tmp_path / "d.sqlite"
+    x = vectors_of(300, seed=2)
+    store = EventStore(db)
+    store.add_moment("porch", T0, 0.0, 2.0, "m", x[0])
+    index = MonitorIndex.open(db, model="m")
+    errors, seen = [], []
+
+    def read():
+        try:
+            for i in range(60):
+                hits = index.search(x[i], k=2)
+                seen.append(hits[0].id)
+                for hit in hits:  # each hit's score is its own stored row's
+                    assert hit.score == pytest.approx(float(x[hit.id - 1] @ x[i]), abs=2e-3)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for i in range(1, 300):
+        store.add_moment("porch", T0 + timedelta(seconds=i), float(i), i + 2.0, "m", x[i])
+    for t in readers:
+        t.join()
+    assert not errors, errors
+    assert [h.id for h in index.search(x[299], k=1)] == [300]
+    index.close()
+    store.close()

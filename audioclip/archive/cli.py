@@ -139,20 +139,27 @@ def search(
     text: str | None = typer.Option(None, "--text", help='A description, e.g. "dog barking".'),
     audio: Path | None = typer.Option(None, "--audio", help="A sound like the ones to find."),
     image: Path | None = typer.Option(None, "--image", help="A picture of the sound's source (image tower)."),
-    k: int = typer.Option(10, "--k", help="How many windows (events) to show."),
+    k: int = typer.Option(10, "--k", help="How many windows (events and moments) to show."),
     checkpoint: str | None = typer.Option(None, "--checkpoint",
                                           help="The model that embeds the query (default: the index's)."),
     format: SearchFormat = typer.Option(SearchFormat.table, "--format", help="A table, or JSON lines on stdout."),
     exact: bool = typer.Option(False, "--exact", help="Compare with every window, even where a vector index would."),
+    source: str | None = typer.Option(None, "--source", help="A monitor's database: only this source's."),
+    since: str | None = typer.Option(None, "--since", help="A monitor's database: only from this UTC time on "
+                                                             "(ISO 8601, e.g. 2026-12-01T08:00:00Z)."),
 ) -> None:
-    """Print the windows of INDEX (the events of a monitor's database) closest to a text, audio or image query."""
+    """Print the windows of INDEX (the events and moments of a monitor's database) closest to a text, audio or
+    image query."""
     setup_logging(verbose=False)
     logging.getLogger("audioclip.archive.vindex").setLevel(logging.INFO)  # building an index takes a while: say so
     from .search import ArchiveIndex, MonitorIndex, QueryEncoder, is_sqlite
 
     if sum(q is not None for q in (text, audio, image)) != 1:
         raise ValueError("give exactly one query: --text, --audio or --image")
-    archive = MonitorIndex.open(index) if is_sqlite(index) else ArchiveIndex.open(index)
+    monitor = is_sqlite(index)
+    if not monitor and (source is not None or since is not None):
+        raise ValueError("--source and --since filter a monitor's database; an audioclip-label folder has neither")
+    archive = MonitorIndex.open(index) if monitor else ArchiveIndex.open(index)
     encoder = QueryEncoder(archive.model_for(checkpoint))
     if text is not None:
         query = encoder.text(text)
@@ -160,7 +167,8 @@ def search(
         query = encoder.audio(audio, window=archive.window)
     else:
         query = encoder.image(image)
-    hits = archive.search(query, k=k, exact=exact)
+    filters = {"source": source, "since": since} if monitor else {}
+    hits = archive.search(query, k=k, exact=exact, **filters)
     if format is SearchFormat.jsonl:
         for hit in hits:
             sys.stdout.write(json.dumps(hit.to_json()) + "\n")
@@ -169,11 +177,12 @@ def search(
     from rich.table import Table
 
     if isinstance(archive, MonitorIndex):
-        table = Table("score", "source", "label", "start_utc", "start_s", "end_s", "clip")
+        table = Table("score", "kind", "source", "label", "utc", "t_start", "t_end", "event", "clip", "at")
         for hit in hits:
-            table.add_row(f"{hit.score:.4f}", escape(hit.source), escape(hit.label), hit.start_utc,
-                          f"{hit.start_s:.2f}", "" if hit.end_s is None else f"{hit.end_s:.2f}",
-                          escape(hit.clip or ""))
+            table.add_row(f"{hit.score:.4f}", hit.kind, escape(hit.source), escape(hit.label or ""), hit.utc,
+                          f"{hit.t_start:.2f}", "" if hit.t_end is None else f"{hit.t_end:.2f}",
+                          "" if hit.event_id is None else str(hit.event_id), escape(hit.clip or ""),
+                          "" if hit.clip_offset_s is None else f"{hit.clip_offset_s:.2f} s")
     else:
         table = Table("score", "file", "t_start", "t_end")
         for hit in hits:

@@ -96,12 +96,22 @@ class VectorIndex:
             index.add(_codes(embeddings[start:start + ADD_ROWS], low, step))
         return cls(index, embeddings, step, low=low)
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def extend(self, embeddings: np.ndarray) -> None:
+        """The rows are now ``embeddings``, whose first rows are the ones indexed: index the rest, coded with the
+        ranges found at :meth:`build` (values outside them are clipped; the candidates are scored exactly anyway)."""
+        for start in range(self.index.ntotal, len(embeddings), ADD_ROWS):
+            self.index.add(_codes(embeddings[start:start + ADD_ROWS], self.low, self.scale))
+        self.embeddings = embeddings
+
+    def search(self, query: np.ndarray, k: int, *, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, scores)`` of the best ``k`` of the index's candidates, best first (ties: lower row first).
 
         The index proposes ``4 k + 32`` candidates (as many as exact search keeps per block); each is
-        scored in float32 against its stored row, so the scores are those exact search gives.
+        scored in float32 against its stored row, so the scores are those exact search gives. ``mask``
+        (bool ``[N]``): only those rows are candidates (the scan skips the others).
         """
+        import faiss
+
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a whole number at least 1, got {k!r}")
         query = np.asarray(query, np.float32).reshape(-1)
@@ -109,7 +119,11 @@ class VectorIndex:
             raise ValueError(f"the query has {len(query)} dimensions, the index {self.embeddings.shape[1:]}")
         take = min(4 * k + 32, len(self.embeddings))
         scan = query if self.scale is None else _scan_query(query, self.scale)
-        _, found = self.index.search(np.ascontiguousarray(scan[None]), take)
+        params = None
+        if mask is not None:
+            bits = np.packbits(np.asarray(mask, bool)[:self.index.ntotal], bitorder="little")
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(self.index.ntotal, faiss.swig_ptr(bits)))
+        _, found = self.index.search(np.ascontiguousarray(scan[None]), take, params=params)
         rows = np.unique(found[0][found[0] >= 0])  # sorted: the memory map is read forwards
         scores = np.asarray(self.embeddings[rows], np.float32) @ query
         order = np.lexsort((rows, -scores))[:k]
@@ -196,3 +210,138 @@ def open_or_build(root: str | os.PathLike, embeddings: np.ndarray) -> VectorInde
         log.warning("could not save the vector index in %s (%s); it is built again next time", root, e)
     log.info("built the vector index in %.1f s", time.perf_counter() - t0)
     return index
+
+
+class LiveIndex:
+    """Rows that grow while they are searched (the monitor's moments, its events): normalised float16 vectors,
+    each with an id, a source code and a time (milliseconds since the epoch) to filter on, in the order added.
+
+    A search looks at the rows a filter (source, since) leaves: exactly (:func:`~.search.top_k`, the others
+    masked out) when they lie within :data:`~.search.EXACT_MAX_ROWS` consecutive rows, else through a
+    :class:`VectorIndex` over all rows, built on first need, extended as rows come and told which rows to
+    scan, its candidates scored again exactly. Rows older than :attr:`floor` (deleted by retention, not yet
+    dropped) are never returned; :meth:`keep` drops rows for good.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.n = 0
+        self._matrix = np.zeros((0, dim), np.float16)
+        self._ids = np.zeros(0, np.int64)
+        self._sources = np.zeros(0, np.int32)
+        self._times = np.zeros(0, np.int64)
+        self.floor: int | None = None  # rows with an earlier time are gone from the database
+        self._vectors: VectorIndex | None = None
+        self._faiss: bool | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self._matrix[:self.n]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[:self.n]
+
+    @property
+    def times(self) -> np.ndarray:
+        return self._times[:self.n]
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows in all, so that appending up to there copies nothing."""
+        if rows <= len(self._matrix):
+            return
+        matrix = np.empty((rows, self.dim), np.float16)
+        matrix[:self.n] = self.matrix
+        self._matrix = matrix
+        for name in ("_ids", "_sources", "_times"):
+            old = getattr(self, name)
+            new = np.empty(rows, old.dtype)
+            new[:self.n] = old[:self.n]
+            setattr(self, name, new)
+        if self._vectors is not None:
+            self._vectors.embeddings = self.matrix
+
+    def append(self, ids, sources, times, vectors: np.ndarray) -> None:
+        """Add rows (ids increasing, after the ones held); the vector index takes them at the next search."""
+        count = len(ids)
+        if vectors.shape != (count, self.dim):
+            raise ValueError(f"{vectors.shape[1:]} dimensions, the index holds {self.dim}")
+        if self.n + count > len(self._matrix):
+            self.reserve(max(self.n + count, 2 * len(self._matrix), 1024))
+        end = self.n + count
+        self._matrix[self.n:end] = vectors
+        self._ids[self.n:end], self._sources[self.n:end], self._times[self.n:end] = ids, sources, times
+        self.n = end
+
+    def truncate(self, rows: int) -> None:
+        """Keep only the first ``rows`` rows (the later ones are read again)."""
+        if rows < self.n:
+            self.n = rows
+            if self._vectors is not None and self._vectors.index.ntotal > rows:
+                self._vectors = None
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep only the rows of ``mask``: copies every array, and the vector index is built again when needed."""
+        for name in ("_matrix", "_ids", "_sources", "_times"):
+            setattr(self, name, np.ascontiguousarray(getattr(self, name)[:self.n][mask]))
+        self.n = len(self._ids)
+        self._vectors = None
+
+    def search(self, query: np.ndarray, k: int, *, source: int | None = None, since: int | None = None,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)`` of the ``k`` rows closest to the normalised ``query`` among those of ``source`` (a
+        code) whose time is at least ``since``, best first (ties: the earlier row)."""
+        from .search import EXACT_MAX_ROWS, top_k
+
+        n = self.n
+        since = self.floor if since is None else since if self.floor is None else max(since, self.floor)
+        mask = None
+        if source is not None:
+            mask = self._sources[:n] == source
+        if since is not None:
+            mask = self._times[:n] >= since if mask is None else mask & (self._times[:n] >= since)
+        lo, hi, wanted = 0, n, n
+        if mask is not None:
+            rows = np.flatnonzero(mask)
+            wanted = len(rows)
+            if wanted == 0:
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            if wanted == n:
+                mask = None
+        if wanted == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        vectors = None if exact or hi - lo <= EXACT_MAX_ROWS else self._vector_index()
+        if vectors is not None:
+            found, scores = vectors.search(query, k, mask=mask)
+            if len(found) >= min(k, wanted):
+                return self._ids[found], scores
+        inner = None if mask is None or wanted == hi - lo else mask[lo:hi]  # one run of rows: sliced, not masked
+        found, scores = top_k(self._matrix[lo:hi], query, k, mask=inner)
+        return self._ids[found + lo], scores
+
+    def _vector_index(self) -> VectorIndex | None:
+        """The vector index over every row (built the first time, then extended); None without FAISS."""
+        if self._faiss is None:
+            try:
+                import faiss  # noqa: F401
+
+                self._faiss = True
+            except ImportError:
+                log.warning("FAISS is not installed: searching %d embeddings exactly, which is slow; "
+                            "pip install faiss-cpu for a vector index", self.n)
+                self._faiss = False
+        if not self._faiss:
+            return None
+        if self._vectors is None:
+            t0 = time.perf_counter()
+            self._vectors = VectorIndex.build(self.matrix)
+            log.info("built a vector index (%s) over %d x %d embeddings in %.1f s", KIND, self.n, self.dim,
+                     time.perf_counter() - t0)
+        elif self._vectors.index.ntotal < self.n:
+            self._vectors.extend(self.matrix)
+        self._vectors.embeddings = self.matrix
+        return self._vectors

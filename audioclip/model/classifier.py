@@ -20,9 +20,16 @@ class ZeroShotClassifier:
     A standalone fine-tuned head (``metadata.mode == "standalone"``) scores its own labels with
     its linear classifier over the pooled audio features: ``probs = softmax(W f + b)``; its
     "similarities" are those logits (``logit_scale`` is 1) and ``linear`` holds ``(W, b)``.
+
+    ``precision="bf16"``: the audio encoder runs under ``torch.autocast("cpu", torch.bfloat16)`` (matrix
+    products and convolutions in bf16, on the CPU's bf16 units where it has them); results are float32.
     """
 
-    def __init__(self, model: AudioCLIP, labels: Sequence[str] | None = None, template: str | None = None):
+    def __init__(self, model: AudioCLIP, labels: Sequence[str] | None = None, template: str | None = None, *,
+                 precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ParameterError("precision", f"{{precision}} {precision!r}: use fp32 or bf16")
+        self.precision = precision
         self.model = model.eval()
         self.linear: tuple[torch.Tensor, torch.Tensor] | None = None
         mode = model.metadata.mode
@@ -56,10 +63,16 @@ class ZeroShotClassifier:
         self.linear = tuple(t.float().to(self.model.device) for t in bank.linear)
         self.logit_scale = 1.0
 
+    def autocast(self):
+        """The context the audio encoder runs in: ``torch.autocast`` to bf16 when ``precision`` is bf16."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
     def embed(self, waveform) -> torch.Tensor:
         """Normalised audio embeddings ``[B, D]``."""
         with torch.inference_mode():
-            return normalize(self.model.encode_audio(waveform))
+            with self.autocast():
+                embeddings = self.model.encode_audio(waveform)
+            return normalize(embeddings.float())
 
     def similarities(self, waveform) -> torch.Tensor:
         """Cosine similarities ``[B, L]`` between the audio and each label (a standalone head: its logits)."""
@@ -75,8 +88,9 @@ class ZeroShotClassifier:
         head's similarities are its logits)."""
         if self.linear is not None:
             with torch.inference_mode():
-                logits = self.linear_logits(self.model.audio.pooled_features(as_waveform_batch(waveform)
-                                                                              .to(self.model.device)))
+                with self.autocast():
+                    features = self.model.audio.pooled_features(as_waveform_batch(waveform).to(self.model.device))
+                logits = self.linear_logits(features.float())
             return torch.softmax(logits, dim=-1), logits
         return self.scores_of(self.embed(waveform))
 

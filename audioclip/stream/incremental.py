@@ -59,6 +59,9 @@ def _trunk_blocks(classifier) -> tuple[int, int] | None:
     """The classifier's layer1 and layer2 block counts, or None when it cannot share work between windows
     (an ONNX export without incremental graphs, one line logged; a standalone head on PyTorch)."""
     if hasattr(classifier, "model"):
+        if getattr(classifier, "precision", "fp32") == "bf16":
+            log.debug("whole windows: PyTorch bf16 (autocast) is checked on whole windows only")
+            return None
         if getattr(classifier, "linear", None) is not None:
             log.debug("whole windows: a standalone head scores pooled features, which the PyTorch incremental "
                       "path does not keep")

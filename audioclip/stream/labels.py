@@ -63,16 +63,16 @@ def _single_named(names: list[str], prompts: list[list[str]]) -> bool:
     return all(group == [name] for name, group in zip(names, prompts))
 
 
-def torch_group_classifier(model, groups: PromptGroups, template: str | None = None):
+def torch_group_classifier(model, groups: PromptGroups, template: str | None = None, *, precision: str = "fp32"):
     """A ``ZeroShotClassifier`` over ``model`` whose labels are the groups' names and whose label
-    embeddings are the groups' prompt ensembles (``template`` around every prompt)."""
+    embeddings are the groups' prompt ensembles (``template`` around every prompt); ``precision`` as it takes it."""
     import torch
 
     from ..model import ZeroShotClassifier
     from ..model.audioclip import normalize
 
     names, prompts = check_groups(groups)
-    classifier = ZeroShotClassifier(model, names, template)
+    classifier = ZeroShotClassifier(model, names, template, precision=precision)
     if _single_named(names, prompts):
         return classifier  # today's classifier, bit for bit
     flat = [p for group in prompts for p in group]
@@ -85,39 +85,47 @@ def torch_group_classifier(model, groups: PromptGroups, template: str | None = N
 
 
 def onnx_group_classifier(directory: str | os.PathLike, groups: PromptGroups, template: str | None = None, *,
-                          threads: int | None = None, providers: Sequence | None = None):
+                          threads: int | None = None, providers: Sequence | None = None,
+                          runtime: str = "onnxruntime", precision: str | None = None):
     """An ``OnnxClassifier`` over the export in ``directory`` with the groups' prompt ensembles,
-    embedded by its ``text_encoder.onnx`` (no torch)."""
+    embedded by its ``text_encoder.onnx`` (no torch); ``runtime``, ``precision``: as ``OnnxClassifier`` takes them."""
     from ..export.runtime import OnnxClassifier, embed_labels
 
     names, prompts = check_groups(groups)
-    classifier = OnnxClassifier(directory, labels=names, template=template, threads=threads, providers=providers)
+    classifier = OnnxClassifier(directory, labels=names, template=template, threads=threads, providers=providers,
+                                runtime=runtime, precision=precision)
     if _single_named(names, prompts):
         return classifier
     flat = [p for group in prompts for p in group]
-    rows = embed_labels(directory, flat, classifier.template, threads=threads, providers=providers)
+    rows = embed_labels(directory, flat, classifier.template, threads=threads, providers=providers, runtime=runtime)
     classifier.label_embeddings = ensemble(rows, [len(g) for g in prompts])
     log.info("%d labels from %d prompts (ONNX Runtime)", len(names), len(flat))
     return classifier
 
 
 def load_group_classifier(*, groups: PromptGroups, template: str | None = None, checkpoint: str | os.PathLike = "full",
-                          onnx: str | os.PathLike | None = None, threads: int | None = None):
+                          onnx: str | os.PathLike | None = None, threads: int | None = None,
+                          runtime: str | None = None, precision: str | None = None):
     """The stream's classifier for prompt groups: PyTorch over ``checkpoint``, or the ONNX export
-    in ``onnx``. ``threads`` as ``audioclip.stream.backends.load_classifier``. No groups: the
-    labels the checkpoint or export carries (a fine-tuned head)."""
-    from ..stream.backends import default_threads, load_classifier
+    in ``onnx``. ``threads``, ``runtime``, ``precision`` as ``audioclip.stream.backends.load_classifier``. No
+    groups: the labels the checkpoint or export carries (a fine-tuned head)."""
+    from ..stream.backends import check_backend, check_torch_bf16, default_threads, load_classifier
 
     if not groups:
-        return load_classifier(checkpoint=checkpoint, onnx=onnx, labels=None, threads=threads)
+        return load_classifier(checkpoint=None if onnx is not None else checkpoint, onnx=onnx, labels=None,
+                               threads=threads, runtime=runtime, precision=precision)  # checkpoint: "full" default
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
+    runtime, precision = check_backend(onnx=onnx, runtime=runtime, precision=precision)
     if onnx is not None:
-        return onnx_group_classifier(onnx, groups, template, threads=threads)
+        return onnx_group_classifier(onnx, groups, template, threads=threads, runtime=runtime, precision=precision)
     import torch
 
     from ..model import load_model
 
     torch.set_num_threads(threads)
-    return torch_group_classifier(load_model(checkpoint), groups, template)
+    classifier = torch_group_classifier(load_model(checkpoint), groups, template, precision=precision)
+    if precision == "bf16":
+        check_torch_bf16(classifier)
+    return classifier
