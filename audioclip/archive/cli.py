@@ -59,6 +59,10 @@ def label(
     template: str | None = typer.Option(None, "--template", help='Text around each label, e.g. "the sound of {}".'),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Release name or checkpoint path (default full)."),
     onnx: Path | None = typer.Option(None, "--onnx", help="Run an audioclip-export directory on ONNX Runtime."),
+    runtime: str | None = typer.Option(None, "--runtime", help="What runs --onnx: onnxruntime (default) or openvino."),
+    precision: str | None = typer.Option(None, "--precision",
+                                         help="fp32 (default) or bf16: OpenVINO at a precision the export verified, "
+                                              "or PyTorch through autocast (checked at load)."),
     window: float = typer.Option(5.0, "--window", help="Window length in seconds."),
     hop: float = typer.Option(5.0, "--hop", help="Seconds between window starts."),
     out: Path = typer.Option(Path("labels"), "--out", "-o", help="Output folder."),
@@ -81,6 +85,10 @@ def label(
     from .runner import LabelSettings, label_archive
 
     spec = _spec(labels, labels_file, config, template, checkpoint, onnx, threads)
+    spec = replace(spec, **{k: v for k, v in (("runtime", runtime), ("precision", precision)) if v is not None})
+    from ..stream.backends import check_backend
+
+    check_backend(onnx=spec.onnx, runtime=spec.runtime, precision=spec.precision)  # before any worker starts
     settings = LabelSettings(window=window, hop=hop, events=events, threshold=threshold, embeddings=embeddings,
                              formats=tuple(f.strip() for f in format.split(",") if f.strip()))
     recordings = find_recordings(paths)
@@ -119,7 +127,8 @@ def _spec(labels, labels_file, config, template, checkpoint, onnx, threads):
         c = load_config(config)
         return ModelSpec(groups=tuple((label.name, tuple(label.prompts)) for label in c.labels),
                          template=template if template is not None else c.defaults.template,
-                         checkpoint=c.model.checkpoint, onnx=c.model.onnx,
+                         checkpoint=c.model.checkpoint, onnx=c.model.onnx, runtime=c.model.runtime,
+                         precision=c.model.precision,
                          threads=threads if threads is not None else c.model.threads)
     label_list = labels_from_options(labels, labels_file)
     return ModelSpec.from_labels(label_list, template=template, checkpoint=checkpoint or "full",

@@ -35,6 +35,8 @@ class ModelSpec:
     checkpoint: str = "full"
     onnx: str | None = None
     threads: int | None = None
+    runtime: str | None = None  # onnxruntime (None) or openvino, for ``onnx``
+    precision: str | None = None  # fp32 (None) or bf16
 
     @classmethod
     def from_labels(cls, labels: Sequence[str] | None, **kwargs) -> ModelSpec:
@@ -50,7 +52,8 @@ class ModelSpec:
         from ..stream.labels import load_group_classifier
 
         return load_group_classifier(groups=[(name, list(p)) for name, p in self.groups], template=self.template,
-                                     checkpoint=self.checkpoint, onnx=self.onnx, threads=self.threads)
+                                     checkpoint=self.checkpoint, onnx=self.onnx, threads=self.threads,
+                                     runtime=self.runtime, precision=self.precision)
 
 
 @dataclass

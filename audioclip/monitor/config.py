@@ -67,11 +67,15 @@ def _url(default=None):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``checkpoint``: a release name or path; ``onnx``: an export folder (instead); ``threads``: None picks."""
+    """``checkpoint``: a release name or path; ``onnx``: an export folder (instead); ``threads``: None picks;
+    ``runtime``: what runs ``onnx`` (``onnxruntime``, ``openvino``); ``precision``: ``fp32`` or ``bf16``
+    (OpenVINO, or PyTorch through autocast; docs/export.md)."""
 
     checkpoint: str = "full"
     onnx: str | None = None
     threads: int | None = None
+    runtime: str = "onnxruntime"
+    precision: str = "fp32"
 
 
 _STREAM = StreamConfig()  # the stream's own defaults: [defaults] and the command line start from them

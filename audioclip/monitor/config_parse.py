@@ -203,7 +203,18 @@ def parse_config(cls, root: Reader, origin: str):
         onnx = r.string("onnx")
         if onnx is not None and r.has("checkpoint"):
             raise r.error("onnx", "give checkpoint or onnx, not both")
-        model = ModelConfig(checkpoint=r.string("checkpoint", "full"), onnx=onnx, threads=r.whole("threads"))
+        runtime, precision = r.string("runtime", "onnxruntime"), r.string("precision", "fp32")
+        if runtime not in ("onnxruntime", "openvino"):
+            raise r.error("runtime", f"must be 'onnxruntime' or 'openvino', got {runtime!r}")
+        if precision not in ("fp32", "bf16"):
+            raise r.error("precision", f"must be 'fp32' or 'bf16', got {precision!r}")
+        if runtime != "onnxruntime" and onnx is None:
+            raise r.error("runtime", f"{runtime} runs an export: set onnx = \"DIR\" (written by audioclip-export onnx)")
+        if onnx is not None and runtime == "onnxruntime" and precision != "fp32":
+            raise r.error("precision", f"{precision}: ONNX Runtime runs the graphs at their exported precision; set "
+                                       f"runtime = \"openvino\"")
+        model = ModelConfig(checkpoint=r.string("checkpoint", "full"), onnx=onnx, threads=r.whole("threads"),
+                            runtime=runtime, precision=precision)
         r.done()
     defaults = StreamDefaults()
     if (r := root.table_of("defaults")) is not None:
@@ -382,7 +393,8 @@ def _listen(r: Reader, default: str = "127.0.0.1:9108") -> str:
 
 def single(cls, *, input: str | None = None, device: str | int | None = None, labels=None,
            template: str | None = None, checkpoint: str = "full", onnx: str | None = None,
-           threads: int | None = None, window: float | None = None, hop: float | None = None,
+           threads: int | None = None, runtime: str | None = None, precision: str | None = None,
+           window: float | None = None, hop: float | None = None,
            smooth: int | None = None, threshold: float | None = None, hysteresis: float | None = None,
            min_windows: int | None = None,
            min_dbfs: float | None = None, realtime: bool = False, loop: bool = False, name: str | None = None,
@@ -416,6 +428,7 @@ def single(cls, *, input: str | None = None, device: str | int | None = None, la
     model: dict = {"checkpoint": checkpoint} if onnx is None else {"onnx": str(onnx)}
     if threads is not None:
         model["threads"] = threads
+    model.update({k: v for k, v in (("runtime", runtime), ("precision", precision)) if v is not None})
     table["model"] = model
     if clips is not None and db is None:
         raise ConfigError("--clips", "needs --db (each clip belongs to an event row)", "command line")
@@ -445,5 +458,6 @@ _FLAGS = {"defaults.window": "--window", "defaults.hop": "--hop", "defaults.smoo
           "defaults.min_windows": "--min-windows", "defaults.min_dbfs": "--min-dbfs", "defaults.template": "--template",
           "labels": "--labels", "labels.name": "--labels", "sources.name": "--name", "sources.file": "--input",
           "sources.url": "--input", "sources.device": "--device", "model.threads": "--threads",
-          "model.checkpoint": "--checkpoint", "model.onnx": "--onnx", "store.db": "--db", "store.clips": "--clips",
+          "model.checkpoint": "--checkpoint", "model.onnx": "--onnx", "model.runtime": "--runtime",
+          "model.precision": "--precision", "store.db": "--db", "store.clips": "--clips",
           "mqtt.url": "--mqtt", "mqtt": "--mqtt", "metrics.listen": "--metrics"}

@@ -11,4 +11,5 @@ def config_classifier(config):
     groups = [(label.name, label.prompts) for label in config.labels]
     return load_group_classifier(groups=groups, template=config.defaults.template if groups else None,
                                  checkpoint=config.model.checkpoint, onnx=config.model.onnx,
+                                 runtime=config.model.runtime, precision=config.model.precision,
                                  threads=config.model.threads)
