@@ -337,7 +337,7 @@ def test_overlapping_events_of_a_label_merge(tmp_path):
 
 def evaluate(soundscape, tiny_checkpoint, annotations, out, *extra):
     args = ["evaluate", "--task", "events", "--annotations", annotations, "--checkpoint", tiny_checkpoint,
-            "--window", "1.0", "--hop", "1.0", "--threads", "1", "--output", out, "--quiet", *extra]
+            "--window", "1.5", "--hop", "1.0", "--threads", "1", "--output", out, "--quiet", *extra]
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.output
 
@@ -356,6 +356,8 @@ def test_a_soundscape_end_to_end_through_the_command(soundscape, tiny_checkpoint
         f"audio/{n}": (SECONDS[n], len(SCAPE[n])) for n in SCAPE}
     assert report["hours"] == pytest.approx(sum(SECONDS.values()) / 3600)
     assert report["annotations"]["unannotated_recordings"] == 1
+    assert report["matching"] == {"collar_s": 1.5, "offsets": True, "offset_share": 0.2,
+                                  "as": "sed_eval EventBasedMetrics (optimal matching)"}  # the window's length
     overall = report["at_threshold"]["overall"]
     assert overall["reference"] == 5
     assert overall["detected"] == len(report["detections"])
@@ -402,7 +404,8 @@ def test_bad_input_fails_with_one_line(soundscape, tiny_checkpoint, tmp_path):
     (tmp_path / "t.json").write_text("{}")
     one_line_error(*run(tmp_path / "t.json"), "t.json: unknown annotation format")
     one_line_error(*run(soundscape / "events.csv", "--score", "bogus"), "--score: must be one of label, softmax")
-    one_line_error(*run(soundscape / "events.csv", "--collar", "0"), "--collar must be positive")
+    one_line_error(*run(soundscape / "events.csv", "--collar", "0"), "--collar must be positive, got 0")
+    one_line_error(*run(soundscape / "events.csv", "--offset-share", "2"), "--offset-share must be between 0 and 1")
     result = runner.invoke(app, ["evaluate", "--task", "events"])
     one_line_error(result.exit_code, result.output, "--task events needs --annotations")
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(tiny_checkpoint)])

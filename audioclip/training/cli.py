@@ -226,8 +226,9 @@ def evaluate_command(
     min_dbfs: float = typer.Option(MONITOR.min_dbfs, "--min-dbfs", rich_help_panel=EVENTS,
                                    help="Windows quieter than this are not classified (the monitor's default)."),
     exact_windows: bool = typer.Option(False, "--exact-windows", rich_help_panel=EVENTS),
-    collar: float = typer.Option(1.0, "--collar", rich_help_panel=EVENTS,
-                                 help="Seconds an event's onset (and offset) may be off and still match."),
+    collar: float | None = typer.Option(None, "--collar", rich_help_panel=EVENTS,
+                                        help="Seconds an event's onset (and offset) may be off and still match "
+                                             "(default: the window's length, the events' resolution)."),
     offset_share: float = typer.Option(0.2, "--offset-share", rich_help_panel=EVENTS,
                                        help="An offset also matches within this share of the annotated length."),
     onsets_only: bool = typer.Option(False, "--onsets-only", rich_help_panel=EVENTS,
@@ -297,7 +298,7 @@ EVENT_OPTIONS = ("annotations", "recordings", "labels", "labels_file", "checkpoi
 def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings: list[Path] | None, labels,
                      labels_file,
                      checkpoint: str, onnx: Path | None, template: str | None, score: str, threshold: float | None,
-                     collar: float, offset_share: float, onsets_only: bool, alarms_per_hour: float | None,
+                     collar: float | None, offset_share: float, onsets_only: bool, alarms_per_hour: float | None,
                      threads: int | None, report_path: Path | None, plot: bool, quiet: bool, **stream) -> None:
     """``--task events``: read the annotations, stream the recordings, write the report (:mod:`.events`)."""
     from ..archive.decode import find_recordings
@@ -312,9 +313,10 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
         raise ValueError("--task events needs --annotations (CSV file,onset,offset,label or Raven tables)")
     eval_libraries()
     check_score(score)
-    if not collar > 0 or not 0 <= offset_share <= 1:
-        raise ValueError(f"--collar must be positive and --offset-share in [0, 1], got {collar:g} and "
-                         f"{offset_share:g}")
+    if collar is not None and not collar > 0:
+        raise ValueError(f"--collar must be positive, got {collar:g}")
+    if not 0 <= offset_share <= 1:
+        raise ValueError(f"--offset-share must be between 0 and 1, got {offset_share:g}")
     if alarms_per_hour is not None and not alarms_per_hour >= 0:
         raise ValueError(f"--alarms-per-hour must be at least 0, got {alarms_per_hour:g}")
     config = StreamConfig(events=True, threshold=default_threshold(score) if threshold is None else threshold,
@@ -336,7 +338,8 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
     root = folders[0] if folders else (annotations if annotations.is_dir() else annotations.parent)
     name = str(onnx) if onnx else checkpoint
     report = evaluate_events(references=references, classifier=classifier, config=config,
-                             matching=Matching(collar, offset_share, offsets=not onsets_only),
+                             matching=Matching(config.window if collar is None else collar, offset_share,
+                                               offsets=not onsets_only),
                              alarms_per_hour=alarms_per_hour, progress=not quiet, name=name, score=score,
                              annotations=counts, root=root)
     _render_events(report)
