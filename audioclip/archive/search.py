@@ -318,6 +318,7 @@ class MonitorIndex:
         return self._sources.setdefault(source, len(self._sources))
 
     def _live(self, table: dict, model: str, dim: int):
+        """``table``'s index of ``model``'s rows, made on first need."""
         from .vindex import LiveIndex
 
         live = table.get(model)
@@ -351,10 +352,12 @@ class MonitorIndex:
         if not self._has_moments:
             return 0
         where, params = self._where_model("model")
-        if self._last_moment == 0:  # the first load: room for every row at once
+        if self._last_moment == 0:  # the first load: room for every row at once, and for the next ones
+            from .vindex import GROW_ROWS
+
             for model, dim, count in self._conn.execute(
                     f"SELECT model, MIN(dim), COUNT(*) FROM moments WHERE 1{where} GROUP BY model", params):
-                self._live(self._moments, model, dim).reserve(count)
+                self._live(self._moments, model, dim).reserve(count + count // 8 + GROW_ROWS)
         added = 0
         while True:
             rows = self._conn.execute(f"SELECT id, source, utc, model, dim, vector, t_end - t_start FROM moments "
