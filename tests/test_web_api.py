@@ -190,6 +190,37 @@ def test_the_cli_refuses_a_bind_beyond_loopback_without_a_token_in_one_line(tmp_
     assert result.output.count("\n") == 1 and "--http: 0.0.0.0:0 is reachable beyond this machine" in result.output
 
 
+def test_a_port_in_use_stops_the_start_in_one_line(tmp_path, tiny_checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = MonitorConfig.from_dict({
+            "model": {"checkpoint": str(tiny_checkpoint)}, "labels": ["cat"], "http": {"listen": f"127.0.0.1:{port}"},
+            "sources": [{"name": "a", "file": str(burst_wav(tmp_path / "a.wav")), "realtime": False}]})
+        monitor = Monitor(config)
+        with pytest.raises(OSError, match=rf"^http.listen: cannot listen on 127.0.0.1:{port}: Address already in use$"):
+            monitor.run()
+    assert monitor.pipelines == []  # refused before any source started
+
+
+def test_cors_is_off_unless_origins_are_named():
+    from audioclip.web.app import create_app
+
+    preflight = {"Origin": "http://nas.local", "Access-Control-Request-Method": "PATCH"}
+
+    async def ask(app, headers):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as client:
+            return await client.options("/api/labels/cat", headers=headers)
+
+    closed, open_ = create_app(None), create_app(None, cors=("http://nas.local",))
+    assert "access-control-allow-origin" not in asyncio.run(ask(closed, preflight)).headers
+    r = asyncio.run(ask(open_, preflight))
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://nas.local"
+    other = asyncio.run(ask(open_, {**preflight, "Origin": "http://evil.example"}))
+    assert "access-control-allow-origin" not in other.headers
+
+
 def test_a_prompt_too_long_for_the_text_encoder_is_refused_naming_it():
     d = {"labels": [{"name": "x", "prompts": ["fine", "word " * 80]}], "sources": [{"name": "a", "file": "x.wav"}]}
     with pytest.raises(ConfigError, match=r"labels\[0\]\.prompts\[1\]: is 82 tokens with the template, longer than "
