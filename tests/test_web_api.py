@@ -440,7 +440,13 @@ def test_token_beyond_loopback_and_for_every_write(served, caplog):
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert remote.patch(f"/api/events/{event['id']}", json={"review": "correct"}).status_code == 401
         assert remote.get("/api/sources", headers={"Authorization": "Bearer wrong"}).json() == {"detail": "wrong token"}
-        assert remote.get("/api/sources", params={"token": TOKEN}).status_code == 401  # ?token= is the live stream's
+        # ?token= is for what a browser loads by itself (stream, clip, images, CSV), and never for a write
+        assert remote.get("/api/sources", params={"token": TOKEN}).status_code == 401
+        assert remote.get(f"/api/events/{event['id']}/clip", params={"token": TOKEN}).status_code == 200
+        assert remote.get(f"/api/events/{event['id']}/clip", params={"token": "wrong"}).status_code == 401
+        assert remote.get("/api/events", params={"format": "csv", "token": TOKEN}).status_code == 200
+        r = remote.patch(f"/api/events/{event['id']}", params={"token": TOKEN}, json={"review": "correct"})
+        assert r.status_code == 401
         assert remote.get("/api/sources", headers=AUTH).status_code == 200
         r = remote.patch(f"/api/events/{event['id']}", json={"review": "correct"}, headers=AUTH)
         assert r.status_code == 200 and r.json()["review"] == "correct"

@@ -1,7 +1,9 @@
 """Who may do what: with a token, every request from beyond loopback and every write carries it.
 
-``Authorization: Bearer <token>``, compared in constant time. The live stream (``/api/live``) also takes
-``?token=`` because a browser's ``EventSource`` cannot set headers. The pages and their static files need
+``Authorization: Bearer <token>``, compared in constant time. What a browser loads by itself also takes
+``?token=``, as it cannot set headers there: the live stream (``EventSource``), clips (``<audio>``),
+spectrograms (``<img>``) and the events' CSV (a download link), for GET and HEAD only (:data:`QUERY_TOKEN_PATHS`).
+The pages and their static files need
 no token (they hold no data; the page asks for the token and sends it with its API calls), nor does the
 OpenAPI description (``/docs``), the same for every installation. Without a token the server listens on
 loopback only (the configuration refuses anything else), and every local request is allowed.
@@ -13,6 +15,7 @@ so protect them at the proxy (or bind the proxy's upstream to another loopback a
 from __future__ import annotations
 
 import hmac
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -20,7 +23,9 @@ from starlette.responses import JSONResponse
 READS = ("GET", "HEAD", "OPTIONS")
 PUBLIC_PREFIXES = ("/static/", "/docs", "/openapi.json")
 PAGES = ("/", "/events", "/labels", "/search")
-LIVE_PATH = "/api/live"
+QUERY_TOKEN_PATHS = re.compile(r"/api/live|/api/events|/api/events/\d+/(clip|spectrogram\.png)"
+                               r"|/api/sources/[^/]+/spectrogram\.png")
+"""Paths whose GET may carry the token as ``?token=`` (the server keeps no access log: URLs are never logged)."""
 LOOPBACK_CLIENTS = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 """Clients that count as this machine: its loopback address only. Other addresses of the loopback range
 (127.0.0.2, ...) count as beyond it, as a container's or another user's namespace may reach them."""
@@ -40,7 +45,7 @@ def presented(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if request.url.path == LIVE_PATH:
+    if request.method in ("GET", "HEAD") and QUERY_TOKEN_PATHS.fullmatch(request.url.path):
         return request.query_params.get("token") or None
     return None
 

@@ -68,8 +68,16 @@ class WebServer:
         self._thread = threading.Thread(target=self._serve, args=(sock,), name="web", daemon=True)
         self._thread.start()
         self.watch.start()
+        if self.monitor.store_sink is not None:  # the search index loads while nobody waits for it
+            threading.Thread(target=self._load_index, name="web index", daemon=True).start()
         log.info("web page and API on %s", self.url)
         return self
+
+    def _load_index(self) -> None:
+        try:
+            self.app.state.web.search_index(self.monitor.store_sink.store.path, self.monitor.embedding_model)
+        except ValueError as e:  # the first search says it again, to the page
+            log.warning("search: %s", e)
 
     def _serve(self, sock: socket.socket) -> None:
         try:
