@@ -44,6 +44,7 @@ def test_new_file_has_the_versioned_schema_in_wal_mode(tmp_path, caplog):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384  # seven moments a page, not one
     columns = {r[1]: (r[2], r[3]) for r in conn.execute("PRAGMA table_info(events)")}
     assert list(columns)[:10] == ["id", "source", "label", "start_utc", "end_utc", "start_s", "end_s",
                                   "peak", "mean", "clip"]
@@ -322,6 +323,7 @@ def test_a_version_3_file_migrates_to_4_keeping_every_row(tmp_path):
     conn.close()
     with EventStore(path) as store:
         assert store.version == 4
+        assert store.add_moment("porch", "2026-12-01T12:00:00Z", 0.0, 5.0, "m", np.ones(1024)) == 1
         (row,) = store.query_events()[0]
         assert tuple(row[c] for c in COLUMNS + ("clip_note",)) == before[0]
         assert row["review"] is None and row["clip_start_s"] is None and row["clip_end_s"] is None
@@ -331,6 +333,7 @@ def test_a_version_3_file_migrates_to_4_keeping_every_row(tmp_path):
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"events", "embeddings", "moments"} <= tables
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096  # an existing file keeps its pages
         assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 1
         plan = " ".join(r[3] for r in conn.execute(
             "EXPLAIN QUERY PLAN SELECT id FROM moments WHERE source = 'a' AND utc >= 'x'"))

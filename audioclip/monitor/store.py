@@ -31,6 +31,10 @@ from .events import DetectionEvent, utc_iso
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+PAGE_SIZE = 16384
+"""Bytes per page of a new database file. A moment's row is about 2,100 bytes at 1024 dimensions: with SQLite's
+default 4,096-byte pages each took a page of its own (4.2 kB a moment); 16,384-byte pages hold seven (2.4 kB).
+An existing file keeps the page size it was made with."""
 
 # MIGRATIONS[k] takes a database from user_version k to k + 1. Append only: a released entry never changes.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -222,6 +226,7 @@ class EventStore:
             raise StoreError(f"{self.path}: cannot open the database ({e}); check the [store] db path") from e
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # before anything is written; else nothing
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError(f"{self.path}: the file system refuses SQLite's WAL mode (got {mode}); "
