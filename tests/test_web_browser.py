@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import ipaddress
 import json
 import os
 import socket
@@ -111,6 +112,18 @@ def serve(app, host: str):
     thread.start()
     wait_until(lambda: server.started, 10, f"a server on {host}")
     return server, thread, f"http://{host}:{sock.getsockname()[1]}"
+
+
+def address_beyond_loopback() -> str | None:
+    """An IPv4 address of this machine beyond loopback, if it has one: a browser that connects to it is not a
+    loopback client."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent; the kernel picks the source address
+            address = probe.getsockname()[0]
+        except OSError:  # no route
+            return None
+    return None if ipaddress.ip_address(address).is_loopback or address == "0.0.0.0" else address
 
 
 def screenshot(page, name: str) -> None:
@@ -324,6 +337,37 @@ def test_a_write_without_the_token_fails_from_another_address(site):
                                       headers: {Authorization: 'Bearer ' + token}}).then((r) => r.status)""",
                                "not-" + TOKEN)
         assert status == 401 and "cat" in [x["name"] for x in get_json(f"{site.url}/api/labels")]
+    finally:
+        context.close()
+        server.should_exit = True
+        thread.join(5)
+
+
+def test_from_beyond_loopback_the_page_asks_for_the_token_once_then_streams_and_plays(site):
+    """Served on this machine's own network address: every request needs the token, the page asks once and sends
+    it with its API calls, the live stream and its clips and images."""
+    from audioclip.web.app import create_app
+
+    address = address_beyond_loopback()
+    if address is None:
+        pytest.skip("this machine has no address beyond loopback to serve on")
+    web = site.monitor.web  # the monitor's live news and spectrograms go to this server's pages too
+    server, thread, url = serve(create_app(site.monitor, hub=web.hub, watch=web.watch, token=TOKEN), address)
+    context = site.browser.new_context()
+    try:
+        page = context.new_page()
+        assert page.goto(url + "/api/sources").status == 401  # a read from beyond loopback
+        page.goto(url + "/")
+        page.wait_for_selector("#token-dialog[open]")
+        page.fill("#token-dialog input", TOKEN)
+        page.click("#token-dialog button[value=ok]")
+        page.wait_for_selector(f'.card li[data-label="{NEW_LABEL}"]', timeout=15_000)  # windows, from the stream
+        page.wait_for_function("document.querySelector('.card img.spectrogram').naturalWidth > 0", timeout=10_000)
+        page.goto(url + "/events")
+        page.wait_for_selector("#events audio")
+        page.wait_for_function("document.querySelector('#events audio').duration > 0", timeout=10_000)
+        page.wait_for_function("document.querySelector('#events img.spectrogram').naturalWidth > 0", timeout=10_000)
+        assert page.locator("#token-dialog[open]").count() == 0  # asked once
     finally:
         context.close()
         server.should_exit = True

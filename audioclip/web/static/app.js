@@ -4,6 +4,7 @@
 
 const TOKEN_KEY = "audioclip-token";
 let tokenPrompt = null; // one question at a time, however many requests were refused together
+let tokenDeclined = false; // cancelled: not asked again until the page is loaded again
 
 class ApiError extends Error {
   constructor(status, message) {
@@ -18,6 +19,7 @@ function storedToken() {
 
 // Asks for the token in a small dialog; resolves to it ("" when the user cancels) and keeps it.
 function askToken() {
+  if (tokenDeclined) return Promise.resolve("");
   if (!tokenPrompt) {
     tokenPrompt = new Promise((resolve) => {
       const dialog = document.getElementById("token-dialog") || makeTokenDialog();
@@ -26,6 +28,7 @@ function askToken() {
       dialog.addEventListener("close", () => {
         const value = dialog.returnValue === "ok" ? input.value.trim() : "";
         if (value) localStorage.setItem(TOKEN_KEY, value);
+        else tokenDeclined = true;
         tokenPrompt = null;
         resolve(value);
       }, { once: true });
@@ -144,7 +147,8 @@ function openLive(handlers) {
     stream.onerror = () => {
       if (handlers.error) handlers.error();
       if (stream.readyState !== EventSource.CLOSED) return; // the browser retries by itself
-      setTimeout(() => api("/api/sources").then(open, open), 3000);
+      // refused: an ordinary request finds out why (and asks for the token where that is it)
+      setTimeout(() => api("/api/sources").then(open, (e) => (e.status === 401 ? say(e.message) : open())), 3000);
     };
   };
   open();
