@@ -15,6 +15,7 @@ graphs, each compiled at its own precision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -89,7 +90,10 @@ def no_native_bf16() -> str | None:
 
 def openvino_cache_dir() -> Path:
     """Compiled graphs: ``$AUDIOCLIP_CACHE/openvino``, else ``$XDG_CACHE_HOME/audioclip/openvino``, else
-    ``~/.cache/audioclip/openvino`` (the cache directory of :func:`audioclip.model.checkpoint.cache_dir`)."""
+    ``~/.cache/audioclip/openvino`` (the cache directory of :func:`audioclip.model.checkpoint.cache_dir`).
+
+    OpenVINO keeps the weights in its compiled form (its weightless mode needs OpenVINO's own IR): about the
+    export's size per precision (docs/export.md); delete the folder to free it."""
     if os.environ.get("AUDIOCLIP_CACHE"):
         return Path(os.environ["AUDIOCLIP_CACHE"]).expanduser() / "openvino"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -99,6 +103,21 @@ def openvino_cache_dir() -> Path:
 _cores: dict[bool, object] = {}
 _compiled: dict[tuple, object] = {}
 _lock = threading.Lock()
+_uncached = threading.local()
+
+
+@contextlib.contextmanager
+def without_disk_cache():
+    """Sessions made inside compile without ``CACHE_DIR``: the export's checks, on graphs in a folder that is
+    renamed when it is done (OpenVINO names its cached forms by the graph's path)."""
+    _uncached.on = True
+    try:
+        yield
+    finally:
+        _uncached.on = False
+        with _lock:  # the export's graphs: their folder is renamed, and the process goes on (tests, a library)
+            for key in [k for k in _compiled if not k[-1]]:
+                del _compiled[key]
 
 
 def core(*, cache: bool = True):
@@ -139,22 +158,17 @@ def compiled(path: str | os.PathLike, *, precision: str = "fp32", threads: int |
     config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
-    if cache:  # the cached form without the weights, which are read from the export (122 MB -> 6 MB for a golden tail)
-        config["CACHE_MODE"] = "OPTIMIZE_SIZE"
-    try:
-        model = c.read_model(str(path))
-        result = c.compile_model(model, "CPU", config)
+    try:  # from the path: OpenVINO then finds the compiled form in its cache without reading the graph
+        result = c.compile_model(str(path), "CPU", config)
     except RuntimeError as e:  # a truncated copy, a foreign or missing file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: OpenVINO cannot load this graph ({reason}); copy the export again or write it "
                          f"again with `audioclip-export onnx`") from None
-    metadata = {}
-    if model.has_rt_info(["framework"]):
-        metadata = {k: v.astype(str) for k, v in model.get_rt_info()["framework"].items()}
-    found = (result, metadata)
     with _lock:
-        _compiled[key] = found
-    return found
+        _compiled[key] = result
+    log.debug("OpenVINO compiled %s at %s (%s)", path.name, precision,
+              "from the cache" if cache and result.get_property("LOADED_FROM_CACHE") else "compiled")
+    return result
 
 
 class _Meta:
@@ -174,9 +188,11 @@ class OpenVinoSession:
     its own infer request; the compiled graph is shared within the process."""
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int | None = None,
-                 cache: bool = True):
+                 cache: bool | None = None):
         self.path, self.precision = Path(path), precision
-        self.compiled, self.metadata = compiled(path, precision=precision, threads=threads, cache=cache)
+        cache = not getattr(_uncached, "on", False) if cache is None else cache
+        self.compiled = compiled(path, precision=precision, threads=threads, cache=cache)
+        self._metadata: dict | None = None
         self._request = self.compiled.create_infer_request()
         self._inputs = [_Port(p.get_any_name()) for p in self.compiled.inputs]
         self._outputs = [_Port(p.get_any_name()) for p in self.compiled.outputs]
@@ -188,7 +204,13 @@ class OpenVinoSession:
         return self._outputs
 
     def get_modelmeta(self) -> _Meta:
-        return _Meta(self.metadata)
+        """The graph's ``metadata_props``, read from the file (without its weights) on first use."""
+        if self._metadata is None:
+            import onnx
+
+            graph = onnx.load(str(self.path), load_external_data=False)
+            self._metadata = {p.key: p.value for p in graph.metadata_props}
+        return _Meta(self._metadata)
 
     def get_providers(self) -> list[str]:
         return [f"OpenVINO CPU {self.precision}"]

@@ -310,7 +310,9 @@ def check_openvino_whole(*, graph_dir: Path, precision: str, classifier: ZeroSho
             t0 = time.perf_counter()
             outputs = []
             for row in x:
-                encoder = encoders.setdefault(len(row), OnnxIncrementalEncoder(graphs, len(row)))
+                if len(row) not in encoders:
+                    encoders[len(row)] = OnnxIncrementalEncoder(graphs, len(row))
+                encoder = encoders[len(row)]
                 encoder.reset()
                 outputs.append(encoder.encode(row, 0))
             ms = (time.perf_counter() - t0) * 1000
@@ -346,11 +348,21 @@ def check_openvino(*, graph_dir: Path, classifier: ZeroShotClassifier, batches: 
     windows, until one keeps the bf16 bound; the rows of the splits that failed are kept, the first failing
     row of each. A precision that fails is left out of the record, with the reason; the export goes on.
     """
-    from .incremental import TAIL_FILE
-    from .openvino import cpu_description, import_openvino, no_native_bf16
+    from .openvino import cpu_description, import_openvino, no_native_bf16, without_disk_cache
 
     ov = import_openvino()
-    record: dict = {"openvino": ov.__version__, "cpu": cpu_description(), "precisions": {}, "not_verified": {}}
+    with without_disk_cache():
+        return _check_openvino(ov, graph_dir=graph_dir, classifier=classifier, batches=batches, clips=clips,
+                               window_samples=window_samples, threads=threads, references=references, text=text,
+                               precisions=precisions, cpu=cpu_description(), no_bf16=no_native_bf16())
+
+
+def _check_openvino(ov, *, graph_dir: Path, classifier: ZeroShotClassifier, batches, clips, window_samples: int,
+                    threads: int, references: dict | None, text, precisions: Sequence[str], cpu: str,
+                    no_bf16: str | None) -> tuple[list[Check], dict]:
+    from .incremental import TAIL_FILE
+
+    record: dict = {"openvino": ov.__version__, "cpu": cpu, "precisions": {}, "not_verified": {}}
     stages = (graph_dir / TAIL_FILE).is_file()
     checks: list[Check] = []
 
@@ -366,9 +378,9 @@ def check_openvino(*, graph_dir: Path, classifier: ZeroShotClassifier, batches: 
                                             batches=batches, threads=threads, fp32_stages=split, references=references)
 
     for precision in precisions:
-        if precision == "bf16" and (why := no_native_bf16()):
-            record["not_verified"]["bf16"] = why
-            log.warning("OpenVINO bf16 not verified: %s", why)
+        if precision == "bf16" and no_bf16:
+            record["not_verified"]["bf16"] = no_bf16
+            log.warning("OpenVINO bf16 not verified: %s", no_bf16)
             continue
         splits = BF16_SPLITS if precision == "bf16" and stages else ((),)
         for split in splits:
