@@ -433,8 +433,10 @@ class Monitor:
             return self._classifier
         if config.model.onnx is not None:
             return onnx_group_classifier(config.model.onnx, groups, config.defaults.template,
-                                         threads=config.model.threads or 2)
-        return torch_group_classifier(self._classifier.model, groups, config.defaults.template)
+                                         threads=config.model.threads or 2, runtime=config.model.runtime,
+                                         precision=config.model.precision)
+        return torch_group_classifier(self._classifier.model, groups, config.defaults.template,
+                                      precision=config.model.precision)
 
 
 def install_signals(monitor: Monitor) -> None:

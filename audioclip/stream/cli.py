@@ -37,6 +37,20 @@ class Format(str, Enum):
     csv = "csv"
 
 
+class Runtime(str, Enum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def _value(option: Enum | None) -> str | None:
+    return None if option is None else option.value
+
+
 NO_DEVICES_HINT = "no audio input devices found: stream a file with --input FILE, or raw audio or a WAV with --input -"
 
 _stop_signals: list[int] = []
@@ -57,6 +71,11 @@ def stream(
     checkpoint: str | None = typer.Option(None, "--checkpoint",
                                              help="Release name (full, partial) or checkpoint path (default full)."),
     onnx: Path | None = typer.Option(None, "--onnx", help="Run an audioclip-export directory on ONNX Runtime."),
+    runtime: Runtime | None = typer.Option(None, "--runtime",
+                                           help="What runs --onnx: onnxruntime (default) or openvino."),
+    precision: Precision | None = typer.Option(None, "--precision",
+                                               help="fp32 (default) or bf16: OpenVINO at a precision the export "
+                                                    "verified, or PyTorch through autocast (checked at load)."),
     input: str | None = typer.Option(None, "--input", "-i",
                                      help="Audio file, or - for stdin: a WAV, else raw s16le 44.1 kHz mono."),
     device: str | None = typer.Option(None, "--device", "-d", help="Input device index or name."),
@@ -129,7 +148,7 @@ def stream(
     source = _open_source(input, device, realtime)
     label_list = labels_from_options(labels, labels_file)
     classifier = load_classifier(checkpoint=checkpoint, onnx=onnx, labels=label_list, template=template,
-                                 threads=threads)
+                                 threads=threads, runtime=_value(runtime), precision=_value(precision))
     config = fit_window(config, classifier, window_given=ctx.get_parameter_source("window").name != "DEFAULT")
     check_window(classifier, config)
     detector = event_detector(config, classifier.labels)
@@ -160,7 +179,7 @@ def stream(
 # the options a monitor.toml describes as well (the others: what to print, and how long)
 _MONITOR_OPTIONS = ("labels", "labels_file", "template", "checkpoint", "onnx", "input", "device", "window", "hop",
                     "smooth", "threshold", "hysteresis", "min_windows", "min_dbfs", "realtime", "threads", "db",
-                    "clips", "mqtt", "metrics", "loop")
+                    "clips", "mqtt", "metrics", "loop", "runtime", "precision")
 
 
 def _given_flags(ctx: typer.Context) -> list[str]:
@@ -180,7 +199,8 @@ def _monitor(options: dict, run_monitor_cli, *, given: list[str]) -> None:
         flags = {k: o[k] for k in ("input", "device", "template", "onnx", "threads", "window", "hop", "smooth",
                                    "threshold", "hysteresis", "min_windows", "min_dbfs", "realtime", "loop", "db",
                                    "clips", "mqtt", "metrics")}  # None: the configuration's default
-        flags.update(labels=label_list, checkpoint=o["checkpoint"] or "full")
+        flags.update(labels=label_list, checkpoint=o["checkpoint"] or "full", runtime=_value(o["runtime"]),
+                     precision=_value(o["precision"]))
         for name in ("db", "clips", "onnx"):
             flags[name] = None if flags[name] is None else str(flags[name])
     monitor = run_monitor_cli(config_path=o["config_file"], flags=flags, given=given,
