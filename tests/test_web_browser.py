@@ -280,6 +280,7 @@ def test_searching_with_a_streamed_clip_finds_a_moment_of_it_first(site):
     page.goto(site.url + "/search")
     query = 1  # the thunder clip, heard at [5, 10) s of every loop
     page.set_input_files("input[name=file]", str(site.clips_dir / CLIPS[query]))
+    page.select_option("select[name=k]", "50")  # every stored moment so far
     page.click("#search-form button.primary")
     page.wait_for_selector("#hits li, #message.error", timeout=20_000)
     assert not page.text_content("#message"), page.text_content("#message")
