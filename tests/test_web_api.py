@@ -269,7 +269,7 @@ def test_live_stream_delivers_windows_states_labels_and_the_spectrogram(served, 
         r = c.get(reader.of("spectrogram")[-1]["png"])
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     image = PIL.open(io.BytesIO(r.content))
-    assert image.height == 341 and 0 < image.width <= 786  # 1023 bins / 3; at most 10 s of frames
+    assert image.height == 341 and 0 < image.width <= 393  # 1023 bins / 3; at most 10 s of every other frame
     assert TOKEN not in server_logs(caplog)
 
 
@@ -317,6 +317,41 @@ def test_a_full_page_queue_drops_for_that_page_only_and_publishing_never_waits()
         assert hub.listening == 1
     finally:
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_the_live_spectrogram_is_the_models_front_end_on_the_stream_and_starts_afresh_after_a_gap(tiny_model):
+    """Streamed in blocks, the live dB frames are the model's own (``spectrogram_db``) on the same samples."""
+    import torch
+
+    from audioclip.model.frames import frame_padding
+    from audioclip.web.spectrogram import BINS, FrontEnd, LiveSpectrogram
+
+    class Classifier:  # what the monitor's PyTorch classifier offers the front end: its model
+        model = tiny_model
+
+    rng = np.random.default_rng(0)
+    audio = (0.2 * rng.standard_normal(3 * 44100)).astype(np.float32)
+    live = LiveSpectrogram(FrontEnd(Classifier()), seconds=10.0)
+    end = 0
+    for size in (30000, 1, 50000, 23000, len(audio) - 103001):  # blocks of any length, as sources deliver
+        live.tap(audio[end:end + size], (end + size) / 44100)
+        end += size
+        live.update()
+    assert live.db.shape == (BINS, (len(audio) - 1654) // 1122 + 1)  # every other frame of the model's
+    # a window padded left by as many samples as it starts late has its frame i on audio[561 i : 561 i + 1654],
+    # as the stream's frame i is
+    shift = next(s for s in range(2000) if frame_padding(len(audio) - s)[0] == s)
+    with torch.inference_mode():
+        offline = tiny_model.audio.spectrogram_db(torch.from_numpy(audio[shift:])[None])[0].reshape(BINS, -1).numpy()
+    offline = offline[:, ::2]
+    n = min(live.db.shape[1], offline.shape[1]) - 1  # the window's last frame is zero-padded
+    np.testing.assert_allclose(live.db[:, 1:n], offline[:, 1:n], atol=1e-3)
+    png = PIL.open(io.BytesIO(live.png()))
+    assert png.size == (live.db.shape[1], 341)
+
+    live.tap(audio[:44100], end / 44100 + 5.0)  # five seconds lost: what was shown goes
+    live.update()
+    assert live.db.shape[1] == (44100 - 1654) // 1122 + 1
 
 
 def test_healthz_is_503_with_a_source_down_and_labels_need_a_config_file(tmp_path, tiny_checkpoint):

@@ -38,6 +38,7 @@ class WebState:
     upload_max_bytes: int
     _index: object = None
     _index_lock: threading.Lock = field(default_factory=threading.Lock)
+    labels_lock: threading.Lock = field(default_factory=threading.Lock)  # one label change at a time
 
     def search_index(self, path, model: str):
         """The database as a :class:`~audioclip.archive.search.MonitorIndex` of ``model``'s embeddings: loaded on

@@ -11,7 +11,6 @@ without a ``--config`` file has nothing to write: 409.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
@@ -24,7 +23,6 @@ from .labels_file import FIELDS, LabelNotFound, LabelsFile
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/labels", tags=["labels"])
-_lock = threading.Lock()  # one change at a time: read, validate, write, apply
 
 
 def _stats(request: Request) -> tuple[dict, dict]:
@@ -73,7 +71,7 @@ def _change(request: Request, edit) -> None:
     if monitor.config_path is None:
         raise HTTPException(409, "this monitor was started without --config FILE: there is no file to keep labels "
                                  "in; start it with --config monitor.toml to edit labels here")
-    with _lock:
+    with web(request).labels_lock:  # read, validate, write, apply: one change at a time
         try:
             file = LabelsFile(monitor.config_path)
             before = file.text()
@@ -85,7 +83,10 @@ def _change(request: Request, edit) -> None:
             raise HTTPException(500, f"{monitor.config_path}: cannot read it ({e.strerror or e})") from None
         except ValueError as e:  # tomlkit: a value TOML cannot hold (null in a list, a nested object)
             raise HTTPException(422, f"cannot write that to TOML: {e}") from None
-        file.save()
+        try:
+            file.save()
+        except OSError as e:
+            raise HTTPException(500, f"{file.path}: cannot write it ({e.strerror or e}); nothing changed") from None
         try:
             monitor.reload_config(config)
         except Exception as e:  # the model refused it (e.g. an export without a text encoder): put the file back

@@ -6,7 +6,8 @@ are the stream's (``FRAME_LENGTH`` samples every ``HOP_LENGTH``), without a wind
 
 :class:`LiveSpectrogram` keeps the last ``seconds`` of one source's dB frames while a page listens: the
 source's reading thread only copies its audio in (:meth:`~LiveSpectrogram.tap`); :meth:`~LiveSpectrogram.update`
-computes the new frames (a second of audio is 79 frames: about 1/60 of a 5-s window's work).
+computes the new frames, every other frame of the model's (a second of audio is 39 frames: about 1/120 of a
+5-s window's work).
 """
 
 from __future__ import annotations
@@ -84,11 +85,16 @@ class FrontEnd:
             return (10.0 * torch.log10(power)).T.contiguous().numpy()
 
 
-def frames_of(audio: np.ndarray) -> np.ndarray:
-    """The whole FBSP frames of ``audio`` ``[T]``, ``[n, FRAME_LENGTH]`` (a view)."""
+LIVE_STEP = 2 * HOP_LENGTH
+"""The live spectrogram shows every other frame of the model's (25.4 ms apart): half the work, and a 10-s image
+of 393 columns, about the width a page gives it."""
+
+
+def frames_of(audio: np.ndarray, step: int = HOP_LENGTH) -> np.ndarray:
+    """The whole FBSP frames of ``audio`` ``[T]`` every ``step`` samples, ``[n, FRAME_LENGTH]`` (a view)."""
     if len(audio) < FRAME_LENGTH:
         return np.zeros((0, FRAME_LENGTH), np.float32)
-    return np.lib.stride_tricks.sliding_window_view(audio, FRAME_LENGTH)[::HOP_LENGTH]
+    return np.lib.stride_tricks.sliding_window_view(audio, FRAME_LENGTH)[::step]
 
 
 def render_png(db: np.ndarray, *, width: int | None = None) -> bytes:
@@ -114,7 +120,7 @@ class LiveSpectrogram:
 
     def __init__(self, front: FrontEnd, seconds: float = 10.0):
         self.front = front
-        self.frames = int(round(seconds * SAMPLE_RATE / HOP_LENGTH))
+        self.frames = int(round(seconds * SAMPLE_RATE / LIVE_STEP))
         self.db = np.full((BINS, 0), -np.inf, np.float32)
         self.version = 0
         self._pending: list[np.ndarray] = []
@@ -130,7 +136,7 @@ class LiveSpectrogram:
                 self._pending = [None]  # a gap: frames start afresh after it
             self._pending.append(np.array(mono, np.float32))
             self._end = end_s
-            if sum(len(p) for p in self._pending if p is not None) > self.frames * HOP_LENGTH * 2:
+            if sum(len(p) for p in self._pending if p is not None) > self.frames * LIVE_STEP * 2:
                 self._pending = [None, self._pending[-1]]  # nobody updated for long: keep the newest
 
     def update(self) -> bool:
@@ -141,13 +147,13 @@ class LiveSpectrogram:
             return False
         parts = [self._carry]
         for block in pending:
-            if block is None:
-                parts = []
+            if block is None:  # a gap (or audio from before the page left): start afresh
+                parts, self.db = [], np.full((BINS, 0), -np.inf, np.float32)
             else:
                 parts.append(block)
         audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        frames = frames_of(audio)
-        self._carry = audio[len(frames) * HOP_LENGTH:] if len(frames) else audio
+        frames = frames_of(audio, LIVE_STEP)
+        self._carry = audio[len(frames) * LIVE_STEP:] if len(frames) else audio
         if not len(frames):
             return False
         new = self.front.db(frames[-self.frames:])
