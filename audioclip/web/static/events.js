@@ -7,7 +7,6 @@ const FILTERS = ["source", "label", "since", "until", "review"];
 const CSV_ROWS = 10000; // the most rows the API gives at once: the CSV holds every filtered row up to this
 const form = document.getElementById("filters");
 const rows = document.querySelector("#events tbody");
-let total = 0;
 
 function params() {
   return new URLSearchParams(location.search);
@@ -70,7 +69,7 @@ function row(event) {
     ? el("img", { class: "spectrogram", loading: "lazy", src: withToken(event.spectrogram_url), alt: `spectrogram of event ${event.id}`,
                   onclick: (e) => e.target.classList.toggle("large") })
     : null;
-  return el("tr", { "data-id": event.id, "data-review": event.review || "", class: open ? "open" : null },
+  return el("tr", { "data-id": event.id, "data-review": event.review || "" },
     el("td", { "data-th": "time", class: "time" }, el("span", {}, localTime(event.start_utc), el("small", { class: "muted", text: span }))),
     el("td", { "data-th": "source", text: event.source }),
     el("td", { "data-th": "label", class: "label", text: event.label }),
@@ -89,7 +88,7 @@ async function review(id, value) {
 async function load() {
   const p = params();
   const answer = await api(`/api/events?${query(p, { limit: limit(p), offset: offset(p) })}`);
-  total = answer.total;
+  const total = answer.total;
   rows.replaceChildren(...answer.events.map(row));
   const first = answer.events.length ? offset(p) + 1 : 0;
   document.getElementById("range").textContent = `${first}–${offset(p) + answer.events.length} of ${total}`;

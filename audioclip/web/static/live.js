@@ -8,12 +8,11 @@ const cards = new Map(); // source name -> card
 
 function makeCard(source) {
   const card = {
-    name: source.name,
-    labels: source.labels || [],
+    probs: {}, // the last window's scores
     expanded: false,
     bars: new Map(), // label -> <li>
     state: source.state,
-    retryAt: null,
+    retryAt: null, // Date.now() of the next reconnection attempt
   };
   card.stateBadge = el("span", { class: "state" });
   card.window = el("span", { class: "window" });
@@ -66,7 +65,7 @@ function drawWindow(card, w) {
 
 // The labels by score, best first: the top TOP_BARS, or all of them.
 function drawBars(card) {
-  const ranked = Object.entries(card.probs || {}).sort((a, b) => b[1] - a[1]);
+  const ranked = Object.entries(card.probs).sort((a, b) => b[1] - a[1]);
   const shown = card.expanded ? ranked : ranked.slice(0, TOP_BARS);
   const items = shown.map(([label, p], rank) => {
     let item = card.bars.get(label);
@@ -83,7 +82,7 @@ function drawBars(card) {
     return item;
   });
   for (const label of [...card.bars.keys()]) {
-    if (!(label in (card.probs || {}))) card.bars.delete(label); // a removed label
+    if (!(label in card.probs)) card.bars.delete(label); // a removed label
   }
   card.list.replaceChildren(...items);
   card.toggle.hidden = ranked.length <= TOP_BARS;
@@ -120,7 +119,6 @@ async function refresh() {
       if (source.last) drawWindow(card, source.last);
       drawEvent(card, source.last_event);
     }
-    card.labels = source.labels || card.labels;
     setState(card, source.state, source.retry_in_s);
     drawCounters(card, source.counters);
   }
@@ -133,7 +131,7 @@ function connected(yes) {
   line.classList.toggle("lost", !yes);
 }
 
-function card(name) {
+function cardOf(name) {
   const found = cards.get(name);
   if (!found) reported(refresh()); // a source the page has not met yet (a reload added it)
   return found;
@@ -145,15 +143,15 @@ function start() {
       open: () => connected(true),
       error: () => connected(false),
       window: (w) => {
-        const c = card(w.source);
+        const c = cardOf(w.source);
         if (!c) return;
         drawWindow(c, w);
         if (c.state !== "up") setState(c, "up", null);
       },
-      state: (s) => { const c = card(s.source); if (c) setState(c, s.state, s.retry_in_s); },
-      event: (e) => { const c = card(e.source); if (c) drawEvent(c, e); },
-      spectrogram: (s) => { const c = card(s.source); if (c) c.spectrogram.src = withToken(s.png); },
-      labels: () => reported(refresh()),
+      state: (s) => { const c = cardOf(s.source); if (c) setState(c, s.state, s.retry_in_s); },
+      event: (e) => { const c = cardOf(e.source); if (c) drawEvent(c, e); },
+      spectrogram: (s) => { const c = cardOf(s.source); if (c) c.spectrogram.src = withToken(s.png); },
+      // a label change needs nothing here: the next window's scores carry the new set of labels
     });
   }));
   setInterval(() => reported(refresh()), 3000); // states and counters
