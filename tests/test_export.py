@@ -86,7 +86,7 @@ def test_export_writes_every_file_atomically(dynamic_export):
     out = dynamic_export.out
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["audio_encoder.onnx", "classifier.onnx", "text_encoder.onnx", *STAGE_FILES, SHARED_WEIGHTS_FILE,
-         "labels.json", "trtexec.txt", "README.txt"])
+         "labels.json", "trtexec.txt", "README.txt", "background.npz"])
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folders left behind"
     labels = json.loads((out / "labels.json").read_text())
     assert "OnnxClassifier('THIS_FOLDER', labels=['dog', 'rain']" in (out / "README.txt").read_text()

@@ -149,8 +149,8 @@ def test_environment_variables_expand_with_defaults(tmp_path):
      "mqtt.url: environment variable MQTT_PASSWORD is not set"),
     (MINIMAL + "[defaults]\nthreshold = 0.3\nhysteresis = 0.3\n",
      "defaults.hysteresis: must be at least 0 and below threshold 0.3, got 0.3"),
-    (MINIMAL.replace('["siren"]', '[{name = "a", hysteresis = 0.6}]'),
-     "labels[0].hysteresis: must be at least 0 and below defaults.threshold 0.5, got 0.6"),
+    (MINIMAL.replace('["siren"]', '[{name = "a", hysteresis = 0.96}]'),
+     "labels[0].hysteresis: must be at least 0 and below defaults.threshold 0.95, got 0.96"),
     (MINIMAL.replace('["siren"]', '[{name = "a", hysteresis = 0.3}]')
      + '[[sources]]\nname = "porch_cam"\nstdin = true\nthreshold = 0.25\n',
      "labels[0].hysteresis: must be at least 0 and below sources[1].threshold 0.25, got 0.3"),

@@ -87,8 +87,8 @@ def dropped(summary: str) -> int:
 def test_stream_and_one_source_monitor_give_the_same_jsonl_rows(case, tiny_checkpoint, tmp_path):
     wav, window, hop, realtime, expected, min_dbfs = case
     common = ["--input", wav, "--checkpoint", tiny_checkpoint, "--labels", ",".join(LABELS), "--window", window,
-              "--hop", hop, "--threads", "1", "--format", "jsonl", *(["--realtime"] if realtime else []),
-              *(["--min-dbfs", min_dbfs] if min_dbfs is not None else [])]
+              "--hop", hop, "--threads", "1", "--format", "jsonl", "--score", "label",
+              *(["--realtime"] if realtime else []), *(["--min-dbfs", min_dbfs] if min_dbfs is not None else [])]
     stream_rows, stream_log = cli(*common)
     monitor_rows, monitor_log = cli(*common, "--db", tmp_path / "events.sqlite")
 
@@ -136,7 +136,8 @@ def test_stream_and_monitor_report_the_same_level_the_whole_window_rms(case, tin
                config=StreamConfig(window=window, hop=hop, min_dbfs=min_dbfs))
     output = Collect()
     Monitor(MonitorConfig.single(input=str(wav), labels=LABELS, checkpoint=str(tiny_checkpoint), window=window,
-                                 hop=hop, threads=1, realtime=realtime, min_dbfs=min_dbfs), output=output).run()
+                                 hop=hop, threads=1, realtime=realtime, min_dbfs=min_dbfs, score="softmax"),
+            output=output).run()
 
     stream, results = same_windows(stream, output.results, lambda r: (round(r.t_start, 6), round(r.t_end, 6)),
                                    realtime, window, hop)

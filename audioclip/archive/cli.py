@@ -67,7 +67,12 @@ def label(
     hop: float = typer.Option(5.0, "--hop", help="Seconds between window starts."),
     out: Path = typer.Option(Path("labels"), "--out", "-o", help="Output folder."),
     events: bool = typer.Option(False, "--events", help="Write label events (the stream's hysteresis)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Probability of an event and of a Raven selection."),
+    score: str | None = typer.Option(None, "--score",
+                                     help="label: each label scored on its own (docs/scores.md); softmax: over the "
+                                          "labels given (default: label with --events, else softmax)."),
+    threshold: float | None = typer.Option(None, "--threshold",
+                                           help="Score of an event and of a Raven selection (default: the score's, "
+                                                "docs/scores.md)."),
     embeddings: bool = typer.Option(False, "--embeddings", help="Keep window embeddings (float16) for search."),
     format: str = typer.Option("parquet,csv", "--format", help="Comma-separated: parquet, csv, raven."),
     workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: one per two cores)."),
@@ -81,10 +86,13 @@ def label(
 ) -> None:
     """Label every window of every recording under PATHS into --out."""
     setup_logging(verbose=False)
+    from ..stream.scoring import check_score, default_threshold
     from .decode import find_recordings
     from .runner import LabelSettings, label_archive
 
-    spec = _spec(labels, labels_file, config, template, checkpoint, onnx, threads)
+    score = check_score(score if score is not None else "label" if events else "softmax")
+    threshold = default_threshold(score) if threshold is None else threshold
+    spec = replace(_spec(labels, labels_file, config, template, checkpoint, onnx, threads), score=score)
     spec = replace(spec, **{k: v for k, v in (("runtime", runtime), ("precision", precision)) if v is not None})
     from ..stream.backends import check_backend
 

@@ -27,7 +27,8 @@ class ModelSpec:
     """How to build the classifier, in a form a worker process can receive.
 
     ``groups``: ``[(label, [prompt, ...]), ...]``; empty for the labels a fine-tuned checkpoint or
-    export carries. ``checkpoint`` (a release name or path) or ``onnx`` (an export folder).
+    export carries. ``checkpoint`` (a release name or path) or ``onnx`` (an export folder). ``score``:
+    ``"softmax"`` or ``"label"`` (:mod:`audioclip.stream.scoring`).
     """
 
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -37,6 +38,7 @@ class ModelSpec:
     threads: int | None = None
     runtime: str | None = None  # onnxruntime (None) or openvino, for ``onnx``
     precision: str | None = None  # fp32 (None) or bf16
+    score: str = "softmax"
 
     @classmethod
     def from_labels(cls, labels: Sequence[str] | None, **kwargs) -> ModelSpec:
@@ -50,10 +52,12 @@ class ModelSpec:
     def load(self):
         """The stream's classifier (``ZeroShotClassifier`` or ``OnnxClassifier``) with prompt ensembles."""
         from ..stream.labels import load_group_classifier
+        from ..stream.scoring import score_classifier
 
-        return load_group_classifier(groups=[(name, list(p)) for name, p in self.groups], template=self.template,
-                                     checkpoint=self.checkpoint, onnx=self.onnx, threads=self.threads,
-                                     runtime=self.runtime, precision=self.precision)
+        return score_classifier(load_group_classifier(groups=[(name, list(p)) for name, p in self.groups],
+                                                      template=self.template, checkpoint=self.checkpoint,
+                                                      onnx=self.onnx, threads=self.threads,
+                                                      runtime=self.runtime, precision=self.precision), self.score)
 
 
 @dataclass

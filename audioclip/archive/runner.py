@@ -148,7 +148,8 @@ def label_archive(recordings: Sequence[Path], *, out: str | os.PathLike, spec: M
         raise ParameterError("labels", f"{{labels}}: {clash[0]!r} is a column name of the outputs; rename the label")
     store.open({"labels": labels, "model": spec.source, "template": spec.template,
                 "groups": [[name, list(p)] for name, p in spec.groups], "window": settings.window, "hop": settings.hop,
-                "events": settings.events, "threshold": settings.threshold, "embeddings": settings.embeddings},
+                "events": settings.events, "threshold": settings.threshold, "embeddings": settings.embeddings,
+                "score": spec.score},
                resume=resume)
     done = store.finished() if resume else {}
     todo = [str(p) for p in recordings if str(p) not in done]

@@ -25,6 +25,7 @@ from ..model.checkpoint import source_info
 from ..model.constants import CONTEXT_LENGTH
 from ..model.labels import ParameterError, check_template
 from ..model.labels import window_samples as check_window
+from ..stream.scoring import torch_bank, write_export_bank
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .incremental import TAIL_FILE
@@ -216,6 +217,8 @@ def export_onnx(*, checkpoint: str | os.PathLike, out: str | os.PathLike, labels
             {"labels": classifier.labels, "template": classifier.template, "logit_scale": classifier.logit_scale,
              "embedding_size": model.config.embed_dim, "sample_rate": SAMPLE_RATE,
              "window_samples": metadata["window_samples"]}, indent=2) + "\n")
+        if model.has_text:  # label scores' background bank, so that the torch-free path needs no text pass
+            files.append(write_export_bank(tmp, torch_bank(model, classifier.template), classifier.template))
         lines = trtexec_lines(files=files, precision=precision, window_samples=window_samples,
                               dynamic_length=dynamic_length, max_batch=TRT_MAX_BATCH, max_samples=60 * SAMPLE_RATE,
                               min_samples=metadata["min_samples"], opset=opset,

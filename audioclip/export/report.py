@@ -120,6 +120,8 @@ def readme_text(*, metadata: dict, files: Sequence[str], checks: Sequence[Check]
     })
     described.update({tensorrt_name(g): f"{g}, int8 in the symmetric form TensorRT takes"
                       for g in (STEM_FILE, LAYER1_FILE, *LAYER2_FILES.values(), TAIL_FILE)})
+    described["background.npz"] = ("the background bank of label scores, embedded with the template "
+                                   "(audioclip.stream.scoring)")
     described[SHARED_WEIGHTS_FILE] = "the weights the audio graphs hold alike, stored once (keep it beside them)"
     lines += [f"  {f}: {described[f]}" for f in files if f in described]
     lines += [f"  note: {n}" for n in notes]

@@ -227,8 +227,17 @@ class OnnxClassifier:
         if self.label_embeddings is None:
             logits, probs = self.session.run(["logits", "probs"], {self.input_name: x})
             return logits, probs
+        return self.logits_probs_of(self.embed(x))
+
+    def embed(self, waveform) -> np.ndarray:
+        """Normalised audio embeddings ``[B, D]`` from the audio encoder (an instance made with ``labels``)."""
+        if self.label_embeddings is None:
+            raise ValueError("this classifier runs classifier.onnx, which gives no embeddings: pass labels")
+        x = as_mono_batch(waveform, min_samples=self.min_samples, window_samples=self.window_samples)
+        if self._whole_encoders is not None:
+            return np.concatenate([self._whole_window(row).embedding for row in x])
         (embedding,) = self.session.run(["embedding"], {self.input_name: x})
-        return self.logits_probs_of(embedding)
+        return embedding
 
     def _whole_window(self, row: np.ndarray):
         """One window computed whole through the stage graphs (:class:`~audioclip.export.incremental.TailOutput`)."""

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..stream.config import StreamConfig
+from ..stream.scoring import DEFAULT_THRESHOLDS
 from .config_parse import ConfigError, Reader, expand_env, redact, split_listen
 
 if sys.version_info >= (3, 11):
@@ -84,17 +85,20 @@ _STREAM = StreamConfig()  # the stream's own defaults: [defaults] and the comman
 @dataclass(frozen=True)
 class StreamDefaults:
     """``[defaults]``: what every source and label uses unless it says otherwise; the stream's defaults
-    (:class:`~audioclip.stream.config.StreamConfig`) but for ``min_dbfs``, which a service sets."""
+    (:class:`~audioclip.stream.config.StreamConfig`) but for ``min_dbfs``, which a service sets, and
+    ``score``: a monitor scores each label on its own (``"label"``, docs/scores.md; ``"softmax"``: over the
+    label set), and its default ``threshold`` is that score's."""
 
     window: float = _STREAM.window
     hop: float = _STREAM.hop  # 0.50884 s: overlapping windows share work
     smooth: int = _STREAM.smooth
-    threshold: float = _STREAM.threshold
+    threshold: float = DEFAULT_THRESHOLDS["label"]
     hysteresis: float = _STREAM.hysteresis
     min_windows: int = _STREAM.min_windows
     min_dbfs: float | None = -90.0
     template: str = "{}"
     exact_windows: bool = _STREAM.exact_windows  # compute every window whole (else aligned hops share work)
+    score: str = "label"
 
 
 @dataclass(frozen=True)

@@ -219,9 +219,15 @@ def parse_config(cls, root: Reader, origin: str):
     defaults = StreamDefaults()
     if (r := root.table_of("defaults")) is not None:
         from ..model.labels import check_template
+        from ..stream.scoring import SCORES, default_threshold
 
         base = StreamDefaults()
-        values = {name: r.number(name, getattr(base, name)) for name in ("window", "hop", "threshold", "hysteresis")}
+        score = r.string("score", base.score)
+        if score not in SCORES:
+            raise r.error("score", f"must be one of {', '.join(map(repr, SCORES))}, got {score!r}")
+        values = {name: r.number(name, getattr(base, name)) for name in ("window", "hop", "hysteresis")}
+        values["threshold"] = r.number("threshold", default_threshold(score))
+        values["score"] = score
         values.update({name: r.whole(name, getattr(base, name)) for name in ("smooth", "min_windows")})
         values["min_dbfs"] = r.number("min_dbfs", base.min_dbfs, high=0.0)
         values["exact_windows"] = r.boolean("exact_windows", base.exact_windows)
@@ -396,7 +402,7 @@ def single(cls, *, input: str | None = None, device: str | int | None = None, la
            threads: int | None = None, runtime: str | None = None, precision: str | None = None,
            window: float | None = None, hop: float | None = None,
            smooth: int | None = None, threshold: float | None = None, hysteresis: float | None = None,
-           min_windows: int | None = None,
+           min_windows: int | None = None, score: str | None = None,
            min_dbfs: float | None = None, realtime: bool = False, loop: bool = False, name: str | None = None,
            db: str | None = None, clips: str | None = None, mqtt: str | None = None, metrics: str | None = None):
     """The one-source configuration of ``audioclip-stream``'s flags, validated like a file.
@@ -410,7 +416,8 @@ def single(cls, *, input: str | None = None, device: str | int | None = None, la
     if input is not None and device is not None:
         raise ConfigError("--device", "selects a microphone; it cannot be combined with --input", "command line")
     d: dict = {"window": window, "hop": hop, "smooth": smooth, "threshold": threshold, "hysteresis": hysteresis,
-               "min_windows": min_windows, "min_dbfs": min_dbfs, "template": "{}" if template is None else template}
+               "min_windows": min_windows, "min_dbfs": min_dbfs, "template": "{}" if template is None else template,
+               "score": score}
     source: dict = {}
     if input is None:
         source["device"], default_name = "default" if device is None else device, "microphone"
@@ -456,6 +463,7 @@ def single(cls, *, input: str | None = None, device: str | int | None = None, la
 _FLAGS = {"defaults.window": "--window", "defaults.hop": "--hop", "defaults.smooth": "--smooth",
           "defaults.threshold": "--threshold", "defaults.hysteresis": "--hysteresis",
           "defaults.min_windows": "--min-windows", "defaults.min_dbfs": "--min-dbfs", "defaults.template": "--template",
+          "defaults.score": "--score",
           "labels": "--labels", "labels.name": "--labels", "sources.name": "--name", "sources.file": "--input",
           "sources.url": "--input", "sources.device": "--device", "model.threads": "--threads",
           "model.checkpoint": "--checkpoint", "model.onnx": "--onnx", "model.runtime": "--runtime",

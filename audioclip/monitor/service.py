@@ -427,16 +427,19 @@ class Monitor:
     def _relabel(self, config: MonitorConfig):
         """A classifier over ``config``'s labels that reuses the loaded model."""
         from ..stream.labels import onnx_group_classifier, torch_group_classifier
+        from ..stream.scoring import score_classifier
 
         groups = [(label.name, label.prompts) for label in config.labels]
         if not groups:
-            return self._classifier
+            return score_classifier(self._classifier, config.defaults.score)
         if config.model.onnx is not None:
-            return onnx_group_classifier(config.model.onnx, groups, config.defaults.template,
-                                         threads=config.model.threads or 2, runtime=config.model.runtime,
-                                         precision=config.model.precision)
-        return torch_group_classifier(self._classifier.model, groups, config.defaults.template,
-                                      precision=config.model.precision)
+            classifier = onnx_group_classifier(config.model.onnx, groups, config.defaults.template,
+                                               threads=config.model.threads or 2, runtime=config.model.runtime,
+                                               precision=config.model.precision)
+        else:
+            classifier = torch_group_classifier(self._classifier.model, groups, config.defaults.template,
+                                                precision=config.model.precision)
+        return score_classifier(classifier, config.defaults.score)
 
 
 def install_signals(monitor: Monitor) -> None:

@@ -25,6 +25,7 @@ from .devices import AudioDeviceError, list_input_devices
 from .engine import StreamStats
 from .outputs import CsvWriter, JsonlWriter, LiveDisplay, summary_lines
 from .runner import check_window, event_detector, run_stream
+from .scoring import default_threshold, score_classifier, score_line
 from .sources import FileSource, MicrophoneSource, StdinSource
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -35,6 +36,11 @@ class Format(str, Enum):
     live = "live"
     jsonl = "jsonl"
     csv = "csv"
+
+
+class Score(str, Enum):
+    label = "label"
+    softmax = "softmax"
 
 
 class Runtime(str, Enum):
@@ -90,8 +96,13 @@ def stream(
                                        help="Compute every window whole (no work shared between windows)."),
     smooth: int = typer.Option(StreamConfig.smooth, "--smooth",
                                help="Average probabilities over the last N windows (1: off)."),
+    score: Score | None = typer.Option(None, "--score",
+                                       help="label: each label scored on its own (docs/scores.md); softmax: over the "
+                                            "labels given (default: label with --events or a monitor, else "
+                                            "softmax)."),
     threshold: float | None = typer.Option(None, "--threshold",
-                                              help="Event threshold on a label's prob (default 0.5)."),
+                                              help="Event threshold on a label's score (default: the score's, "
+                                                   "docs/scores.md)."),
     hysteresis: float | None = typer.Option(None, "--hysteresis",
                                                help="An event ends below threshold minus this (default 0.05)."),
     min_windows: int | None = typer.Option(None, "--min-windows",
@@ -141,14 +152,18 @@ def stream(
                                  http=http):
         _monitor(locals(), run_monitor_cli, given=_given_flags(ctx))
         return
+    score = score.value if score is not None else "label" if events else "softmax"
+    if events and threshold is None:
+        threshold = default_threshold(score)
     given = {"threshold": threshold, "hysteresis": hysteresis, "min_windows": min_windows}
     config = StreamConfig(window=window, hop=hop, smooth=smooth, events=events, min_dbfs=min_dbfs, top_k=top_k,
                           duration=duration, realtime=realtime, exact_windows=exact_windows,
                           **{name: value for name, value in given.items() if value is not None})
     source = _open_source(input, device, realtime)
     label_list = labels_from_options(labels, labels_file)
-    classifier = load_classifier(checkpoint=checkpoint, onnx=onnx, labels=label_list, template=template,
-                                 threads=threads, runtime=_value(runtime), precision=_value(precision))
+    classifier = score_classifier(load_classifier(checkpoint=checkpoint, onnx=onnx, labels=label_list,
+                                                  template=template, threads=threads,
+                                                  runtime=_value(runtime), precision=_value(precision)), score)
     config = fit_window(config, classifier, window_given=ctx.get_parameter_source("window").name != "DEFAULT")
     check_window(classifier, config)
     detector = event_detector(config, classifier.labels)
@@ -170,7 +185,7 @@ def stream(
         writer.events(closing)
     finally:
         writer.close()
-    for line in summary_lines(stats, detector):
+    for line in [*summary_lines(stats, detector), score_line(score)]:
         out.print(line, highlight=False, soft_wrap=True)
     if signal.SIGINT in _stop_signals[:1]:  # Ctrl-C; SIGTERM is a clean stop
         raise typer.Exit(INTERRUPTED_EXIT)
@@ -178,7 +193,8 @@ def stream(
 
 # the options a monitor.toml describes as well (the others: what to print, and how long)
 _MONITOR_OPTIONS = ("labels", "labels_file", "template", "checkpoint", "onnx", "input", "device", "window", "hop",
-                    "smooth", "threshold", "hysteresis", "min_windows", "min_dbfs", "realtime", "threads", "db",
+                    "smooth", "score", "threshold", "hysteresis", "min_windows", "min_dbfs", "realtime", "threads",
+                    "db",
                     "clips", "mqtt", "metrics", "loop", "runtime", "precision")
 
 
@@ -199,6 +215,7 @@ def _monitor(options: dict, run_monitor_cli, *, given: list[str]) -> None:
         flags = {k: o[k] for k in ("input", "device", "template", "onnx", "threads", "window", "hop", "smooth",
                                    "threshold", "hysteresis", "min_windows", "min_dbfs", "realtime", "loop", "db",
                                    "clips", "mqtt", "metrics")}  # None: the configuration's default
+        flags["score"] = None if o["score"] is None else o["score"].value
         flags.update(labels=label_list, checkpoint=o["checkpoint"] or "full", runtime=_value(o["runtime"]),
                      precision=_value(o["precision"]))
         for name in ("db", "clips", "onnx"):
@@ -206,7 +223,7 @@ def _monitor(options: dict, run_monitor_cli, *, given: list[str]) -> None:
     monitor = run_monitor_cli(config_path=o["config_file"], flags=flags, given=given,
                               format=o["format"].value, duration=o["duration"], top_k=o["top_k"],
                               http=o["http"], http_token=o["http_token"])
-    for line in monitor_summary(monitor):
+    for line in [*monitor_summary(monitor), score_line(monitor.config.defaults.score)]:
         errors.print(line, highlight=False, soft_wrap=True)
     if monitor.stop_signal == signal.SIGINT:  # Ctrl-C; SIGTERM is a service's clean stop
         raise typer.Exit(INTERRUPTED_EXIT)
