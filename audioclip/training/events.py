@@ -438,6 +438,7 @@ def plot_event_curves(report: EventReport, path) -> None:
               title=f"event F1 (collar {report.matching['collar_s']:g} s)")
     alarm_ax.set(xlabel="threshold", ylabel="false alarms per hour", title="false alarms per hour")
     alarm_ax.set_yscale("symlog", linthresh=1.0)
+    alarm_ax.set_ylim(bottom=0.0)
     f1_ax.legend(fontsize=7)
     fig.suptitle(f"{report.checkpoint}: {report.hours:.2f} h of audio, {report.score} scores", fontsize=10)
     fig.tight_layout()
