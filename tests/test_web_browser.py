@@ -2,10 +2,12 @@
 a running monitor that streams three of the shared clips in a loop, in real time, with the golden checkpoint and
 its HTTP server on (with a token).
 
-One monitor and one browser for the module; the tests run in order against them: the live bars move, a label
-added through the form is scored within two windows and kept in monitor.toml, an event's clip plays and a review
-survives a reload, a streamed clip finds its own moment first, a write without the token fails.
-With ``AUDIOCLIP_SCREENSHOTS=docs/img`` the tests also write the pages' screenshots there (docs/web.md).
+One monitor and one browser for the module (the slow tests); they run in order against them: the live bars move,
+a label added through the form is scored within two windows and kept in monitor.toml, an event's clip plays and a
+review survives a reload, a streamed clip finds its own moment first, a write without the token fails, a browser
+beyond loopback asks for the token once and then gets everything, the live page fits a phone. One fast test reads
+the pages' files: nothing from the network. With ``AUDIOCLIP_SCREENSHOTS=docs/img`` the slow tests also write the
+pages' screenshots there (docs/web.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import socket
 import threading
 import urllib.request
@@ -29,7 +32,8 @@ from audioclip.model.constants import SAMPLE_RATE
 
 from helpers import require, require_module, wait_until
 
-pytestmark = pytest.mark.slow
+STATIC = Path(__file__).resolve().parents[1] / "audioclip" / "web" / "static"
+PAGES = {"live": "/", "events": "/events", "labels": "/labels", "search": "/search"}
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLIPS = ("cat_3-95694-A-5.wav", "thunder_3-144891-B-19.wav", "car_horn_1-24074-A-43.wav")  # 5 s each, in this order
@@ -139,6 +143,24 @@ def screenshot(page, name: str) -> None:
         image.quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
+def test_the_pages_need_nothing_from_the_network_and_share_one_bar():
+    """Each page loads only the package's own files (no CDN, no build step: it works offline), fits a phone's
+    screen, and links the four pages in the same bar, its own marked."""
+    for name, path in PAGES.items():
+        html = (STATIC / f"{name}.html").read_text()
+        assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html, name
+        for ref in re.findall(r'(?:src|href)="([^"]*)"', html):
+            assert ref.startswith(("/", "data:")) and not ref.startswith("//"), f"{name}.html loads {ref}"
+            if ref.startswith("/static/"):
+                assert (STATIC / ref.removeprefix("/static/")).is_file(), f"{name}.html: {ref} is not in the package"
+        bar = re.search(r'<nav class="top".*?</nav>', html, re.S).group(0)
+        assert re.findall(r'href="([^"]+)"', bar) == list(PAGES.values()), name
+        assert re.findall(r'href="([^"]+)" aria-current="page"', bar) == [path], name
+    for file in STATIC.iterdir():
+        text = file.read_text()
+        assert not re.search(r"https?://|@import|url\(", text), f"{file.name} reaches for the network"
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, golden_dir, clips_dir):
     """The running monitor (``site.monitor``, its ``site.url``, ``site.toml``) and a browser (``site.browser``)."""
@@ -180,6 +202,7 @@ def stream_seconds(site) -> float:
     return 0.0 if last is None else last["t_end"]
 
 
+@pytest.mark.slow
 def test_the_live_page_bars_change_from_window_to_window(site):
     page = site.live
     page.goto(site.url + "/")
@@ -201,6 +224,7 @@ def test_the_live_page_bars_change_from_window_to_window(site):
     page.wait_for_function("Number(document.querySelector('.counters dd').textContent) >= 3")  # windows, polled
 
 
+@pytest.mark.slow
 def test_a_label_added_through_the_form_is_scored_within_two_windows_and_kept_in_monitor_toml(site):
     import tomlkit
 
@@ -234,6 +258,7 @@ def test_a_label_added_through_the_form_is_scored_within_two_windows_and_kept_in
     labels.close()
 
 
+@pytest.mark.slow
 def test_an_event_row_plays_its_clip_and_a_wrong_mark_survives_a_reload(site):
     def with_clip():
         return [e for e in get_json(f"{site.url}/api/events?limit=200")["events"] if e["clip_url"]]
@@ -272,6 +297,7 @@ def test_an_event_row_plays_its_clip_and_a_wrong_mark_survives_a_reload(site):
     page.close()
 
 
+@pytest.mark.slow
 def test_searching_with_a_streamed_clip_finds_a_moment_of_it_first(site):
     # a moment of every clip of the loop is stored once the stream has passed its end
     wait_until(lambda: stream_seconds(site) > LOOP_SECONDS + 1, 40, "the stream past the loop's end",
@@ -316,6 +342,7 @@ def test_searching_with_a_streamed_clip_finds_a_moment_of_it_first(site):
     page.close()
 
 
+@pytest.mark.slow
 def test_a_write_without_the_token_fails_from_another_address(site):
     """A second server over the same monitor on 127.0.0.2: a fresh browser (no token kept) cannot add a label."""
     from audioclip.web.app import create_app
@@ -344,6 +371,7 @@ def test_a_write_without_the_token_fails_from_another_address(site):
         thread.join(5)
 
 
+@pytest.mark.slow
 def test_from_beyond_loopback_the_page_asks_for_the_token_once_then_streams_and_plays(site):
     """Served on this machine's own network address: every request needs the token, the page asks once and sends
     it with its API calls, the live stream and its clips and images."""
@@ -375,6 +403,7 @@ def test_from_beyond_loopback_the_page_asks_for_the_token_once_then_streams_and_
         thread.join(5)
 
 
+@pytest.mark.slow
 def test_the_live_page_on_a_phone(site):
     """The live page at a phone's width: one column, every bar on screen (and its screenshot)."""
     page = site.browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
