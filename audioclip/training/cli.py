@@ -205,7 +205,7 @@ def evaluate_command(
     annotations: Path | None = typer.Option(None, "--annotations", rich_help_panel=EVENTS,
                                             help="CSV file,onset,offset,label or Raven selection tables: a file or "
                                                  "a folder of them."),
-    recordings: list[Path] | None = typer.Option(None, "--recordings", rich_help_panel=EVENTS,
+    recordings: list[Path] | None = typer.Option(None, "--recordings", rich_help_panel=EVENTS, metavar="PATH",
                                                  help="Recordings (files or folders, repeatable); default: the files "
                                                       "the annotations name, relative to their table."),
     labels: str | None = typer.Option(None, "--labels", rich_help_panel=EVENTS,
@@ -213,7 +213,7 @@ def evaluate_command(
     labels_file: Path | None = typer.Option(None, "--labels-file", rich_help_panel=EVENTS),
     onnx: Path | None = typer.Option(None, "--onnx", rich_help_panel=EVENTS, help="An audioclip-export folder "
                                                                                    "instead of --checkpoint."),
-    score: str = typer.Option("label", "--score", rich_help_panel=EVENTS,
+    score: str = typer.Option("label", "--score", rich_help_panel=EVENTS, metavar="label|softmax",
                               help="label: each label's own score; softmax: over the label set."),
     window: float = typer.Option(MONITOR.window, "--window", rich_help_panel=EVENTS),
     hop: float = typer.Option(MONITOR.hop, "--hop", rich_help_panel=EVENTS, show_default=False,
