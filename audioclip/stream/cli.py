@@ -131,6 +131,15 @@ def stream(
                                           help="The token writes and requests from beyond loopback need (or "
                                                "AUDIOCLIP_HTTP_TOKEN); needed to listen beyond loopback."),
     loop: bool = typer.Option(False, "--loop", help="Play --input FILE again at its end (the monitor)."),
+    calibrate: bool = typer.Option(False, "--calibrate",
+                                   help="Propose each label's threshold of the --config monitor from its database's "
+                                        "moments (docs/scores.md), print it and exit."),
+    alarms_per_hour: float = typer.Option(1.0, "--alarms-per-hour",
+                                          help="--calibrate's target: false alarms per hour per label and source."),
+    since: str | None = typer.Option(None, "--since", help="--calibrate on the moments since this UTC time "
+                                                           "(ISO 8601, e.g. 2026-12-01; default all)."),
+    apply: bool = typer.Option(False, "--apply", help="--calibrate: write the thresholds into the --config file "
+                                                      "(comments kept), then reload the monitor (SIGHUP)."),
     version: bool = version_option("audioclip-stream"),
 ) -> None:
     """Classify overlapping windows of live or recorded audio against text labels.
@@ -145,6 +154,13 @@ def stream(
             typer.echo(d.describe())
         if not devices:
             errors.print(NO_DEVICES_HINT, highlight=False, soft_wrap=True)
+        return
+    calibrating = {"--alarms-per-hour": ctx.get_parameter_source("alarms_per_hour").name != "DEFAULT",
+                   "--since": since is not None, "--apply": apply}
+    if calibrate or any(calibrating.values()):
+        if not calibrate:
+            raise ParameterError("calibrate", f"{next(k for k, v in calibrating.items() if v)} applies to --calibrate")
+        _calibrate(config_file, alarms_per_hour=alarms_per_hour, since=since, apply=apply)
         return
     from ..monitor.cli import run_monitor_cli, wants_monitor
 
@@ -227,6 +243,32 @@ def _monitor(options: dict, run_monitor_cli, *, given: list[str]) -> None:
         errors.print(line, highlight=False, soft_wrap=True)
     if monitor.stop_signal == signal.SIGINT:  # Ctrl-C; SIGTERM is a service's clean stop
         raise typer.Exit(INTERRUPTED_EXIT)
+
+
+def _calibrate(config_file: Path | None, *, alarms_per_hour: float, since: str | None, apply: bool) -> None:
+    """``--calibrate``: the proposal as a table (stdout), then the TOML snippet, or the thresholds applied."""
+    from ..monitor import calibrate as calibration
+    from ..monitor.config import load_config
+
+    if config_file is None:
+        raise ParameterError("calibrate", "--calibrate reads a monitor's database and labels: pass --config "
+                                          "monitor.toml")
+    proposals, history = calibration.calibrate(load_config(config_file), alarms_per_hour=alarms_per_hour,
+                                               since=since)
+    typer.echo(f"{len(history.sources)} moments, {history.hours:.2f} source-hours; target {alarms_per_hour:g} "
+               "false alarm(s) per hour (alarms on the history, assumed background but for events marked correct)")
+    typer.echo(f"{'label':20} {'now':>6} {'alarms/h':>9} {'proposed':>9} {'alarms/h':>9}  reviewed")
+    for p in proposals:
+        reviewed = f"{p.correct} correct (keeps {p.kept}), {p.wrong} wrong" if p.correct or p.wrong else "none"
+        typer.echo(f"{p.label:20} {p.current:6.3f} {p.current_alarms_per_hour:9.2f} {p.threshold:9.3f} "
+                   f"{p.alarms_per_hour:9.2f}  {reviewed}{'; ' + p.note if p.note else ''}")
+    if apply:
+        calibration.apply(config_file, proposals)
+        typer.echo(f"wrote {len(proposals)} thresholds into {config_file}; reload the monitor to use them "
+                   "(SIGHUP: systemctl reload audioclip-stream)")
+    else:
+        typer.echo("\n" + calibration.snippet(proposals, alarms_per_hour=alarms_per_hour, hours=history.hours),
+                   nl=False)
 
 
 def _open_source(input: str | None, device: str | None, realtime: bool):
