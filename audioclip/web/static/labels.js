@@ -23,7 +23,7 @@ function row(label) {
     el("td", { "data-th": "threshold", text: number(label.threshold) }),
     el("td", { "data-th": "hysteresis", text: number(label.hysteresis) }),
     el("td", { "data-th": "min windows", text: number(label.min_windows) }),
-    el("td", { "data-th": "flags" }, ...flags.map((f) => el("span", { class: `flag flag-${f.replace(" ", "-")}`, text: f }))),
+    el("td", { "data-th": "flags" }, el("span", {}, ...flags.map((f) => el("span", { class: `flag flag-${f.replace(" ", "-")}`, text: f })))),
     el("td", { "data-th": "events 24 h" },
       el("a", { href: `/events?label=${encodeURIComponent(label.name)}`, text: String(label.events_24h ?? 0) })),
     el("td", { "data-th": "marked wrong", text: wrongShare(label) }),
