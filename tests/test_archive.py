@@ -154,7 +154,8 @@ def test_kill_9_then_resume_gives_the_same_outputs(labelled, recordings, tiny_ch
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from audioclip.archive.cli import label_main; label_main()", str(recordings),
            "--labels", ",".join(LABELS), "--checkpoint", str(tiny_checkpoint), "--window", str(WINDOW),
-           "--hop", str(HOP), "--events", "--threshold", "0.34", "--embeddings", "--format", "parquet,csv,raven",
+           "--hop", str(HOP), "--events", "--score", "softmax", "--threshold", "0.34", "--embeddings", "--format",
+           "parquet,csv,raven",
            "--workers", "1", "--threads", "1", "--out", str(out), "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

@@ -170,7 +170,8 @@ def test_input_shorter_than_one_frame_is_padded_to_one_frame(tiny_checkpoint):
 
 def test_smoothing_and_events(long_clip, tiny_checkpoint):
     code, out, err = run_cli("--checkpoint", tiny_checkpoint, "--labels", ",".join(LABELS), "--input", long_clip,
-                             "--format", "jsonl", "--hop", "1", "--smooth", "3", "--events", "--threshold", "0.5")
+                             "--format", "jsonl", "--hop", "1", "--smooth", "3", "--events", "--threshold", "0.5",
+                             "--score", "softmax")
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     rows = [line for line in lines if "t_start" in line]
