@@ -5,7 +5,6 @@ The tiny model's random weights say nothing about accuracy: these tests prove th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import warnings
@@ -13,12 +12,13 @@ import warnings
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 from typer.testing import CliRunner
 
 from audioclip.model.constants import SAMPLE_RATE
-from audioclip.stream.backends import load_classifier
-from audioclip.stream.config import StreamConfig
-from audioclip.stream.scoring import score_classifier
+from audioclip.monitor.config import load_config
+from audioclip.monitor.labels import config_classifier
+from audioclip.monitor.service import label_params
 from audioclip.training.annotations import RecordingIndex, events_by_recording, read_annotations
 from audioclip.training.cli import app
 from audioclip.training.events import (
@@ -31,9 +31,10 @@ from audioclip.training.events import (
     score_curve,
     score_frame,
     stream_recording,
+    uniform_params,
 )
 
-from helpers import monitor_config, require_module, run_monitor
+from helpers import require_module, run_monitor
 
 runner = CliRunner()
 
@@ -200,10 +201,10 @@ def test_the_score_curve_thresholded_covers_what_the_monitors_events_cover():
     curve = _curve(rng, gated=(20, 21, 45))
     stamps, values = score_curve(curve)
     for t in (0.2, 0.5, 0.8, 0.95):
-        events = detect(curve, ["a", "b"], t, 0.0, 1)
+        events = detect(curve, ["a", "b"], uniform_params(2, t, 0.0, 1))
         for j, label in enumerate("ab"):
             assert _intervals(stamps, values[:, j] >= t) == _union([(on, off) for on, off, x in events if x == label])
-        stricter = detect(curve, ["a", "b"], t, 0.1, 2)
+        stricter = detect(curve, ["a", "b"], uniform_params(2, t, 0.1, 2))
         assert len(stricter) <= len(events)
 
 
@@ -218,9 +219,9 @@ def test_detect_follows_the_monitors_conventions_by_hand():
     scores[12:, 0] = 0.9
     curve = ScoreCurve("x", np.arange(n) / 2, np.arange(n) / 2 + 2, scores, np.arange(n) == 11, 8.5)
     curve.scores[11] = np.nan
-    assert detect(curve, ["a"], 0.5, 0.05, 1) == [(1.0, 4.5, "a"), (4.5, 7.5, "a"), (6.0, 8.5, "a")]
-    assert detect(curve, ["a"], 0.5, 0.05, 2) == [(1.0, 4.5, "a"), (4.5, 7.5, "a"), (6.0, 8.5, "a")]
-    assert detect(curve, ["a"], 0.5, 0.05, 3) == [(1.0, 4.5, "a")]
+    assert detect(curve, ["a"], uniform_params(1, 0.5, 0.05, 1)) == [(1.0, 4.5, "a"), (4.5, 7.5, "a"), (6.0, 8.5, "a")]
+    assert detect(curve, ["a"], uniform_params(1, 0.5, 0.05, 2)) == [(1.0, 4.5, "a"), (4.5, 7.5, "a"), (6.0, 8.5, "a")]
+    assert detect(curve, ["a"], uniform_params(1, 0.5, 0.05, 3)) == [(1.0, 4.5, "a")]
 
 
 def test_psds_of_a_perfect_and_of_a_silent_detector():
@@ -237,40 +238,90 @@ def test_psds_of_a_perfect_and_of_a_silent_detector():
     assert psds({"x": silent}, reference, ["a", "b"])["psds1"]["value"] == 0.0
 
 
+MONITOR_TOML = """
+[model]
+checkpoint = "{checkpoint}"
+
+[defaults]
+window = 1.0
+hop = 0.5
+smooth = 2
+threshold = {threshold}
+hysteresis = {hysteresis}
+min_dbfs = -60.0
+score = "label"
+
+[[labels]]
+name = "cat"
+prompts = ["cat", "meowing cat"]
+min_windows = 2
+
+[[labels]]
+name = "thunder"
+threshold = {thunder}
+hysteresis = {thunder_hysteresis}
+
+[[labels]]
+name = "rain"
+event = false
+
+[[sources]]
+name = "porch"
+file = "{wav}"
+realtime = false
+"""
+
+
+@pytest.mark.slow
 def test_the_events_equal_the_monitors_on_the_same_audio(tmp_path, tiny_checkpoint, clips_dir):
-    """The same 48 kHz stereo file through the real monitor (file source, label scores, smoothing, a quiet gap gated)
-    and through the evaluation's streaming: the same smoothed scores per window and the same events."""
+    """A 48 kHz stereo file with a silent gap (gated) through the real monitor from a monitor.toml (prompt groups,
+    smoothing, per-label threshold, hysteresis and min_windows, a label without events), through the evaluation's
+    streaming, and through ``evaluate --task events --config``: the same smoothed scores per window and the same
+    events, start and end."""
     rate = 48000
     names = ("cat_3-95694-A-5.wav", "thunder_3-144891-B-19.wav")
     clips = [sf.read(clips_dir / name, dtype="float32")[0] for name in names]
-    import soxr
-
     parts = [soxr.resample(clips[0][:3 * SAMPLE_RATE], SAMPLE_RATE, rate), np.zeros(2 * rate, np.float32),
              soxr.resample(clips[1][:4 * SAMPLE_RATE], SAMPLE_RATE, rate)]
     mono = np.concatenate(parts)
     wav = tmp_path / "porch.wav"
     sf.write(wav, np.stack([mono, 0.5 * mono], axis=1), rate, subtype="FLOAT")
-    config = StreamConfig(window=1.0, hop=0.5, smooth=2, events=True, threshold=0.5, hysteresis=0.05, min_windows=2,
-                          min_dbfs=-60.0)
-    classifier = score_classifier(load_classifier(checkpoint=tiny_checkpoint, labels=["cat", "thunder"], threads=1),
-                                  "label")
-    curve = stream_recording(wav, classifier, config)
-    threshold = float(np.nanmedian(curve.scores))  # random weights: a threshold that gives events
-    config = dataclasses.replace(config, threshold=round(threshold, 4))
-    ours_ = detect(curve, ["cat", "thunder"], config.threshold, config.hysteresis, config.min_windows)
-    assert ours_ and curve.gated.sum() >= 2
-    defaults = {"window": 1.0, "hop": 0.5, "smooth": 2, "threshold": config.threshold, "hysteresis": 0.05,
-                "min_windows": 2, "min_dbfs": -60.0, "score": "label"}
-    cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(wav), "realtime": False}],
-                         defaults=defaults, labels=[{"name": "cat"}, {"name": "thunder"}])
+    toml = tmp_path / "monitor.toml"
+    toml.write_text(MONITOR_TOML.format(checkpoint=tiny_checkpoint, wav=wav, threshold=0.5, thunder=0.5,
+                                        hysteresis=0.05, thunder_hysteresis=0.1))
+    cfg = load_config(toml)
+    classifier = config_classifier(cfg)
+    curve = stream_recording(wav, classifier, cfg.stream_config("porch"))
+    middle = np.nanmedian(curve.scores, axis=0)  # random weights: thresholds that give events
+    settings = {"threshold": float(f"{middle[0]:.3g}"), "thunder": float(f"{middle[1]:.3g}")}
+    settings.update(hysteresis=float(f"{min(middle) / 10:.3g}"), thunder_hysteresis=float(f"{middle[1] / 3:.3g}"))
+    toml.write_text(MONITOR_TOML.format(checkpoint=tiny_checkpoint, wav=wav, **settings))
+    cfg = load_config(toml)
+    ours_ = detect(curve, classifier.labels, label_params(cfg, cfg.source("porch"), 3))
+    assert {label for _, _, label in ours_} == {"cat", "thunder"} and curve.gated.sum() >= 2
+
     _, lines = run_monitor(cfg)
     windows = [x for x in lines if "t_end" in x and "probs" in x]
     assert [w["t_end"] for w in windows] == [round(t, 6) for t in curve.t_end[~curve.gated]]
-    np.testing.assert_allclose([[w["probs"][k] for k in ("cat", "thunder")] for w in windows],
+    np.testing.assert_allclose([[w["probs"][k] for k in ("cat", "thunder", "rain")] for w in windows],
                                curve.scores[~curve.gated], atol=1e-6)
-    ends = [x for x in lines if x.get("event") == "end"]
-    theirs = sorted((x["start_s"], x["end_s"], x["label"]) for x in ends)
+    theirs = sorted((x["start_s"], x["end_s"], x["label"]) for x in lines if x.get("event") == "end")
     assert theirs == [(round(on, 6), round(off, 6), label) for on, off, label in ours_]
+
+    (tmp_path / "events.csv").write_text("file,onset,offset,label\nporch.wav,0.5,3.0,cat\nporch.wav,5.0,9.0,thunder\n"
+                                         "porch.wav,5.0,9.0,rain\n")
+    result = runner.invoke(app, ["evaluate", "--task", "events", "--config", str(toml), "--annotations",
+                                 str(tmp_path / "events.csv"), "--output", str(tmp_path / "r.json"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted((d["onset"], d["offset"], d["label"]) for d in report["detections"]) == theirs
+    assert report["labels"] == ["cat", "thunder"] and report["annotations"]["ignored"] == {"rain": 1}
+    assert report["stream"]["min_windows"] == {"cat": 2, "thunder": 1}
+    assert report["stream"]["hysteresis"] == {"cat": settings["hysteresis"], "thunder": settings["thunder_hysteresis"]}
+    result = runner.invoke(app, ["evaluate", "--task", "events", "--config", str(toml), "--annotations",
+                                 str(tmp_path / "events.csv"), "--window", "2"])
+    one_line_error(result.exit_code, result.output, "--config supplies the model, labels and stream settings: "
+                                                    "leave out --window")
 
 
 # -- annotations and the command ------------------------------------------------------------------------
@@ -342,6 +393,7 @@ def evaluate(soundscape, tiny_checkpoint, annotations, out, *extra):
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_a_soundscape_end_to_end_through_the_command(soundscape, tiny_checkpoint, tmp_path):
     """CSV and Raven annotations of the same soundscape give the same report; its counts agree with its own
     detections, its false alarms per hour with its hours, its chosen thresholds with the budget; --plot draws."""

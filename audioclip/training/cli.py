@@ -211,6 +211,12 @@ def evaluate_command(
     labels: str | None = typer.Option(None, "--labels", rich_help_panel=EVENTS,
                                       help="Comma-separated labels (default: the annotations' labels)."),
     labels_file: Path | None = typer.Option(None, "--labels-file", rich_help_panel=EVENTS),
+    config_file: Path | None = typer.Option(None, "--config", rich_help_panel=EVENTS,
+                                            help="Evaluate a monitor.toml as the monitor runs it: its model, labels "
+                                                 "(prompts, per-label thresholds, hysteresis, min_windows, events) "
+                                                 "and stream settings, those of --source."),
+    source: str | None = typer.Option(None, "--source", rich_help_panel=EVENTS,
+                                      help="With --config: the source whose settings apply (default: its only one)."),
     onnx: Path | None = typer.Option(None, "--onnx", rich_help_panel=EVENTS, help="An audioclip-export folder "
                                                                                    "instead of --checkpoint."),
     score: str = typer.Option("label", "--score", rich_help_panel=EVENTS, metavar="label|softmax",
@@ -290,14 +296,15 @@ def evaluate_command(
         console.print(f"confusion matrix: {png}")
 
 
-EVENT_OPTIONS = ("annotations", "recordings", "labels", "labels_file", "checkpoint", "onnx", "template", "score",
-                 "window", "hop", "smooth", "threshold", "hysteresis", "min_windows", "min_dbfs", "exact_windows",
-                 "collar", "offset_share", "onsets_only", "alarms_per_hour", "threads", "report_path", "plot", "quiet")
+EVENT_OPTIONS = ("annotations", "recordings", "labels", "labels_file", "config_file", "source", "checkpoint", "onnx",
+                 "template", "score", "window", "hop", "smooth", "threshold", "hysteresis", "min_windows", "min_dbfs",
+                 "exact_windows", "collar", "offset_share", "onsets_only", "alarms_per_hour", "threads", "report_path",
+                 "plot", "quiet")
 
 
 def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings: list[Path] | None, labels,
-                     labels_file,
-                     checkpoint: str, onnx: Path | None, template: str | None, score: str, threshold: float | None,
+                     labels_file, config_file: Path | None, source: str | None, checkpoint: str, onnx: Path | None,
+                     template: str | None, score: str, threshold: float | None,
                      collar: float | None, offset_share: float, onsets_only: bool, alarms_per_hour: float | None,
                      threads: int | None, report_path: Path | None, plot: bool, quiet: bool, **stream) -> None:
     """``--task events``: read the annotations, stream the recordings, write the report (:mod:`.events`)."""
@@ -319,25 +326,35 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
         raise ValueError(f"--offset-share must be between 0 and 1, got {offset_share:g}")
     if alarms_per_hour is not None and not alarms_per_hour >= 0:
         raise ValueError(f"--alarms-per-hour must be at least 0, got {alarms_per_hour:g}")
-    config = StreamConfig(events=True, threshold=default_threshold(score) if threshold is None else threshold,
-                          **stream)
     table = read_annotations(annotations)
-    given = labels_from_options(labels, labels_file)
-    label_list = given or sorted({a.label for a in table.events})
-    if not label_list:
-        raise ValueError(f"{annotations}: no annotated events and no --labels: nothing to evaluate")
     folders = [p for p in recordings or [] if p.is_dir()]
     index = RecordingIndex(find_recordings(recordings) if recordings else None, folders)
-    references, counts = events_by_recording(table, index, label_list)
-    counts["unannotated_recordings"] = sum(1 for events in references.values() if not events)
-    classifier = load_classifier(checkpoint=None if onnx else checkpoint, onnx=onnx, labels=label_list,
-                                 template=template, threads=threads)
-    classifier = score_classifier(classifier, score)
-    config = fit_window(config, classifier, window_given=ctx.get_parameter_source("window").name != "DEFAULT")
+    if config_file is not None:
+        given = [f"--{name.replace('_', '-')}" for name in (*CONFIGURED, "checkpoint", "threads")
+                 if ctx.get_parameter_source(name).name != "DEFAULT"]
+        if given:
+            raise ValueError(f"--config supplies the model, labels and stream settings: leave out {', '.join(given)}")
+        classifier, config, params, name, score = _configured(config_file, source)
+        label_list = [label for label, on in zip(classifier.labels, params.event) if on]
+        references, counts = events_by_recording(table, index, label_list)
+    else:
+        if source is not None:
+            raise ValueError("--source picks a source of --config")
+        config = StreamConfig(events=True, threshold=default_threshold(score) if threshold is None else threshold,
+                              **stream)
+        label_list = labels_from_options(labels, labels_file) or sorted({a.label for a in table.events})
+        if not label_list:
+            raise ValueError(f"{annotations}: no annotated events and no --labels: nothing to evaluate")
+        references, counts = events_by_recording(table, index, label_list)
+        classifier = load_classifier(checkpoint=None if onnx else checkpoint, onnx=onnx, labels=label_list,
+                                     template=template, threads=threads)
+        classifier = score_classifier(classifier, score)
+        config = fit_window(config, classifier, window_given=ctx.get_parameter_source("window").name != "DEFAULT")
+        params, name = None, str(onnx) if onnx else checkpoint
     check_window(classifier, config)
+    counts["unannotated_recordings"] = sum(1 for events in references.values() if not events)
     root = folders[0] if folders else (annotations if annotations.is_dir() else annotations.parent)
-    name = str(onnx) if onnx else checkpoint
-    report = evaluate_events(references=references, classifier=classifier, config=config,
+    report = evaluate_events(references=references, classifier=classifier, config=config, params=params,
                              matching=Matching(config.window if collar is None else collar, offset_share,
                                                offsets=not onsets_only),
                              alarms_per_hour=alarms_per_hour, progress=not quiet, name=name, score=score,
@@ -351,6 +368,33 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
         png = report_path.with_suffix(".png")
         plot_event_curves(report, png)
         console.print(f"threshold sweep: {png}")
+
+
+CONFIGURED = ("labels", "labels_file", "onnx", "template", "score", "window", "hop", "smooth", "threshold",
+              "hysteresis", "min_windows", "min_dbfs", "exact_windows")
+"""The options a monitor.toml given with --config supplies."""
+
+
+def _configured(path: Path, source: str | None):
+    """``(classifier, stream config, label params, model name, score)`` of the monitor.toml ``path`` for ``source``,
+    built by the monitor's own functions."""
+    from ..monitor.config import load_config
+    from ..monitor.labels import config_classifier
+    from ..monitor.service import label_params
+
+    monitor = load_config(path)
+    sources = monitor.enabled_sources
+    if source is None and len(sources) != 1:
+        raise ValueError(f"{path} has {len(sources)} enabled sources: pick the one whose settings apply with --source "
+                         f"({', '.join(s.name for s in sources)})")
+    try:
+        chosen = monitor.source(source) if source is not None else sources[0]
+    except KeyError as e:
+        raise ValueError(f"--source: {e.args[0]}") from None
+    classifier = config_classifier(monitor)
+    params = label_params(monitor, chosen, len(classifier.labels))
+    name = f"onnx:{monitor.model.onnx}" if monitor.model.onnx is not None else str(monitor.model.checkpoint)
+    return classifier, monitor.stream_config(chosen), params, name, monitor.defaults.score
 
 
 def _render_events(report) -> None:
@@ -371,9 +415,15 @@ def _render_events(report) -> None:
     console.print(table)
     s, m = report.stream, report.matching
     offsets = f"offsets within max({m['collar_s']:g} s, {m['offset_share']:.0%})" if m["offsets"] else "onsets only"
-    console.print(f"at threshold {', '.join(f'{v:g}' for v in sorted(set(s['threshold'].values())))}, hysteresis "
-                  f"{s['hysteresis']:g}, min_windows {s['min_windows']}, window {s['window']:g} s, hop {s['hop']:g} s; "
-                  f"onsets within {m['collar_s']:g} s, {offsets}")
+    settings = {label: (s["threshold"][label], s["hysteresis"][label], s["min_windows"][label])
+                for label in s["threshold"]}
+    if len(set(settings.values())) == 1:
+        events = "at threshold {:g}, hysteresis {:g}, min_windows {}".format(*next(iter(settings.values())))
+    else:
+        events = "at threshold / hysteresis / min_windows " + ", ".join(
+            f"{label} {t:g} / {h:g} / {w}" for label, (t, h, w) in settings.items())
+    console.print(f"{events}; window {s['window']:g} s, hop {s['hop']:g} s; onsets within {m['collar_s']:g} s, "
+                  f"{offsets}")
     picks = {**report.chosen["per_label"], "overall (one threshold)": report.chosen["overall"]}
     console.print(f"chosen thresholds ({report.chosen['rule']}): " + "; ".join(
         f"{label} none within the budget" if p is None else

@@ -18,6 +18,7 @@ the model. PSDS comes from sed_scores_eval over each recording's score curve (:f
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -30,13 +31,15 @@ import numpy as np
 
 from ..archive.decode import RecordingSource
 from ..model.constants import SAMPLE_RATE
+from ..monitor.config import LabelParams
+from ..monitor.pipeline import detectors_for
 from ..stream.backends import shortest_window
 from ..stream.buffer import Window
 from ..stream.config import StreamConfig
 from ..stream.engine import level_db, window_result
 from ..stream.feed import WindowFeed
 from ..stream.incremental import window_scorer
-from ..stream.postprocess import EventDetector, Smoother
+from ..stream.postprocess import Smoother
 from .evaluate import progress_bar
 
 log = logging.getLogger(__name__)
@@ -119,27 +122,34 @@ def stream_recording(path: Path, classifier, config: StreamConfig, *, name: str 
 
 # -- events, as the monitor marks them ------------------------------------------------------------------
 
-def detect(curve: ScoreCurve, labels: Sequence[str], threshold: float | Sequence[float], hysteresis: float,
-           min_windows: int) -> Events:
-    """The events a monitor source raises on ``curve``'s windows, sorted."""
-    detector = EventDetector(labels, threshold, hysteresis, min_windows=min_windows)
-    starts: dict[float, float] = {}  # a classified window's end -> its start (the detector reports ends)
+def uniform_params(n: int, threshold: float, hysteresis: float, min_windows: int) -> LabelParams:
+    """The same event settings for ``n`` labels, every one raising events."""
+    return LabelParams(thresholds=np.full(n, float(threshold)), hysteresis=np.full(n, float(hysteresis)),
+                       min_windows=np.full(n, min_windows, np.int64), event=np.ones(n, bool),
+                       privacy=np.zeros(n, bool))
+
+
+def detect(curve: ScoreCurve, labels: Sequence[str], params: LabelParams) -> Events:
+    """The events a monitor source with ``labels`` and their ``params`` (the monitor's detectors,
+    :func:`~audioclip.monitor.pipeline.detectors_for`) raises on ``curve``'s windows, sorted."""
+    detectors = detectors_for(list(labels), params)
+    starts: dict[float, float] = {}  # a classified window's end -> its start (the detectors report ends)
     opened: dict[str, float] = {}
     events: Events = []
     last = None
     for t_start, t_end, scores, gated in zip(curve.t_start, curve.t_end, curve.scores, curve.gated):
         if gated:
-            changes = detector.quiet(t_end)
+            changes = [e for d in detectors for e in d.quiet(t_end)]
         else:
             starts[t_end] = t_start
-            changes = detector.update(t_end, scores)
+            changes = [e for d in detectors for e in d.update(t_end, scores)]
             last = t_end
         for e in changes:
             if e.kind == "start":
                 opened[e.label] = starts[e.t]
             else:
                 events.append((opened.pop(e.label), e.t, e.label))
-    for e in detector.close(last) if last is not None else []:
+    for e in [e for d in detectors for e in d.close(last)] if last is not None else []:
         events.append((opened.pop(e.label), e.t, e.label))
     return sorted(events)
 
@@ -284,14 +294,17 @@ class EventReport:
 
 
 def evaluate_events(*, references: dict[Path, Events], classifier, config: StreamConfig, matching: Matching,
-                    thresholds: Sequence[float] | None = None, alarms_per_hour: float | None = None,
+                    params: LabelParams | None = None, alarms_per_hour: float | None = None,
                     progress: bool = True, name: str = "", score: str = "", annotations: dict | None = None,
                     root: Path | None = None) -> EventReport:
-    """Stream every recording in ``references`` (its annotated events, labels among ``classifier.labels``) and
-    evaluate the events at ``thresholds`` (one per label; None: ``config.threshold``) with ``config``'s hysteresis
-    and ``min_windows``. ``root``: recordings are named relative to it in the report."""
-    labels = list(classifier.labels)
-    thresholds = [config.threshold] * len(labels) if thresholds is None else [float(t) for t in thresholds]
+    """Stream every recording in ``references`` (its annotated events, of the labels that raise events) and
+    evaluate the events ``classifier``'s labels raise with ``params`` (per label, as a monitor's; None:
+    ``config``'s threshold, hysteresis and ``min_windows`` for every label). ``root``: recordings are named
+    relative to it in the report."""
+    scored = list(classifier.labels)
+    if params is None:
+        params = uniform_params(len(scored), config.threshold, config.hysteresis, config.min_windows)
+    labels = [label for label, on in zip(scored, params.event) if on]  # the labels that raise events
     eval_libraries()  # fail before the model's work, not after
     names = {path: _name(path, root) for path in references}
     reference = {names[p]: events for p, events in references.items()}
@@ -304,20 +317,24 @@ def evaluate_events(*, references: dict[Path, Events], classifier, config: Strea
             bar.update(task, advance=1, audio=f"{seconds:.0f} s")
     hours = sum(c.seconds for c in curves.values()) / 3600.0
 
-    def run(threshold) -> dict[str, Events]:
-        return {n: detect(c, labels, threshold, config.hysteresis, config.min_windows) for n, c in curves.items()}
+    def run(thresholds: np.ndarray) -> dict[str, Events]:
+        at = dataclasses.replace(params, thresholds=thresholds)
+        return {n: detect(c, scored, at) for n, c in curves.items()}
 
-    detected = run(thresholds)
+    detected = run(params.thresholds)
     counts = Counts.of(labels, reference, detected, matching)
-    grid = sorted({t for t in SWEEP + tuple(thresholds) if config.hysteresis < t < 1.0})
-    swept = [Counts.of(labels, reference, run(t), matching) for t in grid]
+    given = tuple(float(t) for t, on in zip(params.thresholds, params.event) if on)
+    lowest = float(params.hysteresis[params.event].max(initial=0.0))
+    grid = sorted({t for t in SWEEP + given if lowest < t < 1.0})
+    swept = [Counts.of(labels, reference, run(np.full(len(scored), t)), matching) for t in grid]
     per_label = [[c.metrics(hours)[i] for c in swept] for i in range(len(labels))]
     overall = [c.overall(hours) for c in swept]
     return EventReport(
         checkpoint=name, score=score, labels=labels,
-        stream={"window": config.window, "hop": config.hop, "smooth": config.smooth,
-                "threshold": dict(zip(labels, thresholds)), "hysteresis": config.hysteresis,
-                "min_windows": config.min_windows, "min_dbfs": config.min_dbfs},
+        stream={"window": config.window, "hop": config.hop, "smooth": config.smooth, "min_dbfs": config.min_dbfs,
+                **{key: {label: value.item() for label, value, on in zip(scored, column, params.event) if on}
+                   for key, column in (("threshold", params.thresholds), ("hysteresis", params.hysteresis),
+                                       ("min_windows", params.min_windows))}},
         matching={"collar_s": matching.collar, "offsets": matching.offsets, "offset_share": matching.offset_share,
                   "as": "sed_eval EventBasedMetrics (optimal matching)"},
         recordings=[{"file": n, "seconds": round(c.seconds, 6), "windows": int(len(c.t_end)),
@@ -325,7 +342,7 @@ def evaluate_events(*, references: dict[Path, Events], classifier, config: Strea
                     for n, c in curves.items()],
         hours=hours, annotations=annotations or {},
         at_threshold={"per_label": dict(zip(labels, counts.metrics(hours))), "overall": counts.overall(hours)},
-        psds=psds(curves, reference, labels),
+        psds=psds(curves, reference, scored, labels),
         sweep={"thresholds": grid, "per_label": {label: _columns(rows) for label, rows in zip(labels, per_label)},
                "overall": _columns(overall)},
         chosen={"rule": ("best F1" if alarms_per_hour is None else
@@ -336,11 +353,14 @@ def evaluate_events(*, references: dict[Path, Events], classifier, config: Strea
         detections=_detections(reference, detected, matching))
 
 
-def psds(curves: dict[str, ScoreCurve], reference: dict[str, Events], labels: list[str]) -> dict:
-    """Both DCASE PSDS scenarios (:data:`PSDS_SCENARIOS`) over the labels with annotated events, from each
-    recording's :func:`score_curve`, with sed_scores_eval; per label too."""
+def psds(curves: dict[str, ScoreCurve], reference: dict[str, Events], labels: list[str],
+         evaluated: list[str] | None = None) -> dict:
+    """Both DCASE PSDS scenarios (:data:`PSDS_SCENARIOS`) over the labels (of ``evaluated``, None: all the curves'
+    ``labels``) with annotated events, from each recording's :func:`score_curve`, with sed_scores_eval; per label
+    too."""
     _, sed_scores_eval = eval_libraries()
-    present = [label for label in labels if any(e[2] == label for events in reference.values() for e in events)]
+    present = [label for label in evaluated or labels
+               if any(e[2] == label for events in reference.values() for e in events)]
     out: dict = {"labels": present, "max_efpr_per_hour": MAX_EFPR}
     if not present:
         return {**out, **{k: None for k in PSDS_SCENARIOS}}
