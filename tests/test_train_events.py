@@ -416,9 +416,10 @@ def test_a_soundscape_end_to_end_through_the_command(soundscape, tiny_checkpoint
     assert overall["tp"] == sum(d["matched"] for d in report["detections"])
     assert overall["alarms_per_hour"] == pytest.approx(overall["fp"] / report["hours"])
     sweep = report["sweep"]
-    assert sweep["thresholds"] == sorted(sweep["thresholds"]) and 0.5 in sweep["thresholds"]
-    i = sweep["thresholds"].index(0.5)
-    assert {k: sweep["overall"][k][i] for k in overall} == overall  # the sweep's point at 0.5 is the report's
+    (given,) = set(report["stream"]["threshold"].values())  # the label score's starting threshold
+    assert sweep["thresholds"] == sorted(sweep["thresholds"]) and given in sweep["thresholds"]
+    i = sweep["thresholds"].index(given)
+    assert {k: sweep["overall"][k][i] for k in overall} == overall  # the sweep's point there is the report's
     assert sweep["overall"]["detected"][0] >= sweep["overall"]["detected"][-1]
     for chosen in report["chosen"]["per_label"].values():
         assert chosen is None or chosen["alarms_per_hour"] <= 120
