@@ -9,7 +9,9 @@ Its access log is off: the live stream's URL may carry the token.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import socket
 import threading
 from datetime import datetime, timezone
@@ -27,6 +29,8 @@ class WebServer:
     """Serves :func:`~audioclip.web.app.create_app` over ``monitor`` on ``http.listen`` until :meth:`close`."""
 
     def __init__(self, monitor, http: HttpConfig):
+        if not http.token and os.environ.get(HTTP_TOKEN_ENV):  # as the command line takes it (with_http)
+            http = dataclasses.replace(http, token=os.environ[HTTP_TOKEN_ENV])
         if not http.loopback and not http.token:
             raise ConfigError("http.listen", f"{http.listen} is reachable beyond this machine: set a token "
                                              f"([http] token, --http-token or {HTTP_TOKEN_ENV}) or listen on "

@@ -6,8 +6,8 @@ are the stream's (``FRAME_LENGTH`` samples every ``HOP_LENGTH``), without a wind
 
 :class:`LiveSpectrogram` keeps the last ``seconds`` of one source's dB frames while a page listens: the
 source's reading thread only copies its audio in (:meth:`~LiveSpectrogram.tap`); :meth:`~LiveSpectrogram.update`
-computes the new frames, every other frame of the model's (a second of audio is 39 frames: about 1/120 of a
-5-s window's work).
+computes the new frames: every other frame of the model's and every third bin (a second of audio is 39 frames of
+341 bins: about 1/360 of a 5-s window's work).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ PALETTE = np.stack([np.interp(np.linspace(0, len(_ANCHORS) - 1, 256), np.arange(
 
 
 class FrontEnd:
-    """dB of FBSP frames with the classifier's model: ``db(frames [n, FRAME_LENGTH]) -> [BINS, n]`` (low bins first).
+    """dB of FBSP frames with the classifier's model: ``db(frames [n, FRAME_LENGTH]) -> [BINS, n]`` (low bins first);
+    ``db(frames, every=3)``: every third bin only, ``[BINS // 3, n]`` (a third of the transform's work on PyTorch).
 
     ``classifier``: the monitor's, a PyTorch :class:`~audioclip.model.ZeroShotClassifier` (``.model``) or an
     :class:`~audioclip.export.runtime.OnnxClassifier` (its export's ``incremental_front.onnx``); a
@@ -44,6 +45,7 @@ class FrontEnd:
 
     def __init__(self, classifier):
         self._lock = threading.Lock()
+        self._kernels: dict[int, tuple] = {}  # every -> (the model's kernel, its rows of every other bin)
         model = getattr(classifier, "model", None)
         if model is not None and hasattr(model, "audio"):
             self._audio, self._graphs = model.audio, None
@@ -56,18 +58,29 @@ class FrontEnd:
         else:
             raise ValueError(f"{type(classifier).__name__} has no FBSP front end to show")
 
-    def db(self, frames: np.ndarray) -> np.ndarray:
+    def db(self, frames: np.ndarray, every: int = 1) -> np.ndarray:
         if not len(frames):
-            return np.zeros((BINS, 0), np.float32)
+            return np.zeros((len(range(0, BINS, every)), 0), np.float32)
         with self._lock:
             if self._graphs is not None:
                 from ..export.incremental import FRONT_FILE, to_reference_scale
 
                 (db,) = self._graphs.run(FRONT_FILE, to_reference_scale(frames)[None])
-                return db.reshape(BINS, -1)
-            return self._torch_db(frames)
+                return db.reshape(BINS, -1)[::every]
+            return self._torch_db(frames, every)
 
-    def _torch_db(self, frames: np.ndarray) -> np.ndarray:
+    def _kernel(self, every: int):
+        """The transform's rows of every ``every``-th bin (real rows, then imaginary), remade if the weights change."""
+        import torch
+
+        kernel = self._audio.fbsp_kernel()
+        cached = self._kernels.get(every)
+        if cached is None or cached[0] is not kernel:
+            rows = torch.arange(0, BINS, every)
+            cached = self._kernels[every] = (kernel, kernel[torch.cat((rows, rows + BINS))].contiguous())
+        return cached[1]
+
+    def _torch_db(self, frames: np.ndarray, every: int) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
@@ -75,19 +88,20 @@ class FrontEnd:
 
         audio = self._audio
         with torch.inference_mode():
-            kernel = audio.fbsp_kernel()
+            kernel = audio.fbsp_kernel() if every == 1 else self._kernel(every)
             x = to_reference_scale(torch.from_numpy(np.array(frames, np.float32)))  # a copy: frames is a view
             pad = (N_FFT - FRAME_LENGTH) // 2
             framed = F.pad(x * audio.window, (pad, N_FFT - FRAME_LENGTH - pad))
-            re, im = F.linear(framed, kernel).chunk(2, dim=-1)  # [n, 1023] each
+            re, im = F.linear(framed, kernel).chunk(2, dim=-1)  # [n, bins] each
             power = re * re + im * im
             power = torch.where(power > 0.0, power, torch.full_like(power, LOG10_FLOOR))
             return (10.0 * torch.log10(power)).T.contiguous().numpy()
 
 
 LIVE_STEP = 2 * HOP_LENGTH
-"""The live spectrogram shows every other frame of the model's (25.4 ms apart): half the work, and a 10-s image
-of 393 columns, about the width a page gives it."""
+"""The live spectrogram shows every other frame of the model's (25.4 ms apart) and every third bin (341 of 1023):
+a sixth of the work, and a 10-s image of 393 x 341 pixels, about what a page gives it."""
+LIVE_EVERY = 3
 
 
 def frames_of(audio: np.ndarray, step: int = HOP_LENGTH) -> np.ndarray:
@@ -98,8 +112,11 @@ def frames_of(audio: np.ndarray, step: int = HOP_LENGTH) -> np.ndarray:
 
 
 def render_png(db: np.ndarray, *, width: int | None = None) -> bytes:
-    """dB bands ``[BINS, frames]`` as a PNG: time left to right, low bins at the bottom, three bins per row."""
-    rows = db[: BINS // 3 * 3].reshape(BINS // 3, 3, -1).max(axis=1)[::-1]  # 341 rows, highest bins on top
+    """dB ``[BINS, frames]`` (three bins per row: their loudest) or ``[BINS // 3, frames]`` (every third bin) as a
+    PNG of 341 rows: time left to right, low bins at the bottom."""
+    if len(db) == BINS:
+        db = db.reshape(BINS // 3, 3, -1).max(axis=1)
+    rows = db[::-1]  # highest bins on top
     if width is not None and rows.shape[1] > width:  # long clips: the loudest of each group of columns
         step = int(np.ceil(rows.shape[1] / width))
         cut = rows.shape[1] // step * step
@@ -121,7 +138,7 @@ class LiveSpectrogram:
     def __init__(self, front: FrontEnd, seconds: float = 10.0):
         self.front = front
         self.frames = int(round(seconds * SAMPLE_RATE / LIVE_STEP))
-        self.db = np.full((BINS, 0), -np.inf, np.float32)
+        self.db = np.full((len(range(0, BINS, LIVE_EVERY)), 0), -np.inf, np.float32)
         self.version = 0
         self._pending: list[np.ndarray] = []
         self._carry = np.zeros(0, np.float32)  # samples after the last whole frame's start
@@ -148,7 +165,7 @@ class LiveSpectrogram:
         parts = [self._carry]
         for block in pending:
             if block is None:  # a gap (or audio from before the page left): start afresh
-                parts, self.db = [], np.full((BINS, 0), -np.inf, np.float32)
+                parts, self.db = [], self.db[:, :0]
             else:
                 parts.append(block)
         audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
@@ -156,7 +173,7 @@ class LiveSpectrogram:
         self._carry = audio[len(frames) * LIVE_STEP:] if len(frames) else audio
         if not len(frames):
             return False
-        new = self.front.db(frames[-self.frames:])
+        new = self.front.db(frames[-self.frames:], LIVE_EVERY)
         self.db = np.concatenate((self.db, new), axis=1)[:, -self.frames:]
         self.version += 1
         return True
