@@ -4,9 +4,10 @@ its events matched against the annotations (:mod:`.annotations`).
 A recording goes through the monitor's own pieces, in its order: a
 :class:`~audioclip.stream.feed.WindowFeed` (mixdown, resampling, windows), the ``min_dbfs`` gate on a
 window's level, the source's incremental scorer (:func:`~audioclip.stream.incremental.window_scorer`) or
-the classifier, :func:`~audioclip.stream.engine.window_result` (smoothing) and, for events, an
-:class:`~audioclip.stream.postprocess.EventDetector` replayed over the smoothed scores with the monitor's
-conventions (:class:`~audioclip.monitor.pipeline.SourcePipeline`): an event starts at the start of the
+the classifier, :func:`~audioclip.stream.engine.window_result` (smoothing) and, for events, the monitor's
+detectors (:func:`~audioclip.monitor.pipeline.detectors_for`, per-label thresholds, hysteresis and
+``min_windows``) replayed over the smoothed scores with the monitor's conventions
+(:class:`~audioclip.monitor.pipeline.SourcePipeline`): an event starts at the start of the
 first window of its streak and ends at the end of the window that ended it (below ``threshold -
 hysteresis``, or gated), or at the end of the last classified window when the recording ends.
 
@@ -305,6 +306,8 @@ def evaluate_events(*, references: dict[Path, Events], classifier, config: Strea
     if params is None:
         params = uniform_params(len(scored), config.threshold, config.hysteresis, config.min_windows)
     labels = [label for label, on in zip(scored, params.event) if on]  # the labels that raise events
+    if not labels:
+        raise ValueError("none of the labels raises events (event = false for all): nothing to evaluate")
     eval_libraries()  # fail before the model's work, not after
     names = {path: _name(path, root) for path in references}
     reference = {names[p]: events for p, events in references.items()}
