@@ -11,6 +11,10 @@ wall time) and drops, after a warm-up that is not counted. Examples:
         --hops 1.0 0.5 --seconds 40
     python benchmarks/monitor.py --onnx /tmp/golden_export --minutes 10 --sources 4   # soak
     python benchmarks/monitor.py --onnx /tmp/golden_export --batch   # one call for several windows?
+    python benchmarks/monitor.py --onnx /tmp/golden_export --runtime openvino --precision bf16 --hops 1.01769
+
+``--runtime`` and ``--precision`` are the ``[model]`` keys (bf16: OpenVINO at a precision the export
+verified, or PyTorch through autocast); the CPU's flags are printed first.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ def source_files(n: int, clips: Path, folder: Path) -> list[Path]:
 
 
 def config_for(n: int, hop: float, args, kind: str, folder: Path) -> MonitorConfig:
-    model = {"checkpoint": args.checkpoint} if kind == "torch" else {"onnx": args.onnx}
+    model = {"checkpoint": args.checkpoint} if kind == "torch" else {"onnx": args.onnx, "runtime": args.runtime}
+    model["precision"] = args.precision
     if args.threads is not None:
         model["threads"] = args.threads
     sources = [{"name": p.stem, "file": str(p), "loop": True} for p in source_files(n, args.clips, folder)]
@@ -219,6 +224,10 @@ def main() -> None:
     parser.add_argument("--batch", action="store_true", help="time batches of 1-4 windows instead (no monitor)")
     parser.add_argument("--repeats", type=int, default=10, help="--batch: calls per batch size")
     parser.add_argument("--clips", type=Path, default=SHARED_AUDIO)
+    parser.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                        help="what runs --onnx ([model] runtime)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="[model] precision: bf16 on OpenVINO (as the export verified it) or PyTorch (autocast)")
     args = parser.parse_args()
     backends = ([("torch", args.checkpoint)] if args.checkpoint else []) + ([("onnx", args.onnx)] if args.onnx else [])
     if not backends:
@@ -227,7 +236,10 @@ def main() -> None:
         parser.error("the soak takes one backend and --minutes of at least 2")
     if not sorted(args.clips.glob("*.wav")):
         parser.error(f"--clips {args.clips}: no .wav files there")
-    print(f"{os.cpu_count()} cores; load average {_loadavg()} before loading a model")
+    from audioclip.export.openvino import cpu_description
+
+    print(f"{cpu_description()}; load average {_loadavg()} before loading a model")
+    print(f"runtime {args.runtime if args.onnx else '-'}, precision {args.precision}")
     with tempfile.TemporaryDirectory() as tmp:
         for kind, _ in backends:
             classifier = classifier_for(kind, args, Path(tmp))
