@@ -322,6 +322,9 @@ def test_the_events_equal_the_monitors_on_the_same_audio(tmp_path, tiny_checkpoi
                                  str(tmp_path / "events.csv"), "--window", "2"])
     one_line_error(result.exit_code, result.output, "--config supplies the model, labels and stream settings: "
                                                     "leave out --window")
+    result = runner.invoke(app, ["evaluate", "--task", "events", "--config", str(toml), "--annotations",
+                                 str(tmp_path / "events.csv"), "--source", "garden"])
+    one_line_error(result.exit_code, result.output, "--source: no source named 'garden'; sources: porch")
 
 
 # -- annotations and the command ------------------------------------------------------------------------

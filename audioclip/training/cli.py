@@ -314,7 +314,7 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
     from ..stream.runner import check_window
     from ..stream.scoring import check_score, default_threshold, score_classifier
     from .annotations import RecordingIndex, events_by_recording, read_annotations
-    from .events import Matching, eval_libraries, evaluate_events, plot_event_curves
+    from .events import Matching, eval_libraries, evaluate_events, monitor_setup, plot_event_curves
 
     if annotations is None:
         raise ValueError("--task events needs --annotations (CSV file,onset,offset,label or Raven tables)")
@@ -334,7 +334,7 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
                  if ctx.get_parameter_source(name).name != "DEFAULT"]
         if given:
             raise ValueError(f"--config supplies the model, labels and stream settings: leave out {', '.join(given)}")
-        classifier, config, params, name, score = _configured(config_file, source)
+        classifier, config, params, name, score = monitor_setup(config_file, source)
         label_list = [label for label, on in zip(classifier.labels, params.event) if on]
         references, counts = events_by_recording(table, index, label_list)
     else:
@@ -373,28 +373,6 @@ def _evaluate_events(ctx: typer.Context, *, annotations: Path | None, recordings
 CONFIGURED = ("labels", "labels_file", "onnx", "template", "score", "window", "hop", "smooth", "threshold",
               "hysteresis", "min_windows", "min_dbfs", "exact_windows")
 """The options a monitor.toml given with --config supplies."""
-
-
-def _configured(path: Path, source: str | None):
-    """``(classifier, stream config, label params, model name, score)`` of the monitor.toml ``path`` for ``source``,
-    built by the monitor's own functions."""
-    from ..monitor.config import load_config
-    from ..monitor.labels import config_classifier
-    from ..monitor.service import label_params
-
-    monitor = load_config(path)
-    sources = monitor.enabled_sources
-    if source is None and len(sources) != 1:
-        raise ValueError(f"{path} has {len(sources)} enabled sources: pick the one whose settings apply with --source "
-                         f"({', '.join(s.name for s in sources)})")
-    try:
-        chosen = monitor.source(source) if source is not None else sources[0]
-    except KeyError as e:
-        raise ValueError(f"--source: {e.args[0]}") from None
-    classifier = config_classifier(monitor)
-    params = label_params(monitor, chosen, len(classifier.labels))
-    name = f"onnx:{monitor.model.onnx}" if monitor.model.onnx is not None else str(monitor.model.checkpoint)
-    return classifier, monitor.stream_config(chosen), params, name, monitor.defaults.score
 
 
 def _render_events(report) -> None:

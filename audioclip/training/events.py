@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import numpy as np
 
 from ..archive.decode import RecordingSource
 from ..model.constants import SAMPLE_RATE
+from ..model.labels import ParameterError
 from ..monitor.config import LabelParams
 from ..monitor.pipeline import detectors_for
 from ..stream.backends import shortest_window
@@ -354,6 +356,28 @@ def evaluate_events(*, references: dict[Path, Events], classifier, config: Strea
                 "per_label": {label: choose(rows, grid, alarms_per_hour) for label, rows in zip(labels, per_label)},
                 "overall": choose(overall, grid, alarms_per_hour)},
         detections=_detections(reference, detected, matching))
+
+
+def monitor_setup(path: str | os.PathLike, source: str | None = None):
+    """``(classifier, stream config, label params, model name, score)`` of the monitor.toml ``path`` for ``source``
+    (None: its only enabled source), built by the monitor's own functions."""
+    from ..monitor.config import load_config
+    from ..monitor.labels import config_classifier
+    from ..monitor.service import label_params
+
+    monitor = load_config(path)
+    sources = monitor.enabled_sources
+    if source is None and len(sources) != 1:
+        raise ParameterError("source", f"{path} has {len(sources)} enabled sources: pick the one whose settings apply "
+                                       f"with {{source}} ({', '.join(s.name for s in sources)})")
+    try:
+        chosen = monitor.source(source) if source is not None else sources[0]
+    except KeyError as e:
+        raise ParameterError("source", f"{{source}}: {e.args[0]}") from None
+    classifier = config_classifier(monitor)
+    params = label_params(monitor, chosen, len(classifier.labels))
+    name = f"onnx:{monitor.model.onnx}" if monitor.model.onnx is not None else str(monitor.model.checkpoint)
+    return classifier, monitor.stream_config(chosen), params, name, monitor.defaults.score
 
 
 def psds(curves: dict[str, ScoreCurve], reference: dict[str, Events], labels: list[str],
