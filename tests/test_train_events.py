@@ -389,6 +389,24 @@ def test_overlapping_events_of_a_label_merge(tmp_path):
     assert counts["merged"] == 1
 
 
+def test_a_table_audioclip_label_writes_reads_as_its_events(tmp_path):
+    """``audioclip-label --format raven``'s columns (the recording in Begin Path, the label in Common Name), one
+    selection per window at or above its threshold: overlapping windows of a label read as one event."""
+    from audioclip.archive.store import RAVEN_COLUMNS, RAVEN_SUFFIX
+
+    wav = tmp_path / "rec.wav"
+    wav.write_bytes(b"")
+    rows = [(0.0, 1.0, "dog"), (0.5, 1.5, "dog"), (0.5, 1.5, "cat"), (3.0, 4.0, "dog")]
+    lines = ["\t".join(RAVEN_COLUMNS)] + [
+        "\t".join([str(i), "Spectrogram 1", "1", f"{t0:.4f}", f"{t1:.4f}", "0", "22050", label, label, "0.9000",
+                   str(wav.resolve()), f"{t0:.4f}"]) for i, (t0, t1, label) in enumerate(rows, start=1)]
+    (tmp_path / "raven").mkdir()
+    (tmp_path / "raven" / f"rec{RAVEN_SUFFIX}").write_text("\n".join(lines) + "\n")
+    events, counts = events_by_recording(read_annotations(tmp_path / "raven"), RecordingIndex(None))
+    assert events == {wav.resolve(): [(0.0, 1.5, "dog"), (0.5, 1.5, "cat"), (3.0, 4.0, "dog")]}
+    assert counts["merged"] == 1
+
+
 def evaluate(soundscape, tiny_checkpoint, annotations, out, *extra):
     args = ["evaluate", "--task", "events", "--annotations", annotations, "--checkpoint", tiny_checkpoint,
             "--window", "1.5", "--hop", "1.0", "--threads", "1", "--output", out, "--quiet", *extra]
