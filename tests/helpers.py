@@ -168,7 +168,7 @@ def monitor_config(tmp_path: Path, checkpoint: Path, sources: list[dict], **sect
     """A monitor over ``sources`` with ``checkpoint``: 1-s windows, two labels; ``sections`` add or replace."""
     d = {
         "model": {"checkpoint": str(checkpoint)},
-        "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
+        "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0, "score": "softmax"},
         "labels": [{"name": "cat", "prompts": ["cat", "meowing cat"]}, {"name": "rain"}],
         "sources": sources,
         **sections,

@@ -35,6 +35,7 @@ checkpoint = "{checkpoint}"
 window = 1.0
 hop = 0.5
 threshold = 0.3
+score = "softmax"
 [[sources]]
 name = "porch"
 file = "{wav}"

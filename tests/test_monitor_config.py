@@ -10,6 +10,7 @@ import pytest
 
 from audioclip.monitor.config import ConfigError, MonitorConfig, StreamDefaults, load_config, redact
 from audioclip.stream.config import StreamConfig
+from audioclip.stream.scoring import default_threshold
 
 ISSUE_EXAMPLE = """
 [model]
@@ -236,8 +237,14 @@ def test_a_url_without_a_scheme_is_named_without_its_password(tmp_path):
 
 def test_the_defaults_are_the_streams_everywhere():
     stream, defaults = StreamConfig(), StreamDefaults()
-    for name in ("window", "hop", "smooth", "threshold", "hysteresis", "min_windows", "exact_windows"):
+    for name in ("window", "hop", "smooth", "hysteresis", "min_windows", "exact_windows"):
         assert getattr(defaults, name) == getattr(stream, name), name
+    # the threshold is the score's: the monitor scores labels on their own (docs/scores.md), the plain stream softmax
+    assert (defaults.score, defaults.threshold, stream.threshold) == ("label", default_threshold("label"),
+                                                                      default_threshold("softmax"))
+    softmax = MonitorConfig.from_dict({"defaults": {"score": "softmax"}, "labels": ["a"],
+                                       "sources": [{"name": "in", "stdin": True}]})
+    assert softmax.defaults.threshold == stream.threshold
     config = MonitorConfig.single(input="x.wav", labels=["a"])
     assert config.stream_config(config.sources[0]).hop == stream.hop == 5 * 4488 / 44100  # work sharing stays on
     assert config.stream_config(config.sources[0]).window == stream.window

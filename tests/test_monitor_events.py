@@ -83,7 +83,7 @@ def test_the_clip_starts_pre_roll_before_the_first_window_over_the_threshold(tmp
     wav = burst_wav(tmp_path / "a.wav", pattern=((4.0, 0.0), (3.0, 0.3), (4.0, 0.0)), seed=3)
     db = tmp_path / "d.sqlite"
     cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "porch", "file": str(wav), "realtime": False}],
-                         defaults={"window": 2.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
+                         defaults={"window": 2.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0, "score": "softmax"},
                          store={"db": str(db), "clips": str(tmp_path / "clips"), "pre_roll": 0.75, "post_roll": 0.5})
     _, lines = run_monitor(cfg)
     first = next(x for x in lines if "t_start" in x)  # the first window not gated: the first with sound
@@ -139,7 +139,7 @@ def test_an_rtsp_outage_ends_the_events_before_it_and_they_start_afresh_after(tm
     hook = Receiver()
     sub = Messages(mosquitto, ["gap/#", "homeassistant/binary_sensor/gap/#"])
     cfg = monitor_config(tmp_path, tiny_checkpoint, [{"name": "camera", "url": rtsp_server.url, "stall_seconds": 4.0}],
-                         defaults={"window": 1.0, "hop": 0.5, "threshold": 0.3},
+                         defaults={"window": 1.0, "hop": 0.5, "threshold": 0.3, "score": "softmax"},
                          store={"db": str(db), "clips": str(tmp_path / "clips"), "pre_roll": 1.0, "post_roll": 0.5},
                          mqtt={"url": mosquitto.url, "prefix": "gap", "homeassistant": True},
                          webhooks=[{"url": hook.url + "/hook"}], metrics={"listen": f"127.0.0.1:{free_port()}"})
@@ -206,7 +206,7 @@ def test_a_reload_keeps_the_events_of_unchanged_labels_and_clears_what_removed_l
 
     def write(labels: str) -> None:
         toml.write_text(f'labels = {labels}\n[model]\ncheckpoint = "{tiny_checkpoint}"\n'
-                        '[defaults]\nwindow = 1.0\nhop = 0.5\nthreshold = 0.02\nhysteresis = 0.01\n'
+                        '[defaults]\nwindow = 1.0\nhop = 0.5\nthreshold = 0.02\nhysteresis = 0.01\nscore = "softmax"\n'
                         f'[[sources]]\nname = "loop"\nfile = "{loud}"\nloop = true\n'
                         f'[mqtt]\nurl = "{mosquitto.url}"\nprefix = "hup"\nhomeassistant = true\n')
 

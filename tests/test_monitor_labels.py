@@ -150,7 +150,7 @@ def test_onnx_monitor_sources_share_work_with_the_rows_and_embeddings_of_whole_w
     for exact in (True, False):
         db = tmp_path / f"{exact}.sqlite"
         defaults = {"window": 2.0, "hop": 3 * STRIDE_SAMPLES / SAMPLE_RATE, "threshold": 0.3, "min_dbfs": -60.0,
-                    "exact_windows": exact}
+                    "score": "softmax", "exact_windows": exact}
         cfg = monitor_config(tmp_path, tmp_path / "unused.pt", sources, defaults=defaults,
                              model={"onnx": str(export_dir), "threads": 1}, store={"db": str(db)})
         _, lines = run_monitor(cfg)

@@ -61,7 +61,8 @@ def search(*args) -> tuple[int, str, str]:
 def search_config(tmp_path, checkpoint, files: dict, db, **store) -> MonitorConfig:
     sources = [{"name": name, "file": str(f), "realtime": False} for name, f in files.items()]
     return monitor_config(tmp_path, checkpoint, sources,
-                          defaults={"window": WINDOW, "hop": HOP, "threshold": 0.3, "min_dbfs": -60.0},
+                          defaults={"window": WINDOW, "hop": HOP, "threshold": 0.3, "min_dbfs": -60.0,
+                                    "score": "softmax"},
                           store={"db": str(db), **store})
 
 
@@ -307,7 +308,7 @@ def moments_run(tmp_path_factory, tiny_checkpoint, clips_dir):
                 "hop": HOP}]  # a hop that does not divide a second: the first window past each second is taken
     config = monitor_config(tmp, tiny_checkpoint, sources,
                             defaults={"window": 1.0, "hop": 0.5, "threshold": 0.05, "hysteresis": 0.01,
-                                      "min_dbfs": -80.0},
+                                      "score": "softmax", "min_dbfs": -80.0},
                             store={"db": str(db), "clips": str(tmp / "clips"), "embed_every": 1.0, "keep_days": 30})
     _, lines = run_monitor(config)
     return db, {name: [x for x in lines if "t_start" in x and x["source"] == name] for name in ("cat", "horn")}

@@ -105,7 +105,8 @@ def test_each_source_shares_work_between_overlapping_windows_with_the_results_of
     hop = 2 * STRIDE_SAMPLES / SAMPLE_RATE
     results = {}
     for exact in (True, False):
-        defaults = {"window": 2.0, "hop": hop, "threshold": 0.3, "min_dbfs": -60.0, "exact_windows": exact}
+        defaults = {"window": 2.0, "hop": hop, "threshold": 0.3, "min_dbfs": -60.0, "exact_windows": exact,
+                    "score": "softmax"}
         cfg = monitor_config(tmp_path, tiny_checkpoint, sources, defaults=defaults)
         _, lines = run_monitor(cfg)
         results[exact] = [x for x in lines if "t_start" in x]
@@ -126,7 +127,7 @@ def test_privacy_label_mutes_the_clip(tmp_path, tiny_checkpoint):
     a = burst_wav(tmp_path / "a.wav")
     db = tmp_path / "d.sqlite"
     d = {"model": {"checkpoint": str(tiny_checkpoint)},
-         "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
+         "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0, "score": "softmax"},
          "labels": [{"name": "cat", "privacy": True}, {"name": "rain"}],
          "sources": [{"name": "porch", "file": str(a), "realtime": False}],
          "store": {"db": str(db), "clips": str(tmp_path / "clips")}}
@@ -141,7 +142,7 @@ def test_privacy_label_mutes_the_clip(tmp_path, tiny_checkpoint):
 def test_event_false_labels_are_scored_not_events(tmp_path, tiny_checkpoint):
     a = burst_wav(tmp_path / "a.wav")
     d = {"model": {"checkpoint": str(tiny_checkpoint)},
-         "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0},
+         "defaults": {"window": 1.0, "hop": 0.5, "threshold": 0.3, "min_dbfs": -60.0, "score": "softmax"},
          "labels": [{"name": "cat", "event": False}, {"name": "rain"}],
          "sources": [{"name": "porch", "file": str(a), "realtime": False}]}
     _, lines = run_monitor(MonitorConfig.from_dict(d))

@@ -42,6 +42,16 @@ OTHER_SETS = [
 ]
 
 
+def test_the_score_is_a_setting_checked_with_the_rest():
+    from audioclip.monitor.config import ConfigError, MonitorConfig
+
+    table = {"labels": ["a"], "sources": [{"name": "in", "stdin": True}]}
+    with pytest.raises(ConfigError, match="defaults.score: must be one of 'label', 'softmax', got 'sigmoid'"):
+        MonitorConfig.from_dict({**table, "defaults": {"score": "sigmoid"}})
+    assert MonitorConfig.from_dict(table).defaults.score == "label"
+    assert MonitorConfig.single(input="-", labels=["a"], score="softmax").defaults.threshold == 0.5
+
+
 @pytest.fixture(scope="module")
 def model():
     return make_tiny_model(0)  # the weights of the tiny_checkpoint fixture
