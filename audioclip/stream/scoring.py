@@ -35,6 +35,7 @@ import hashlib
 import logging
 import os
 import threading
+import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -193,9 +194,12 @@ def onnx_bank(folder: str | os.PathLike, template: str = "{}", *, threads: int |
     texts = bank_texts()
     file = folder / EXPORT_FILE
     if file.is_file():
-        with np.load(file) as z:
-            if list(z["texts"]) == texts and str(z["template"]) == template:
-                return z["embeddings"].astype(np.float32)
+        try:
+            with np.load(file) as z:
+                if list(z["texts"]) == texts and str(z["template"]) == template:
+                    return z["embeddings"].astype(np.float32)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged copy: the text encoder instead
+            log.warning("%s: unreadable (%s); embedding the background bank with the text encoder", file, e)
     key = (str(folder.resolve()), _bank_digest(texts, template))
     with _cache_lock:
         if key not in _cache:
