@@ -186,7 +186,7 @@ def test_a_text_query_returns_every_event_and_moment_with_its_fields_and_exact_s
 
 def test_the_command_filters_by_source_and_since(monitored):
     db, _, _, events, _ = monitored
-    code, stdout, stderr = search(db, "--text", "a cat", "--k", "100", "--format", "jsonl", "--source", "yard")
+    code, stdout, stderr = search("--db", db, "--text", "a cat", "--k", "100", "--format", "jsonl", "--source", "yard")
     assert code == 0, stderr
     hits = [json.loads(line) for line in stdout.splitlines()]
     assert hits and {h["source"] for h in hits} == {"yard"}
@@ -196,6 +196,11 @@ def test_the_command_filters_by_source_and_since(monitored):
     assert code == 0 and stdout == "", stderr
     code, _, stderr = search(db, "--text", "a cat", "--since", "last tuesday")
     assert code == 2 and "since: not an ISO 8601 time" in stderr and len(stderr.strip().splitlines()) == 1
+    for args, message in ((("--db", db.parent / "nothing.sqlite"), "no such file"),
+                          (("--db", db.parent), "not an SQLite database"), ((db, "--db", db), "give what to search"),
+                          ((), "give what to search")):
+        code, _, stderr = search(*args, "--text", "a cat")
+        assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
 def test_the_peak_window_is_taken_from_the_windows_that_started_the_event_and_those_after():

@@ -151,8 +151,9 @@ class SearchFormat(str, Enum):
 @search_app.command()
 @one_line_errors(user_errors=(ValueError, OSError))
 def search(
-    index: Path = typer.Argument(..., help="An audioclip-label --out folder written with --embeddings, or the "
-                                           "monitor's [store] db (an SQLite file)."),
+    index: Path | None = typer.Argument(None, help="An audioclip-label --out folder written with --embeddings, or "
+                                                   "the monitor's [store] db (an SQLite file)."),
+    db: Path | None = typer.Option(None, "--db", help="The monitor's [store] db (the same as giving it as INDEX)."),
     text: str | None = typer.Option(None, "--text", help='A description, e.g. "dog barking".'),
     audio: Path | None = typer.Option(None, "--audio", help="A sound like the ones to find."),
     image: Path | None = typer.Option(None, "--image", help="A picture of the sound's source (image tower)."),
@@ -165,14 +166,22 @@ def search(
     since: str | None = typer.Option(None, "--since", help="A monitor's database: only from this UTC time on "
                                                              "(ISO 8601, e.g. 2026-12-01T08:00:00Z)."),
 ) -> None:
-    """Print the windows of INDEX (the events and moments of a monitor's database) closest to a text, audio or
-    image query."""
+    """Print the windows of INDEX (the events and moments of a monitor's database, INDEX or --db) closest to a
+    text, audio or image query."""
     setup_logging(verbose=False)
     logging.getLogger("audioclip.archive.vindex").setLevel(logging.INFO)  # building an index takes a while: say so
     from .search import ArchiveIndex, MonitorIndex, QueryEncoder, is_sqlite
 
     if sum(q is not None for q in (text, audio, image)) != 1:
         raise ValueError("give exactly one query: --text, --audio or --image")
+    if (index is None) == (db is None):
+        raise ValueError("give what to search: an audioclip-label folder or the monitor's database as INDEX, or "
+                         "the database as --db")
+    if db is not None:
+        if not is_sqlite(db):
+            raise ValueError(f"--db {db}: {'not an SQLite database' if db.exists() else 'no such file'}; give the "
+                             "monitor's [store] db")
+        index = db
     monitor = is_sqlite(index)
     if not monitor and (source is not None or since is not None):
         raise ValueError("--source and --since filter a monitor's database; an audioclip-label folder has neither")
