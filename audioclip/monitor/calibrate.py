@@ -10,7 +10,7 @@ are left out of its count; an event marked wrong that would still fire at the pr
 event's score, but never above the lowest score of an event marked correct (those the user wants kept).
 
 Alarms are counted as the stream's events would be on the moments' sequence of each source: one starts where
-the score reaches the threshold and ends where it falls below ``threshold - hysteresis``; a gap of more than two
+the score reaches the threshold and ends where it falls below ``threshold - hysteresis``; a gap of more than 2.5
 moments (an outage, a restart) ends it. Moments are ``embed_every`` seconds apart, so ``min_windows`` and events
 shorter than that are not seen: the count is of the history's alarms at that resolution.
 """
@@ -85,7 +85,7 @@ def count_alarms(scores: np.ndarray, breaks: np.ndarray, threshold: float, hyste
 
 
 def _breaks(history: History) -> np.ndarray:
-    """Where a new run starts: another source, or more than two moments' time since the previous one."""
+    """Where a new run starts: another source, or more than 2.5 moments' time since the previous one."""
     out = np.ones(len(history.sources), bool)
     for i in range(1, len(history.sources)):
         gap = (history.utc[i] - history.utc[i - 1]).total_seconds()
