@@ -253,6 +253,13 @@ def test_the_store_setting_is_validated_like_the_others(tmp_path):
         MonitorConfig.from_dict({**base, "store": {"embeddings": "yes"}})
     with pytest.raises(ConfigError, match=r"store\.embedding: unknown key; did you mean 'embeddings'"):
         MonitorConfig.from_dict({**base, "store": {"embedding": True}})
+    assert MonitorConfig.from_dict({**base, "store": {}}).store.embed_every == 5.0
+    assert MonitorConfig.from_dict({**base, "store": {"embed_every": 0}}).store.embed_every == 0.0  # off
+    for bad, message in ((-1, "must be at least 0, got -1"), ("5", "must be a number, got '5'"),
+                         (True, "must be a number, got true")):
+        with pytest.raises(ConfigError) as error:
+            MonitorConfig.from_dict({**base, "store": {"embed_every": bad}})
+        assert str(error.value) == f"monitor.toml: store.embed_every: {message}"
 
 
 def test_an_old_database_migrates_and_only_new_events_are_searchable(tmp_path, tiny_checkpoint):
