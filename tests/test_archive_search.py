@@ -191,6 +191,13 @@ def test_live_index_filters_by_source_and_time_on_both_paths(monkeypatch, path):
             np.testing.assert_allclose(scores, full[expected] @ q, atol=1e-6)
             assert (len(got) > 0 and got[0] == row + 1) == bool(allowed[row])  # its own vector finds it first
     assert (live._vectors is not None) == (path == "vector index")
+    plain = LiveIndex(32, vectors=False)  # never a vector index: the same answers, exactly
+    plain.append(ids, sources, times, x)
+    plain.prepare()
+    for source in (None, 1):
+        assert plain.search(full[1500], 10, source=source)[0].tolist() == live.search(full[1500], 10,
+                                                                                       source=source)[0].tolist()
+    assert plain._vectors is None
     live.floor = int(times[2000])  # retention deleted the first 2000 rows
     assert live.search(full[5], 10)[0].min() > 2000
     live.keep(times >= live.floor)

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from audioclip.archive import search as search_module
 from audioclip.archive.cli import search_app
 from audioclip.archive.search import MonitorIndex, QueryEncoder
 from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
@@ -378,7 +379,12 @@ def vectors_of(n: int, seed: int = 0, dim: int = 16) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_search_by_a_moments_own_vector_filters_refresh_and_retention(tmp_path):
+@pytest.mark.parametrize("exact_max", [150_000, 12])
+def test_search_by_a_moments_own_vector_filters_refresh_and_retention(tmp_path, monkeypatch, exact_max):
+    """Exactly, and (past 12 rows) through the vector index built by prepare() and extended as moments come."""
+    if exact_max < 150_000:
+        pytest.importorskip("faiss", reason="the vector index needs faiss (the archive extra)")
+    monkeypatch.setattr(search_module, "EXACT_MAX_ROWS", exact_max)
     db = tmp_path / "d.sqlite"
     x = vectors_of(40)
     with EventStore(db) as store:
@@ -386,6 +392,8 @@ def test_search_by_a_moments_own_vector_filters_refresh_and_retention(tmp_path):
             store.add_moment("porch" if i % 2 == 0 else "yard", T0 + timedelta(seconds=5 * i), 5.0 * i,
                              5.0 * i + 2.0, "m", x[i])
         index = MonitorIndex.open(db, model="m")
+        index.prepare()
+        assert (index._moments["m"]._vectors is not None) == (exact_max == 12)
         for i in (0, 7, 29):
             (hit, *rest) = index.search(x[i], k=3)
             assert (hit.kind, hit.id, hit.source, hit.t_start) == ("moment", i + 1, "porch" if i % 2 == 0 else "yard",

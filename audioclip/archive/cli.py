@@ -185,7 +185,7 @@ def search(
     monitor = is_sqlite(index)
     if not monitor and (source is not None or since is not None):
         raise ValueError("--source and --since filter a monitor's database; an audioclip-label folder has neither")
-    archive = MonitorIndex.open(index) if monitor else ArchiveIndex.open(index)
+    archive = MonitorIndex.open(index, vectors=False) if monitor else ArchiveIndex.open(index)  # one query: exact
     encoder = QueryEncoder(archive.model_for(checkpoint))
     if text is not None:
         query = encoder.text(text)

@@ -239,8 +239,9 @@ class MonitorIndex:
     share between threads (one lock); the monitor's web page keeps one for the process.
     """
 
-    def __init__(self, path: Path, conn, *, model: str | None, moments: bool):
+    def __init__(self, path: Path, conn, *, model: str | None, moments: bool, vectors: bool = True):
         self.root, self._conn, self.model, self._has_moments = path, conn, model, moments
+        self._vectors = vectors
         self._fixed = model is not None
         self._lock = threading.RLock()
         self._sources: dict[str, int] = {}
@@ -253,10 +254,12 @@ class MonitorIndex:
         self._oldest: str | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, model: str | None = None) -> MonitorIndex:
+    def open(cls, path: str | os.PathLike, *, model: str | None = None, vectors: bool = True) -> MonitorIndex:
         """Open and load ``path``. ``model`` (the monitor's ``embedding_model``): only its rows are loaded, and an
         index with none yet answers with no hits; without it, :meth:`model_for` picks one (and refuses an
-        index with no embeddings at all)."""
+        index with no embeddings at all). ``vectors=False``: always exact, no vector index built (a one-shot
+        search: over a million rows exact search takes well under a second, building the index half a minute);
+        a long-lived index (the web page's) keeps the default and calls :meth:`prepare` once loaded."""
         import sqlite3
 
         from ..monitor.store import EMBEDDINGS_VERSION, MOMENTS_VERSION, SCHEMA_VERSION
@@ -281,7 +284,8 @@ class MonitorIndex:
                 raise ValueError(f"{path} holds no event embeddings (schema version {version}): run the monitor "
                                  "with this release and [store] embeddings = true (the default); the events "
                                  "it detects from then on are searchable")
-            index = cls(path, conn, model=model, moments=version >= MOMENTS_VERSION and "moments" in tables)
+            index = cls(path, conn, model=model, moments=version >= MOMENTS_VERSION and "moments" in tables,
+                        vectors=vectors)
             index.refresh()
         except sqlite3.DatabaseError as e:
             conn.close()
@@ -314,6 +318,13 @@ class MonitorIndex:
                 self._conn.execute("COMMIT")
         return added
 
+    def prepare(self) -> None:
+        """Build the vector indexes that searches over every row will use, now rather than at the first search
+        (about half a minute per million rows on the 2-core development machine)."""
+        with self._lock:
+            for live in [*self._events.values(), *self._moments.values()]:
+                live.prepare()
+
     def _code(self, source: str) -> int:
         return self._sources.setdefault(source, len(self._sources))
 
@@ -323,7 +334,7 @@ class MonitorIndex:
 
         live = table.get(model)
         if live is None:
-            live = table[model] = LiveIndex(dim)
+            live = table[model] = LiveIndex(dim, vectors=self._vectors)
         elif live.dim != dim:
             raise ValueError(f"{self.root}: {model}'s embeddings have {live.dim} values and {dim}: not one model's")
         return live

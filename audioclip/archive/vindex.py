@@ -225,11 +225,13 @@ class LiveIndex:
     masked out) when they lie within :data:`~.search.EXACT_MAX_ROWS` consecutive rows, else through a
     :class:`VectorIndex` over all rows, built on first need, extended as rows come and told which rows to
     scan, its candidates scored again exactly. Rows older than :attr:`floor` (deleted by retention, not yet
-    dropped) are never returned; :meth:`keep` drops rows for good.
+    dropped) are never returned; :meth:`keep` drops rows for good. ``vectors=False``: never a vector index
+    (one search of a million rows is cheaper exact than building one).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, *, vectors: bool = True):
         self.dim = dim
+        self.vectors = vectors
         self.n = 0
         self._matrix = np.zeros((0, dim), np.float16)
         self._ids = np.zeros(0, np.int64)
@@ -328,8 +330,18 @@ class LiveIndex:
         found, scores = top_k(self._matrix[lo:hi], query, k, mask=inner)
         return self._ids[found + lo], scores
 
+    def prepare(self) -> None:
+        """Build (or extend) the vector index now if a search over every row would use one."""
+        from .search import EXACT_MAX_ROWS
+
+        if self.n > EXACT_MAX_ROWS:
+            self._vector_index()
+
     def _vector_index(self) -> VectorIndex | None:
-        """The vector index over every row (built the first time, then extended); None without FAISS."""
+        """The vector index over every row (built the first time, then extended); None without FAISS or with
+        ``vectors=False``."""
+        if not self.vectors:
+            return None
         if self._faiss is None:
             try:
                 import faiss  # noqa: F401
