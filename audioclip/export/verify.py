@@ -344,9 +344,9 @@ def check_openvino(*, graph_dir: Path, classifier: ZeroShotClassifier, batches: 
 
     fp32: whole windows, the incremental stream and (``text``: labels and template) the text graph, with the
     fp32 bounds. bf16, on a CPU with native bf16 only (elsewhere OpenVINO computes f32: the record says why
-    not): each split of :data:`BF16_SPLITS` in turn, the stream first (cheapest, every clip), then whole
-    windows, until one keeps the bf16 bound; the rows of the splits that failed are kept, the first failing
-    row of each. A precision that fails is left out of the record, with the reason; the export goes on.
+    not): each split of :data:`BF16_SPLITS` in turn, whole windows one check input at a time, then the
+    stream, until one keeps the bf16 bound; of the splits that failed, the failing row is kept. A precision
+    that fails is left out of the record, with the reason; the export goes on.
     """
     from .openvino import cpu_description, import_openvino, no_native_bf16, without_disk_cache
 
@@ -367,15 +367,19 @@ def _check_openvino(ov, *, graph_dir: Path, classifier: ZeroShotClassifier, batc
     checks: list[Check] = []
 
     def rows(precision: str, split: Sequence[str]) -> list[Check]:
-        found = []
+        """The checks of one precision and split, up to the first that fails: whole windows one check input
+        at a time (a split that fails mostly fails on the first), then the stream."""
+        found: list[Check] = []
+        for batch in batches:
+            found += check_openvino_whole(graph_dir=graph_dir, precision=precision, classifier=classifier,
+                                          batches=[batch], threads=threads, fp32_stages=split, references=references)
+            if not found[-1].passed:
+                return found
         if stages:
             found += check_incremental(graph_dir=graph_dir, precision=precision, classifier=classifier, clips=clips,
                                        window_samples=window_samples, threads=threads, references=references,
                                        runtime="openvino", runtime_precision=precision, fp32_stages=split)
-            if not all(c.passed for c in found):
-                return found
-        return found + check_openvino_whole(graph_dir=graph_dir, precision=precision, classifier=classifier,
-                                            batches=batches, threads=threads, fp32_stages=split, references=references)
+        return found
 
     for precision in precisions:
         if precision == "bf16" and no_bf16:
