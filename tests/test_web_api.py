@@ -551,6 +551,15 @@ def test_labels_added_changed_and_removed_while_it_runs_keep_monitor_toml(served
         assert c.patch("/api/labels/nothing", json={"threshold": 0.5}).status_code == 404
         assert c.patch("/api/labels/cat", json={"name": "kitten"}).status_code == 422
 
+        wait_until(lambda: served.monitor.store_sink.store.moments()[1].shape[0] > 0, 20, "a stored moment")
+        proposed = c.get("/api/labels/calibration", params={"alarms_per_hour": 2})
+        assert proposed.status_code == 200, proposed.json()
+        assert proposed.json()["hours"] > 0 and [p["label"] for p in proposed.json()["proposals"]] == \
+            ["cat", "rain", "glass"]
+        assert {"threshold", "alarms_per_hour", "current", "current_alarms_per_hour"} <= \
+            set(proposed.json()["proposals"][0])
+        assert c.get("/api/labels/calibration", params={"alarms_per_hour": 0}).status_code == 422
+
         assert c.delete("/api/labels/glass").status_code == 204
         assert c.delete("/api/labels/glass").status_code == 404
         assert served.toml.read_text() == before  # back as it was, comments and layout included

@@ -14,7 +14,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 
 from ..monitor.config import ConfigError
 from .app import store_of, web
@@ -94,6 +94,25 @@ def _change(request: Request, edit) -> None:
 
             atomic_write_text(file.path, before)
             raise HTTPException(422, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+@router.get("/calibration", summary="Thresholds for a target of false alarms per hour on the stored moments")
+def calibration(request: Request, alarms_per_hour: float = Query(1.0, gt=0),
+                since: str | None = Query(None, description="ISO 8601 time; default: every stored moment")) -> dict:
+    """The proposals of ``audioclip-stream --calibrate`` (:func:`audioclip.monitor.calibrate.calibrate`) with the
+    running model; apply one with ``PATCH /api/labels/{name}`` and its ``threshold``."""
+    from dataclasses import asdict
+
+    from ..monitor.calibrate import calibrate
+
+    monitor = web(request).monitor
+    try:
+        proposals, history = calibrate(monitor.config, alarms_per_hour=alarms_per_hour, since=since,
+                                       classifier=monitor.classifier, store=store_of(request))
+    except ValueError as e:
+        raise HTTPException(422, str(e).splitlines()[0]) from None
+    return {"alarms_per_hour": alarms_per_hour, "hours": round(history.hours, 4),
+            "proposals": [asdict(p) for p in proposals]}
 
 
 @router.post("", status_code=201, summary="Add a label (name and prompts required); it applies from the next window")

@@ -79,7 +79,8 @@ class WebServer:
 
     def _load_index(self) -> None:
         try:
-            self.app.state.web.search_index(self.monitor.store_sink.store.path, self.monitor.embedding_model)
+            index = self.app.state.web.search_index(self.monitor.store_sink.store.path, self.monitor.embedding_model)
+            index.prepare()  # the vector index, where there are enough rows for one, before the first search needs it
         except ValueError as e:  # the first search says it again, to the page
             log.warning("search: %s", e)
 
