@@ -74,7 +74,7 @@ def onnx(
         if e.checks:
             _print_checks(e.checks)
         raise
-    _print_checks(result.checks)
+    _print_checks(result.checks + result.openvino_checks)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     typer.echo(f"wrote {result.out}: {', '.join(result.files)}")
