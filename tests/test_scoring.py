@@ -182,7 +182,6 @@ def test_onnx_exported_labels_and_a_folder_without_the_bank_give_the_same_scores
     np.testing.assert_allclose(older.logits_probs_of(onnx_embeddings)[1], expected, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_label_scores_stream_on_onnx_without_torch(tiny_export_2s, clips_dir):
     clip = str(clips_dir / "cat_3-95694-A-5.wav")
     code = (
