@@ -171,3 +171,6 @@ def test_apply_writes_the_thresholds_and_keeps_the_comments(site):
     assert bad.exit_code == 2 and "pass --config monitor.toml" in bad.stderr
     bad = CliRunner().invoke(app, ["--config", str(copy), "--apply"])
     assert bad.exit_code == 2 and "--apply applies to --calibrate" in bad.stderr
+    copy.write_text(copy.read_text().replace("[defaults]\n", '[defaults]\nscore = "softmax"\n'))
+    bad = CliRunner().invoke(app, ["--config", str(copy), "--calibrate"])
+    assert bad.exit_code == 2 and "calibration proposes thresholds of label scores" in bad.stderr

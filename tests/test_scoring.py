@@ -134,6 +134,7 @@ def test_label_score_classifier_is_the_stream_interface(model, windows):
     assert isinstance(classifier, TorchLabelScores) and classifier.labels == ["cat", "dog", "siren"]
     assert classifier.model is model and classifier.template == "{}"  # the rest is the wrapped classifier's
     assert score_classifier(classifier, "softmax") is classifier.classifier
+    assert score_classifier(classifier, "label") is classifier  # already label scores: as it is
     with pytest.raises(ValueError, match="score: must be one of label, softmax, got 'sigmoid'"):
         score_classifier(classifier, "sigmoid")
 

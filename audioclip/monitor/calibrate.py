@@ -185,6 +185,9 @@ def calibrate(config, *, alarms_per_hour: float, since: datetime | str | None = 
                          "set embed_every = 5 and let the monitor run for a few hours first")
     if not config.labels:
         raise ValueError(f"{config.origin}: no labels to calibrate")
+    if config.defaults.score != "label":
+        raise ValueError(f"{config.origin}: [defaults] score = {config.defaults.score!r}: calibration proposes "
+                         "thresholds of label scores; set score = \"label\" (docs/scores.md)")
     if store is None:
         if not Path(config.store.db).is_file():
             raise ValueError(f"{config.store.db}: no such database; run the monitor with this configuration first")

@@ -296,6 +296,8 @@ def score_classifier(classifier, mode: str):
     (no text tower) keeps its softmax for ``"label"``, said once in the log."""
     check_score(mode)
     if isinstance(classifier, _LabelScores):
+        if mode == "label":
+            return classifier
         classifier = classifier.classifier
     if mode == "softmax":
         return classifier
