@@ -111,7 +111,8 @@ def main() -> None:
 
     from audioclip.model import load_model
     from audioclip.model.audioclip import normalize
-    from audioclip.stream.scoring import bank_texts, label_scores, torch_bank
+    from audioclip.model.background import bank_texts, torch_bank
+    from audioclip.stream.scoring import label_scores
 
     torch.set_num_threads(2)
     model = load_model(args.checkpoint)

@@ -101,10 +101,10 @@ def components(classifier, pages: int, repeats: int = 20) -> dict:
     on the event loop)."""
     import asyncio
 
+    from audioclip.monitor.web.live import LiveHub
+    from audioclip.monitor.web.spectrogram import FrontEnd, LiveSpectrogram
+    from audioclip.monitor.web.view import window_json
     from audioclip.stream.postprocess import WindowResult
-    from audioclip.web.live import LiveHub
-    from audioclip.web.spectrogram import FrontEnd, LiveSpectrogram
-    from audioclip.web.view import window_json
 
     spectrogram = LiveSpectrogram(FrontEnd(classifier))
     rng = np.random.default_rng(0)

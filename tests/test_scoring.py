@@ -14,20 +14,13 @@ import pytest
 import soundfile as sf
 
 from audioclip.model import load_model
+from audioclip.model.background import EXPORT_FILE, bank_texts, torch_bank
 from audioclip.model.constants import SAMPLE_RATE
 from audioclip.monitor.config import load_config
 from audioclip.monitor.output import JsonlOutput
 from audioclip.monitor.service import Monitor
 from audioclip.stream.labels import torch_group_classifier
-from audioclip.stream.scoring import (
-    EXPORT_FILE,
-    TorchLabelScores,
-    bank_mask,
-    bank_texts,
-    label_scores,
-    score_classifier,
-    torch_bank,
-)
+from audioclip.stream.scoring import TorchLabelScores, bank_mask, label_scores, score_classifier
 
 from helpers import make_tiny_model, wait_until
 

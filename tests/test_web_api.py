@@ -205,7 +205,7 @@ def test_a_port_in_use_stops_the_start_in_one_line(tmp_path, tiny_checkpoint):
 
 
 def test_cors_is_off_unless_origins_are_named():
-    from audioclip.web.app import create_app
+    from audioclip.monitor.web.app import create_app
 
     preflight = {"Origin": "http://nas.local", "Access-Control-Request-Method": "PATCH"}
 
@@ -298,7 +298,7 @@ def test_a_stalled_page_never_holds_up_the_windows(served):
 
 
 def test_a_full_page_queue_drops_for_that_page_only_and_publishing_never_waits():
-    from audioclip.web.live import LiveHub
+    from audioclip.monitor.web.live import LiveHub
 
     hub = LiveHub()
     loop = asyncio.new_event_loop()
@@ -326,7 +326,7 @@ def test_the_live_spectrogram_is_the_models_front_end_on_the_stream_and_starts_a
     import torch
 
     from audioclip.model.frames import frame_padding
-    from audioclip.web.spectrogram import BINS, FrontEnd, LiveSpectrogram
+    from audioclip.monitor.web.spectrogram import BINS, FrontEnd, LiveSpectrogram
 
     class Classifier:  # what the monitor's PyTorch classifier offers the front end: its model
         model = tiny_model

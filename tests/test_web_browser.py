@@ -345,7 +345,7 @@ def test_searching_with_a_streamed_clip_finds_a_moment_of_it_first(site):
 @pytest.mark.slow
 def test_a_write_without_the_token_fails_from_another_address(site):
     """A second server over the same monitor on 127.0.0.2: a fresh browser (no token kept) cannot add a label."""
-    from audioclip.web.app import create_app
+    from audioclip.monitor.web.app import create_app
 
     server, thread, url = serve(create_app(site.monitor, token=TOKEN), "127.0.0.2")
     context = site.browser.new_context()
@@ -375,7 +375,7 @@ def test_a_write_without_the_token_fails_from_another_address(site):
 def test_from_beyond_loopback_the_page_asks_for_the_token_once_then_streams_and_plays(site):
     """Served on this machine's own network address: every request needs the token, the page asks once and sends
     it with its API calls, the live stream and its clips and images."""
-    from audioclip.web.app import create_app
+    from audioclip.monitor.web.app import create_app
 
     address = address_beyond_loopback()
     if address is None:

@@ -21,11 +21,11 @@ import torch
 
 from .. import __version__
 from ..model import SAMPLE_RATE, ZeroShotClassifier, check_labels, load_model
+from ..model.background import torch_bank, write_export_bank
 from ..model.checkpoint import source_info
 from ..model.constants import CONTEXT_LENGTH
 from ..model.labels import ParameterError, check_template
 from ..model.labels import window_samples as check_window
-from ..stream.scoring import torch_bank, write_export_bank
 from . import precision as prec
 from .graphs import AudioEncoderGraph, ClassifierGraph, TextEncoderGraph
 from .incremental import TAIL_FILE

@@ -147,7 +147,7 @@ class Monitor:
         self.embedding_model: str | None = None
         self.scheduler: InferenceScheduler | None = None
         self.stop_signal: int | None = None  # SIGTERM or SIGINT when one stopped it (install_signals)
-        self.web = None  # the web page and HTTP API (audioclip.web.server.WebServer), with [http]
+        self.web = None  # the web page and HTTP API (audioclip.monitor.web.server.WebServer), with [http]
         self._reload_lock = threading.Lock()  # SIGHUP and the web page's label changes, one at a time
 
     # -- control, from any thread or a signal handler -------------------------------------------
@@ -233,7 +233,7 @@ class Monitor:
                 if sink is not None:
                     self.metrics.watch_sink(sink)
         if config.http is not None:
-            from ..web.server import WebServer
+            from .web.server import WebServer
 
             self.web = WebServer(self, config.http).start()
 

@@ -6,8 +6,8 @@ Two scores, chosen with ``score = "label" | "softmax"`` (docs/scores.md):
   label's value moves whenever another label is added, removed or reworded.
 - ``label``: a detection score that depends only on that label's prompts and the audio. The label's
   logit is compared with the logits of a fixed background bank of a few hundred generic sound
-  descriptions shipped with the package (``background.txt`` beside this file), embedded with the
-  same template::
+  descriptions shipped with the package (:mod:`audioclip.model.background`), embedded with the same
+  template::
 
       score = sigmoid(logit_label - logmeanexp(logits of the bank entries kept for this label))
 
@@ -31,17 +31,15 @@ This module imports no torch at import time; the ONNX path never does.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import threading
 import zipfile
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..model.background import EXPORT_FILE, bank_digest, bank_texts, cache, cache_lock, torch_bank
 from ..model.labels import ParameterError
 
 log = logging.getLogger(__name__)
@@ -52,9 +50,6 @@ DEFAULT_THRESHOLDS = {"softmax": 0.5, "label": 0.95}
 EXCLUDE_RATIO = 0.3
 """A bank entry is left out for a label when its text distance ``1 - cosine`` to the label is below this
 share of the label's median distance to the bank (a ratio: the same rule for any model's spread)."""
-BANK_FILE = "background.txt"
-EXPORT_FILE = "background.npz"
-"""The bank's embeddings in an ONNX export folder: ``embeddings [M, D]``, ``texts [M]``, ``template``."""
 
 
 def check_score(score: str) -> str:
@@ -74,12 +69,6 @@ def score_line(score: str) -> str:
     if score == "label":
         return "scores: label (each label on its own against the background bank; docs/scores.md)"
     return "scores: softmax (over the labels given; they add up to 1)"
-
-
-def bank_texts() -> list[str]:
-    """The background bank's descriptions, in file order."""
-    text = resources.files(__package__).joinpath(BANK_FILE).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _unit(rows) -> np.ndarray:
@@ -118,72 +107,6 @@ def label_scores(audio_embeddings, label_embeddings, bank, logit_scale: float, *
 
 # -- the bank's embeddings, once per text tower and template --------------------------------------------
 
-_cache: dict[tuple, np.ndarray] = {}
-_cache_lock = threading.Lock()
-
-
-def _bank_digest(texts: Sequence[str], template: str) -> str:
-    return hashlib.sha256(("\n".join(texts) + "\0" + template).encode("utf-8")).hexdigest()
-
-
-def _text_tower_fingerprint(model) -> str:
-    """What identifies a text tower's weights, cheaply: its projection, final norm and positions."""
-    digest = hashlib.sha256()
-    for tensor in (model.text_projection, model.ln_final.weight, model.ln_final.bias, model.positional_embedding):
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def torch_bank(model, template: str = "{}") -> np.ndarray:
-    """The bank's normalised embeddings ``[M, D]`` (float32) by ``model``'s text tower with ``template``: from
-    memory, else the cache folder (``$AUDIOCLIP_CACHE/background``), else computed (and cached)."""
-    import torch
-
-    from ..model.audioclip import normalize
-    from ..model.checkpoint import cache_dir
-
-    texts = bank_texts()
-    key = hashlib.sha256((_text_tower_fingerprint(model) + _bank_digest(texts, template)).encode()).hexdigest()
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
-        file = cache_dir() / "background" / f"{key[:32]}.npy"
-        bank = _read_cached(file, len(texts))
-        if bank is None:
-            log.info("embedding the %d background descriptions of label scores once for this model and template",
-                     len(texts))
-            with torch.inference_mode():
-                bank = normalize(model.encode_text(texts, template).float()).cpu().numpy()
-            _write_cached(file, bank)
-        _cache[key] = bank
-        return bank
-
-
-def _read_cached(file: Path, rows: int) -> np.ndarray | None:
-    try:
-        bank = np.load(file)
-    except (OSError, ValueError):
-        return None
-    return bank if bank.ndim == 2 and len(bank) == rows and bank.dtype == np.float32 else None
-
-
-def _write_cached(file: Path, bank: np.ndarray) -> None:
-    from ..files import atomic_write
-
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(file, lambda f: np.save(f, bank), durable=False)
-    except OSError as e:  # a read-only home: computed again next time
-        log.info("the background bank's embeddings are not cached (%s): %s", file, e)
-
-
-def write_export_bank(folder: str | os.PathLike, embeddings: np.ndarray, template: str) -> str:
-    """Write the bank's embeddings for ``template`` into an export folder; returns the file name."""
-    np.savez(Path(folder) / EXPORT_FILE, embeddings=np.asarray(embeddings, np.float32),
-             texts=np.array(bank_texts()), template=np.array(template))
-    return EXPORT_FILE
-
-
 def onnx_bank(folder: str | os.PathLike, template: str = "{}", *, threads: int | None = None,
               providers: Sequence | None = None, runtime: str = "onnxruntime") -> np.ndarray:
     """The bank's embeddings ``[M, D]`` for an ONNX export: its ``background.npz`` when that holds this bank and
@@ -200,15 +123,15 @@ def onnx_bank(folder: str | os.PathLike, template: str = "{}", *, threads: int |
                     return z["embeddings"].astype(np.float32)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged copy: the text encoder instead
             log.warning("%s: unreadable (%s); embedding the background bank with the text encoder", file, e)
-    key = (str(folder.resolve()), _bank_digest(texts, template))
-    with _cache_lock:
-        if key not in _cache:
+    key = (str(folder.resolve()), bank_digest(texts, template))
+    with cache_lock:
+        if key not in cache:
             why = "holds another template or bank" if file.is_file() else "has none (exported before label scores)"
             log.info("%s: embedding the %d background descriptions with its text encoder (its %s %s)", folder,
                      len(texts), EXPORT_FILE, why)
-            _cache[key] = _unit(embed_labels(folder, texts, template, threads=threads, providers=providers,
+            cache[key] = _unit(embed_labels(folder, texts, template, threads=threads, providers=providers,
                                              runtime=runtime)).astype(np.float32)
-        return _cache[key]
+        return cache[key]
 
 
 # -- classifiers that give label scores --------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``/api/labels``: the monitor's labels with their prompts, settings and record; add, change and remove them
 while it runs.
 
-A change is made to the monitor's ``monitor.toml`` (:class:`~audioclip.web.labels_file.LabelsFile`: comments
+A change is made to the monitor's ``monitor.toml`` (:class:`~audioclip.monitor.web.labels_file.LabelsFile`: comments
 and layout kept), validated as the monitor validates the file (a bad value is a 422 with the same one-line
 message), written atomically, and applied the way SIGHUP applies it: a new label is embedded once by the text
 encoder and scored from the next window; labels left as they were keep their open events. A monitor started
@@ -16,7 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 
-from ..monitor.config import ConfigError
+from ..config import ConfigError
 from .app import store_of, web
 from .labels_file import FIELDS, LabelNotFound, LabelsFile
 
@@ -90,7 +90,7 @@ def _change(request: Request, edit) -> None:
         try:
             monitor.reload_config(config)
         except Exception as e:  # the model refused it (e.g. an export without a text encoder): put the file back
-            from ..files import atomic_write_text
+            from ...files import atomic_write_text
 
             atomic_write_text(file.path, before)
             raise HTTPException(422, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
@@ -103,7 +103,7 @@ def calibration(request: Request, alarms_per_hour: float = Query(1.0, gt=0),
     running model; apply one with ``PATCH /api/labels/{name}`` and its ``threshold``."""
     from dataclasses import asdict
 
-    from ..monitor.calibrate import calibrate
+    from ..calibrate import calibrate
 
     monitor = web(request).monitor
     try:

@@ -42,7 +42,7 @@ class QueryEmbedder:
         self._folder = None
         self._threads = getattr(classifier, "threads", None)
         if model is not None and hasattr(model, "encode_audio"):
-            from ..archive.search import QueryEncoder
+            from ...archive.search import QueryEncoder
 
             self._torch = QueryEncoder(None, model=model)
         else:
@@ -54,15 +54,15 @@ class QueryEmbedder:
             raise ValueError("the query is empty: describe the sound, e.g. glass breaking")
         if self._torch is not None:
             return self._torch.text(text)
-        from ..export.runtime import embed_labels
+        from ...export.runtime import embed_labels
 
         return _unit(embed_labels(self._folder, [text], threads=self._threads)[0])
 
     def audio(self, path: Path) -> np.ndarray:
         if self._torch is not None:
             return self._torch.audio(path, window=self.window)
-        from ..audio import load_audio
-        from ..export.runtime import ENCODER_FILE, session
+        from ...audio import load_audio
+        from ...export.runtime import ENCODER_FILE, session
 
         samples = load_audio(path)
         n = self._window_samples or int(round(self.window * 44100))
@@ -177,7 +177,7 @@ async def _capped(request: Request, cap: int) -> StarletteRequest:
 
 def _embed_upload(request: Request, data: bytes, name: str) -> tuple[np.ndarray, str]:
     """The upload's embedding: as audio if the project's loader reads it, else as an image if Pillow does."""
-    from ..audio import AudioFileError, load_audio
+    from ...audio import AudioFileError, load_audio
 
     cap = web(request).upload_max_bytes
     if len(data) > cap:

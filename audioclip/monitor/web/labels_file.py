@@ -15,8 +15,8 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import AoT, Array, InlineTable, Table
 
-from ..files import atomic_write_text
-from ..monitor.config import ConfigError, MonitorConfig
+from ...files import atomic_write_text
+from ..config import ConfigError, MonitorConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.constants import BAND_HEIGHT, FRAME_LENGTH, HOP_LENGTH, LOG10_FLOOR, N_BANDS, N_FFT, SAMPLE_RATE
+from ...model.constants import BAND_HEIGHT, FRAME_LENGTH, HOP_LENGTH, LOG10_FLOOR, N_BANDS, N_FFT, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class FrontEnd:
         if model is not None and hasattr(model, "audio"):
             self._audio, self._graphs = model.audio, None
         elif hasattr(classifier, "incremental_graphs"):
-            from ..export.incremental import FRONT_FILE
+            from ...export.incremental import FRONT_FILE
 
             graphs = classifier.incremental_graphs()  # ValueError for an export without them
             graphs.session(FRONT_FILE)
@@ -63,7 +63,7 @@ class FrontEnd:
             return np.zeros((len(range(0, BINS, every)), 0), np.float32)
         with self._lock:
             if self._graphs is not None:
-                from ..export.incremental import FRONT_FILE, to_reference_scale
+                from ...export.incremental import FRONT_FILE, to_reference_scale
 
                 (db,) = self._graphs.run(FRONT_FILE, to_reference_scale(frames)[None])
                 return db.reshape(BINS, -1)[::every]
@@ -84,7 +84,7 @@ class FrontEnd:
         import torch
         import torch.nn.functional as F
 
-        from ..model.esresnext import to_reference_scale
+        from ...model.esresnext import to_reference_scale
 
         audio = self._audio
         with torch.inference_mode():
@@ -184,8 +184,8 @@ class LiveSpectrogram:
 
 def clip_spectrogram(front: FrontEnd, clip: Path, cache: Path, *, width: int = 1200) -> Path:
     """The PNG of ``clip``'s dB frames in ``cache`` (made once, remade when the clip is newer)."""
-    from ..audio import load_audio
-    from ..files import atomic_write
+    from ...audio import load_audio
+    from ...files import atomic_write
 
     if cache.is_file() and cache.stat().st_mtime >= clip.stat().st_mtime:
         return cache

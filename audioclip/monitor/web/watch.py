@@ -1,7 +1,7 @@
 """What the live page learns besides windows and events, made only while a page listens: each source's state
 when it changes, the labels after a change, and each source's spectrogram of the last 10 s, at most once a second.
 
-A :class:`LiveWatch` thread wakes twice a second while the :class:`~audioclip.web.live.LiveHub` has subscribers
+A :class:`LiveWatch` thread wakes twice a second while the :class:`~audioclip.monitor.web.live.LiveHub` has subscribers
 and sleeps otherwise; while it watches, each source's pipeline hands it a copy of its audio (``pipeline.tap``).
 """
 

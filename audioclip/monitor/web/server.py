@@ -16,9 +16,9 @@ import socket
 import threading
 from datetime import datetime, timezone
 
-from ..monitor.config import HTTP_TOKEN_ENV, ConfigError, HttpConfig
-from ..monitor.events import DetectionEvent, utc_iso
-from ..stream.postprocess import WindowResult
+from ...stream.postprocess import WindowResult
+from ..config import HTTP_TOKEN_ENV, ConfigError, HttpConfig
+from ..events import DetectionEvent, utc_iso
 from .live import LiveHub
 from .view import live_event_json, window_json
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class WebServer:
-    """Serves :func:`~audioclip.web.app.create_app` over ``monitor`` on ``http.listen`` until :meth:`close`."""
+    """Serves :func:`~audioclip.monitor.web.app.create_app` over ``monitor`` on ``http.listen`` until :meth:`close`."""
 
     def __init__(self, monitor, http: HttpConfig):
         if not http.token and os.environ.get(HTTP_TOKEN_ENV):  # as the command line takes it (with_http)

@@ -43,7 +43,7 @@ class WebState:
     def search_index(self, path, model: str):
         """The database as a :class:`~audioclip.archive.search.MonitorIndex` of ``model``'s embeddings: loaded on
         the first search, then each search reads only the rows stored since (the index refreshes itself)."""
-        from ..archive.search import MonitorIndex
+        from ...archive.search import MonitorIndex
 
         with self._index_lock:
             if self._index is None:
@@ -66,7 +66,7 @@ def create_app(monitor, *, hub: LiveHub | None = None, watch=None, token: str | 
     """The application over ``monitor`` (a running :class:`~audioclip.monitor.service.Monitor`).
 
     ``hub``: where the monitor publishes its live news (a new one when None); ``watch``: the
-    :class:`~audioclip.web.watch.LiveWatch` that makes the live spectrograms; ``token``: what writes and
+    :class:`~audioclip.monitor.web.watch.LiveWatch` that makes the live spectrograms; ``token``: what writes and
     requests from beyond loopback must show (:mod:`.auth`); ``cors``: origins allowed to call the API.
     """
     from . import events, labels, search

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..monitor.events import DetectionEvent, utc_iso
-from ..monitor.supervisor import BACKING_OFF, CLOSED, UP, ResilientSource
-from ..stream.postprocess import WindowResult
+from ...stream.postprocess import WindowResult
+from ..events import DetectionEvent, utc_iso
+from ..supervisor import BACKING_OFF, CLOSED, UP, ResilientSource
 
 HEALTHY = ("up", "gated", "reconnecting")
 
