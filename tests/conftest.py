@@ -21,6 +21,21 @@ AUDIO = SHARED / "audio"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_configure(config) -> None:
+    """The suite's caches (the background bank's embeddings, OpenVINO's compiled graphs, checkpoints) go to a
+    folder of this run's, inherited by the commands the tests start: a user's ~/.cache/audioclip is neither
+    read nor written."""
+    import tempfile
+
+    os.environ["AUDIOCLIP_CACHE"] = config._audioclip_cache = tempfile.mkdtemp(prefix="audioclip-test-cache-")
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    shutil.rmtree(getattr(config, "_audioclip_cache", ""), ignore_errors=True)
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         if IN_CI:

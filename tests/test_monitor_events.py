@@ -274,7 +274,7 @@ class Poison:
     def __init__(self):
         self.fired = False
 
-    def to_json(self) -> dict:
+    def to_json(self, clip_base: str | None = None) -> dict:
         if not self.fired:
             self.fired = True
             raise SystemExit("a bug in delivery")
