@@ -119,8 +119,9 @@ def main() -> None:
     import faiss
     import torch
 
-    from audioclip.archive.search import ArchiveIndex, top_k
-    from audioclip.archive.vindex import INDEX_FILE, SIDECAR_FILE, VectorIndex, open_or_build
+    from audioclip.archive.search import ArchiveIndex
+    from audioclip.search.exact import top_k
+    from audioclip.search.vindex import INDEX_FILE, SIDECAR_FILE, VectorIndex, open_or_build
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)

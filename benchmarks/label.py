@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from audioclip.archive import LabelSettings, ModelSpec, find_recordings, label_archive
-from audioclip.archive.search import top_k
 from audioclip.model.constants import SAMPLE_RATE
+from audioclip.search.exact import top_k
 
 SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 LABELS = ["cat", "thunder", "car horn", "alarm clock", "coughing", "dog"]

@@ -148,8 +148,9 @@ def main() -> None:
     import faiss
     import torch
 
-    from audioclip.archive.search import EXACT_MAX_ROWS, MonitorIndex
+    from audioclip.monitor.index import MonitorIndex
     from audioclip.monitor.store import EventStore
+    from audioclip.search.exact import EXACT_MAX_ROWS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)

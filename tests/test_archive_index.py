@@ -17,10 +17,10 @@ import torch
 from typer.testing import CliRunner
 
 from audioclip.archive import ArchiveIndex
-from audioclip.archive import search as search_module
 from audioclip.archive.cli import search_app
-from audioclip.archive.vindex import FORMAT, INDEX_FILE, SIDECAR_FILE, VectorIndex
 from audioclip.model import load_model
+from audioclip.search import exact as search_module
+from audioclip.search.vindex import FORMAT, INDEX_FILE, SIDECAR_FILE, VectorIndex
 
 from helpers import require_module
 
@@ -85,14 +85,14 @@ def run_search(*args):
 
 def build_records(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records
-            if r.name == "audioclip.archive.vindex" and r.getMessage().startswith("building a vector index")]
+            if r.name == "audioclip.search.vindex" and r.getMessage().startswith("building a vector index")]
 
 
 def test_the_index_finds_the_exact_top_k_with_exact_scores(tmp_path, caplog):
     require_module("faiss", FAISS)
     x, centres = clustered(ROWS, DIM)
     archive = ArchiveIndex.open(write_archive(tmp_path / "a", x))
-    caplog.set_level(logging.INFO, logger="audioclip.archive.vindex")
+    caplog.set_level(logging.INFO, logger="audioclip.search.vindex")
     found, recall = [], []
     for q in near_queries(centres, 50):
         by_index, exact = hits(archive, q, k=10), hits(archive, q, k=10, exact=True)
@@ -162,7 +162,7 @@ def test_the_saved_index_is_reused_and_rebuilt_when_the_embeddings_change(tmp_pa
     require_module("faiss", FAISS)
     x, centres = clustered(ROWS, DIM)
     root = write_archive(tmp_path / "a", x)
-    caplog.set_level(logging.INFO, logger="audioclip.archive.vindex")
+    caplog.set_level(logging.INFO, logger="audioclip.search.vindex")
     q = near_queries(centres, 1)[0]
     first = hits(ArchiveIndex.open(root), q)
     stamp = (root / INDEX_FILE).stat().st_mtime_ns
@@ -198,7 +198,7 @@ def test_an_unreadable_index_is_rebuilt_with_one_warning(tmp_path, caplog, damag
         path.write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
     else:
         path.write_bytes(path.read_bytes()[:size // 2])
-    caplog.set_level(logging.INFO, logger="audioclip.archive")
+    caplog.set_level(logging.INFO, logger="audioclip.search")
     assert hits(ArchiveIndex.open(root), q) == expected
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "building it again" in warnings[0].getMessage(), caplog.text

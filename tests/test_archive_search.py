@@ -12,12 +12,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from audioclip.archive import ArchiveIndex, LabelSettings, ModelSpec, QueryEncoder, find_recordings, label_archive
-from audioclip.archive import search as search_module
 from audioclip.archive.cli import search_app
 from audioclip.archive.metrics import class_retrieval, retrieval_metrics
-from audioclip.archive.search import CLIP_MEAN, CLIP_STD, clip_preprocess, top_k
 from audioclip.model import load_model
 from audioclip.model.constants import SAMPLE_RATE
+from audioclip.search import exact as search_module
+from audioclip.search.exact import top_k
+from audioclip.search.query import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 from helpers import require
 
@@ -164,7 +165,7 @@ def live_rows(n: int, dim: int = 32, seed: int = 5):
 
 @pytest.mark.parametrize("path", ["exact", "vector index"])
 def test_live_index_filters_by_source_and_time_on_both_paths(monkeypatch, path):
-    from audioclip.archive.vindex import LiveIndex
+    from audioclip.search.vindex import LiveIndex
 
     if path == "vector index":
         pytest.importorskip("faiss", reason="the vector index needs faiss (the archive extra)")

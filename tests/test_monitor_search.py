@@ -16,15 +16,16 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from audioclip.archive import search as search_module
 from audioclip.archive.cli import search_app
-from audioclip.archive.search import MonitorIndex, QueryEncoder
 from audioclip.model.constants import SAMPLE_RATE, STRIDE_SAMPLES
 from audioclip.monitor.config import ConfigError, LabelParams, MonitorConfig
 from audioclip.monitor.events import DetectionEvent, utc_iso
+from audioclip.monitor.index import MonitorIndex
 from audioclip.monitor.messages import EventEmbedding
 from audioclip.monitor.pipeline import IdCounter, SourcePipeline
 from audioclip.monitor.store import EMBEDDING_DTYPE, MIGRATIONS, SCHEMA_VERSION, EventStore, migrate
+from audioclip.search import exact as search_module
+from audioclip.search.query import QueryEncoder
 from audioclip.stream.buffer import Window
 from audioclip.stream.config import StreamConfig
 

@@ -169,8 +169,10 @@ def search(
     """Print the windows of INDEX (the events and moments of a monitor's database, INDEX or --db) closest to a
     text, audio or image query."""
     setup_logging(verbose=False)
-    logging.getLogger("audioclip.archive.vindex").setLevel(logging.INFO)  # building an index takes a while: say so
-    from .search import ArchiveIndex, MonitorIndex, QueryEncoder, is_sqlite
+    logging.getLogger("audioclip.search.vindex").setLevel(logging.INFO)  # building an index takes a while: say so
+    from ..monitor.index import MonitorIndex
+    from ..search.query import QueryEncoder
+    from .search import ArchiveIndex, is_sqlite
 
     if sum(q is not None for q in (text, audio, image)) != 1:
         raise ValueError("give exactly one query: --text, --audio or --image")

@@ -41,9 +41,9 @@ class WebState:
     labels_lock: threading.Lock = field(default_factory=threading.Lock)  # one label change at a time
 
     def search_index(self, path, model: str):
-        """The database as a :class:`~audioclip.archive.search.MonitorIndex` of ``model``'s embeddings: loaded on
+        """The database as a :class:`~audioclip.monitor.index.MonitorIndex` of ``model``'s embeddings: loaded on
         the first search, then each search reads only the rows stored since (the index refreshes itself)."""
-        from ...archive.search import MonitorIndex
+        from ..index import MonitorIndex
 
         with self._index_lock:
             if self._index is None:
@@ -71,7 +71,8 @@ def create_app(monitor, *, hub: LiveHub | None = None, watch=None, token: str | 
     """
     from . import events, labels, search
 
-    app = FastAPI(title="audioclip monitor", version="1", docs_url="/docs", redoc_url=None,
+    # /docs is a page of ours over /openapi.json: FastAPI's Swagger and ReDoc pages load their code from a CDN
+    app = FastAPI(title="audioclip monitor", version="1", docs_url=None, redoc_url=None,
                   description="See every source live, review events with their audio, change labels while the "
                               "monitor runs, and search what was heard.")
     app.state.web = WebState(monitor, hub or LiveHub(), watch, int(upload_max_mb * 1e6))
@@ -85,7 +86,8 @@ def create_app(monitor, *, hub: LiveHub | None = None, watch=None, token: str | 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
-    for path, page in (("/", "live"), ("/events", "events"), ("/labels", "labels"), ("/search", "search")):
+    for path, page in (("/", "live"), ("/events", "events"), ("/labels", "labels"), ("/search", "search"),
+                       ("/docs", "api")):
         app.add_api_route(path, _page(page), methods=["GET"], include_in_schema=False)
     app.include_router(_router())
     app.include_router(events.router)

@@ -1,6 +1,6 @@
 """``/api/search``: past moments and events ranked by how well they match a description, a clip or an image
 (AudioCLIP's three modalities), with the search of ``audioclip-search --db`` (one implementation:
-:class:`~audioclip.archive.search.MonitorIndex`) and the monitor's own model to embed the query.
+:class:`~audioclip.monitor.index.MonitorIndex`) and the monitor's own model to embed the query.
 
 Uploads are capped at ``[http] upload_max_mb`` (413 above, checked while the body arrives); an upload is
 decoded as audio by the project's loader, else as an image by Pillow with a pixel limit; anything else is
@@ -32,7 +32,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 class QueryEmbedder:
     """Text, audio and image queries as normalised embeddings of the model the monitor runs: the PyTorch
-    checkpoint's towers (:class:`~audioclip.archive.search.QueryEncoder`), or an ONNX export's text and audio
+    checkpoint's towers (:class:`~audioclip.search.query.QueryEncoder`), or an ONNX export's text and audio
     encoders (an export has no image tower)."""
 
     def __init__(self, classifier, window: float):
@@ -42,7 +42,7 @@ class QueryEmbedder:
         self._folder = None
         self._threads = getattr(classifier, "threads", None)
         if model is not None and hasattr(model, "encode_audio"):
-            from ...archive.search import QueryEncoder
+            from ...search.query import QueryEncoder
 
             self._torch = QueryEncoder(None, model=model)
         else:
@@ -105,7 +105,7 @@ def _search(request: Request, query: np.ndarray, shown, k: int, source: str | No
 
 
 def _hit_json(hit) -> dict:
-    """A :class:`~audioclip.archive.search.MonitorHit` with a link to the clip that holds it instead of a path."""
+    """A :class:`~audioclip.monitor.index.MonitorHit` with a link to the clip that holds it instead of a path."""
     shown = hit.to_json()
     del shown["clip"]
     return {**shown, "clip_url": None if hit.clip is None else f"/api/events/{hit.event_id}/clip"}

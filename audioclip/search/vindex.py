@@ -301,7 +301,7 @@ class LiveIndex:
                exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, scores)`` of the ``k`` rows closest to the normalised ``query`` among those of ``source`` (a
         code) whose time is at least ``since``, best first (ties: the earlier row)."""
-        from .search import EXACT_MAX_ROWS, top_k
+        from .exact import EXACT_MAX_ROWS, top_k
 
         n = self.n
         since = self.floor if since is None else since if self.floor is None else max(since, self.floor)
@@ -332,7 +332,7 @@ class LiveIndex:
 
     def prepare(self) -> None:
         """Build (or extend) the vector index now if a search over every row would use one."""
-        from .search import EXACT_MAX_ROWS
+        from .exact import EXACT_MAX_ROWS
 
         if self.n > EXACT_MAX_ROWS:
             self._vector_index()
