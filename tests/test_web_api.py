@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import socket
 import sqlite3
 import threading
@@ -219,6 +220,37 @@ def test_cors_is_off_unless_origins_are_named():
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://nas.local"
     other = asyncio.run(ask(open_, {**preflight, "Origin": "http://evil.example"}))
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_docs_is_a_page_of_the_package_over_openapi_json():
+    """/docs shows /openapi.json with the package's own script and style (FastAPI's Swagger page would load its
+    own from a CDN), and needs no token from a client beyond loopback. In process, as httpx's ASGI client
+    (Starlette's TestClient warns that its httpx use is deprecated)."""
+    from audioclip.monitor.web.app import create_app
+
+    async def ask(paths):
+        transport = httpx.ASGITransport(app=create_app(None, token=TOKEN), client=("192.0.2.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://nas.local") as client:
+            return {path: await client.get(path) for path in paths}
+
+    docs = asyncio.run(ask(["/docs"]))["/docs"]
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    refs = re.findall(r'(?:src|href)="([^"]*)"', docs.text)
+    assert {"/static/style.css", "/static/app.js", "/static/api.js", "/openapi.json"} <= set(refs)
+    assert all(ref.startswith(("/", "data:")) and not ref.startswith("//") for ref in refs), refs
+    assert not re.search(r"https?://|cdn|swagger", docs.text, re.I)
+    answers = asyncio.run(ask([*(ref for ref in refs if ref.startswith("/static/")), "/api/sources"]))
+    assert answers.pop("/api/sources").status_code == 401  # a client beyond loopback indeed
+    for ref, asset in answers.items():
+        assert asset.status_code == 200 and not re.search(r"https?://|cdn", asset.text, re.I), ref
+    spec = asyncio.run(ask(["/openapi.json"]))["/openapi.json"]
+    assert spec.status_code == 200
+    paths = spec.json()["paths"]
+    assert {"/api/sources", "/api/live", "/api/events", "/api/events/{event_id}", "/api/labels/{name}",
+            "/api/search", "/healthz"} <= set(paths)
+    assert [p["name"] for p in paths["/api/events"]["get"]["parameters"]] == [
+        "source", "label", "since", "until", "review", "limit", "offset", "format"]
+    assert not {"/docs", "/redoc", "/"} & set(paths)  # the pages are not API
 
 
 def test_a_prompt_too_long_for_the_text_encoder_is_refused_naming_it():

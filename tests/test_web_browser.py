@@ -32,8 +32,8 @@ from audioclip.model.constants import SAMPLE_RATE
 
 from helpers import require, require_module, wait_until
 
-STATIC = Path(__file__).resolve().parents[1] / "audioclip" / "web" / "static"
-PAGES = {"live": "/", "events": "/events", "labels": "/labels", "search": "/search"}
+STATIC = Path(__file__).resolve().parents[1] / "audioclip" / "monitor" / "web" / "static"
+PAGES = {"live": "/", "events": "/events", "labels": "/labels", "search": "/search", "api": "/docs"}
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLIPS = ("cat_3-95694-A-5.wav", "thunder_3-144891-B-19.wav", "car_horn_1-24074-A-43.wav")  # 5 s each, in this order
@@ -145,7 +145,7 @@ def screenshot(page, name: str) -> None:
 
 def test_the_pages_need_nothing_from_the_network_and_share_one_bar():
     """Each page loads only the package's own files (no CDN, no build step: it works offline), fits a phone's
-    screen, and links the four pages in the same bar, its own marked."""
+    screen, and links the pages in the same bar, its own marked."""
     for name, path in PAGES.items():
         html = (STATIC / f"{name}.html").read_text()
         assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html, name
@@ -424,3 +424,36 @@ def test_the_live_page_on_a_phone(site):
         labels.goto(site.url + "/labels")
         labels.wait_for_selector(f'#labels tr[data-name="{NEW_LABEL}"]')
         screenshot(labels, "labels")
+
+
+@pytest.mark.slow
+def test_the_api_page_shows_the_served_openapi_on_a_phone_and_asks_nothing_elsewhere(site):
+    """/docs at a phone's width: a card for each method of each path of the monitor's own /openapi.json, GET
+    /api/events with its parameters, and every request the page makes goes to the monitor."""
+    spec = get_json(f"{site.url}/openapi.json")
+    page = site.browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.goto(site.url + "/docs")
+        events = page.locator('article.operation[data-method="GET"][data-path="/api/events"]')
+        events.locator('tr[data-name="limit"]').wait_for()
+        shown = page.locator("article.operation").evaluate_all(
+            "(ops) => ops.map((o) => [o.dataset.method, o.dataset.path])")
+        assert sorted(shown) == sorted([method.upper(), path] for path, item in spec["paths"].items()
+                                       for method in item)
+        get_events = spec["paths"]["/api/events"]["get"]
+        assert events.locator(".summary").text_content() == get_events["summary"]
+        rows = events.locator("tr[data-name]").evaluate_all(
+            "(rows) => rows.map((r) => [...r.cells].map((c) => c.textContent))")
+        assert [row[0] for row in rows] == [p["name"] for p in get_events["parameters"]]
+        assert rows[5] == ["limit", "query", "no", "integer", "default 50; ≥ 1; ≤ 10000"]
+        assert rows[4][3] == "one of correct, wrong, unreviewed | null"
+        review = page.locator('article.operation[data-method="PATCH"][data-path="/api/events/{event_id}"]')
+        assert "Body_review_api_events__event_id__patch" in review.locator(".request").text_content()
+        assert "HTTPValidationError" in review.locator(".responses").text_content()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    finally:
+        page.close()
+    assert f"{site.url}/openapi.json" in requests
+    assert all(url.startswith(site.url + "/") for url in requests), requests

@@ -5,8 +5,9 @@
 spectrograms (``<img>``) and the events' CSV (a download link), for GET and HEAD only (:data:`QUERY_TOKEN_PATHS`).
 The pages and their static files need
 no token (they hold no data; the page asks for the token and sends it with its API calls), nor does the
-OpenAPI description (``/docs``), the same for every installation. Without a token the server listens on
-loopback only (the configuration refuses anything else), and every local request is allowed.
+OpenAPI description (``/openapi.json``, which the ``/docs`` page shows), the same for every installation.
+Without a token the server listens on loopback only (the configuration refuses anything else), and every
+local request is allowed.
 
 Behind a reverse proxy on the same machine every request arrives from loopback: reads then need no token,
 so protect them at the proxy (or bind the proxy's upstream to another loopback address, e.g. 127.0.0.2).
@@ -21,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 READS = ("GET", "HEAD", "OPTIONS")
-PUBLIC_PREFIXES = ("/static/", "/docs", "/openapi.json")
-PAGES = ("/", "/events", "/labels", "/search")
+PUBLIC_PREFIXES = ("/static/", "/openapi.json")
+PAGES = ("/", "/events", "/labels", "/search", "/docs")
 QUERY_TOKEN_PATHS = re.compile(r"/api/live|/api/events|/api/events/\d+/(clip|spectrogram\.png)"
                                r"|/api/sources/[^/]+/spectrogram\.png")
 """Paths whose GET may carry the token as ``?token=`` (the server keeps no access log: URLs are never logged)."""

@@ -1,4 +1,4 @@
-// What the four pages share: the access token, the JSON API, the live stream, small DOM helpers.
+// What the pages share: the access token, the JSON API, the live stream, small DOM helpers.
 // Plain JavaScript loaded with <script defer>: no framework, no build step, nothing from the network.
 "use strict";
 
