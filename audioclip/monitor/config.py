@@ -185,11 +185,10 @@ class WebhookConfig:
     __repr__ = _safe_repr
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
-    """``listen``: ``host:port`` of the Prometheus endpoint (``[::1]:9108`` for IPv6)."""
+class _Listening:
+    """``host`` and ``port`` of a configuration's ``listen`` (``host:port``, ``[::1]:port`` for IPv6)."""
 
-    listen: str = "127.0.0.1:9108"
+    listen: str
 
     @property
     def host(self) -> str:
@@ -200,8 +199,15 @@ class MetricsConfig:
         return split_listen(self.listen)[1]
 
 
+@dataclass(frozen=True)
+class MetricsConfig(_Listening):
+    """``listen``: ``host:port`` of the Prometheus endpoint (``[::1]:9108`` for IPv6)."""
+
+    listen: str = "127.0.0.1:9108"
+
+
 @dataclass(frozen=True, repr=False)
-class HttpConfig:
+class HttpConfig(_Listening):
     """``[http]``: the web page and HTTP API. ``listen``: ``host:port`` (loopback unless a ``token`` is set);
     ``token``: the bearer token writes and requests from beyond loopback need (``--http-token`` or
     ``AUDIOCLIP_HTTP_TOKEN`` when not in the file); ``public_url``: the base of the ``clip_url`` that MQTT and
@@ -215,14 +221,6 @@ class HttpConfig:
     cors: tuple[str, ...] = ()
 
     __repr__ = _safe_repr
-
-    @property
-    def host(self) -> str:
-        return split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return split_listen(self.listen)[1]
 
     @property
     def base_url(self) -> str:
