@@ -591,6 +591,7 @@ def test_labels_added_changed_and_removed_while_it_runs_keep_monitor_toml(served
             ["cat", "rain", "glass"]
         assert {"threshold", "alarms_per_hour", "current", "current_alarms_per_hour"} <= \
             set(proposed.json()["proposals"][0])
+        assert proposed.json()["min_hours"] == 6 and "under 6" in proposed.json()["warning"]  # seconds of moments
         assert c.get("/api/labels/calibration", params={"alarms_per_hour": 0}).status_code == 422
 
         assert c.delete("/api/labels/glass").status_code == 204

@@ -5,7 +5,8 @@ its HTTP server on (with a token).
 One monitor and one browser for the module (the slow tests); they run in order against them: the live bars move,
 a label added through the form is scored within two windows and kept in monitor.toml, an event's clip plays and a
 review survives a reload, a streamed clip finds its own moment first, a write without the token fails, a browser
-beyond loopback asks for the token once and then gets everything, the live page fits a phone. One fast test reads
+beyond loopback asks for the token once and then gets everything, thresholds proposed from the stored moments are
+shown and one applied, the live page fits a phone. One fast test reads
 the pages' files: nothing from the network. With ``AUDIOCLIP_SCREENSHOTS=docs/img`` the slow tests also write the
 pages' screenshots there (docs/web.md).
 """
@@ -404,6 +405,54 @@ def test_from_beyond_loopback_the_page_asks_for_the_token_once_then_streams_and_
 
 
 @pytest.mark.slow
+def test_proposed_thresholds_for_every_label_and_one_applied_in_the_table_and_monitor_toml(site):
+    """"Propose thresholds" on the labels page: a row per label with the current and proposed thresholds as the
+    server computed them on the stored moments, the history's hours and the warning that a few minutes mean little;
+    a bad target shows the server's message; "Apply" on one label sets its threshold in both tables and in
+    monitor.toml; the proposals fit a phone."""
+    import tomlkit
+
+    page = site.context.new_page()  # with the token the form's test kept
+    page.goto(site.url + "/labels")
+    page.wait_for_selector('#labels tr[data-name="alarm clock"]')
+    page.fill("#calibration-form input[name=alarms_per_hour]", "0")
+    page.click("#propose")
+    page.wait_for_function("document.querySelector('#calibration-error').textContent !== ''")
+    assert "greater than 0" in page.text_content("#calibration-error") and page.is_hidden("#proposals")
+
+    page.fill("#calibration-form input[name=alarms_per_hour]", "1")
+    with page.expect_response(lambda r: "/api/labels/calibration?" in r.url) as response:
+        page.click("#propose")
+    answer = response.value.json()
+    page.wait_for_selector("#proposals tbody tr")
+    assert 0 < answer["hours"] * 3600 <= stream_seconds(site) + 5  # one moment every 5 s of the stream so far
+    assert page.get_attribute("#history", "data-hours") == str(answer["hours"])
+    assert f"{answer['hours']:.2f} source-hours" in page.text_content("#history")
+    assert "under 6" in page.text_content("#calibration-warning") and page.is_visible("#calibration-warning")
+    rows = page.eval_on_selector_all("#proposals tbody tr", """(rows) => rows.map((r) => [r.dataset.name,
+        r.querySelector('.current').textContent, r.querySelector('.proposed').textContent])""")
+    assert rows == [[p["label"], str(p["current"]), str(p["threshold"])] for p in answer["proposals"]]
+    assert [name for name, _, _ in rows] == [x["name"] for x in get_json(f"{site.url}/api/labels")]
+    (chosen,) = [p for p in answer["proposals"] if p["label"] == "alarm clock"]
+    assert chosen["current"] == 0.65 and chosen["threshold"] != chosen["current"]  # [defaults] threshold
+
+    row = '#proposals tr[data-name="alarm clock"]'
+    page.click(f"{row} button.apply")
+    page.wait_for_function(f"document.querySelector('{row} .current').textContent === {str(chosen['threshold'])!r}")
+    assert page.text_content(f"{row} button.apply") == "In use" and page.is_disabled(f"{row} button.apply")
+    assert page.text_content('#labels tr[data-name="alarm clock"] td[data-th=threshold]') == str(chosen["threshold"])
+    (kept,) = [x for x in tomlkit.parse(site.toml.read_text())["labels"] if x["name"] == "alarm clock"]
+    assert kept["threshold"] == chosen["threshold"]
+    assert page.text_content("#calibration-error") == ""
+    screenshot(page, "labels")  # with the label added, a review counted and the proposals
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.locator(f"{row} button.apply").bounding_box()["height"] >= 44  # a finger's target
+    page.close()
+
+
+@pytest.mark.slow
 def test_the_live_page_on_a_phone(site):
     """The live page at a phone's width: one column, every bar on screen (and its screenshot)."""
     page = site.browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
@@ -418,12 +467,7 @@ def test_the_live_page_on_a_phone(site):
     assert page.locator("nav.top a").first.bounding_box()["height"] >= 44  # a finger's target
     screenshot(page, "live-phone")
     page.close()
-    if SCREENSHOTS:
-        screenshot(site.live, "live")
-        labels = site.context.new_page()  # now with the label added and a review counted
-        labels.goto(site.url + "/labels")
-        labels.wait_for_selector(f'#labels tr[data-name="{NEW_LABEL}"]')
-        screenshot(labels, "labels")
+    screenshot(site.live, "live")
 
 
 @pytest.mark.slow

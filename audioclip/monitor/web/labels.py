@@ -100,10 +100,11 @@ def _change(request: Request, edit) -> None:
 def calibration(request: Request, alarms_per_hour: float = Query(1.0, gt=0),
                 since: str | None = Query(None, description="ISO 8601 time; default: every stored moment")) -> dict:
     """The proposals of ``audioclip-stream --calibrate`` (:func:`audioclip.monitor.calibrate.calibrate`) with the
-    running model; apply one with ``PATCH /api/labels/{name}`` and its ``threshold``."""
+    running model; apply one with ``PATCH /api/labels/{name}`` and its ``threshold``. ``warning``: what a history
+    under ``min_hours`` source-hours means for them (null from ``min_hours`` on)."""
     from dataclasses import asdict
 
-    from ..calibrate import calibrate
+    from ..calibrate import MIN_HOURS, calibrate
 
     monitor = web(request).monitor
     try:
@@ -111,8 +112,13 @@ def calibration(request: Request, alarms_per_hour: float = Query(1.0, gt=0),
                                        classifier=monitor.classifier, store=store_of(request))
     except ValueError as e:
         raise HTTPException(422, str(e).splitlines()[0]) from None
-    return {"alarms_per_hour": alarms_per_hour, "hours": round(history.hours, 4),
-            "proposals": [asdict(p) for p in proposals]}
+    warning = None
+    if history.hours < MIN_HOURS:
+        warning = (f"only {history.hours:.2f} source-hours of stored moments (under {MIN_HOURS:g}): "
+                   f"{alarms_per_hour:g} false alarm(s) per hour cannot be told apart on so little, so these "
+                   "proposals mean little yet; let the monitor run longer")
+    return {"alarms_per_hour": alarms_per_hour, "hours": round(history.hours, 4), "min_hours": MIN_HOURS,
+            "warning": warning, "proposals": [asdict(p) for p in proposals]}
 
 
 @router.post("", status_code=201, summary="Add a label (name and prompts required); it applies from the next window")

@@ -1,4 +1,5 @@
-// The labels page: the monitor's labels with their settings and counts; add, edit and remove them.
+// The labels page: the monitor's labels with their settings and counts; add, edit and remove them, and set
+// their thresholds from the site's own audio (the proposals of GET /api/labels/calibration).
 "use strict";
 
 const NUMBERS = ["threshold", "hysteresis", "min_windows"];
@@ -109,6 +110,120 @@ async function remove(name) {
   if (editing && editing.name === name) reset();
   await load();
 }
+
+// Thresholds from the site's own audio: the proposals for the form's target, applied one label at a time with
+// PATCH /api/labels/{name} (the server writes monitor.toml), then asked for again to show what changed.
+const calibration = document.getElementById("calibration-form");
+const proposalsBody = document.querySelector("#proposals tbody");
+let asked = ""; // the query of the proposals shown
+let shown = null; // the answer shown
+
+function perHour(value) {
+  return `${Number(Number(value).toFixed(2))} /h`;
+}
+
+function historySize(hours) {
+  const short = hours * 60 < 1 ? `${Math.round(hours * 3600)} s` : `${Math.round(hours * 60)} min`;
+  return `${hours.toFixed(2)} source-hours${hours < 1 ? ` (${short})` : ""}`;
+}
+
+function reviewsUsed(p) {
+  const parts = [];
+  if (p.correct) parts.push(`${p.correct} marked correct (${p.kept} still fire)`);
+  if (p.wrong) parts.push(`${p.wrong} marked wrong`);
+  return parts.length ? parts.join(", ") : "none";
+}
+
+function proposalRow(p) {
+  const inUse = p.threshold === p.current;
+  return el("tr", { "data-name": p.label },
+    el("td", { "data-th": "label", class: "name", text: p.label }),
+    el("td", { "data-th": "current", class: "current", text: String(p.current) }),
+    el("td", { "data-th": "current alarms", class: "current-alarms", text: perHour(p.current_alarms_per_hour) }),
+    el("td", { "data-th": "proposed", class: "proposed", text: String(p.threshold) }),
+    el("td", { "data-th": "proposed alarms", class: "proposed-alarms", text: perHour(p.alarms_per_hour) }),
+    el("td", { "data-th": "reviews used", class: "reviews" },
+      el("div", {}, el("span", { text: reviewsUsed(p) }), p.note ? el("small", { class: "note", text: p.note }) : null)),
+    el("td", { class: "actions" },
+      el("button", { type: "button", class: "apply", disabled: inUse, title: inUse ? "the current threshold" : null,
+                     onclick: (e) => applying([p], e.currentTarget) }, inUse ? "In use" : "Apply")));
+}
+
+function showProposals() {
+  const box = document.getElementById("proposals");
+  box.hidden = !shown;
+  if (!shown) return;
+  const warning = document.getElementById("calibration-warning");
+  warning.textContent = shown.warning || "";
+  warning.hidden = !shown.warning;
+  const size = document.getElementById("history");
+  size.dataset.hours = shown.hours;
+  size.textContent = `On ${historySize(shown.hours)} of stored moments, for at most ${shown.alarms_per_hour} false ` +
+    "alarm(s) per hour";
+  proposalsBody.replaceChildren(...shown.proposals.map(proposalRow));
+  document.getElementById("apply-all").disabled = !shown.proposals.some((p) => p.threshold !== p.current);
+}
+
+async function fetchProposals() {
+  shown = await api(`/api/labels/calibration?${asked}`);
+}
+
+// Runs job() with the progress shown and the buttons off; its failure is the server's one-line message.
+async function working(what, job) {
+  const busy = document.getElementById("calibrating");
+  const error = document.getElementById("calibration-error");
+  busy.querySelector(".what").textContent = what;
+  busy.hidden = false;
+  error.textContent = "";
+  for (const button of document.querySelectorAll("#calibration button")) button.disabled = true;
+  try {
+    await job();
+  } catch (e) {
+    error.textContent = e.message;
+  } finally {
+    busy.hidden = true;
+    document.getElementById("propose").disabled = false;
+    showProposals(); // the rows' buttons as the answer says
+  }
+}
+
+function propose() {
+  const query = new URLSearchParams({ alarms_per_hour: calibration.alarms_per_hour.value.trim() });
+  const since = fromLocalInput(calibration.since.value);
+  if (since) query.set("since", since);
+  asked = query.toString();
+  return working("scoring the stored moments…", async () => {
+    shown = null;
+    await fetchProposals();
+  });
+}
+
+// Writes each proposal's threshold, then shows both tables again (also after a failure: what was written).
+function applying(proposals, button) {
+  if (button) button.textContent = "Applying…";
+  const what = proposals.length === 1 ? `setting ${proposals[0].label}'s threshold…` : `setting ${proposals.length} thresholds…`;
+  return working(what, async () => {
+    let failure = null;
+    try {
+      for (const p of proposals) {
+        await api(`/api/labels/${encodeURIComponent(p.label)}`, { method: "PATCH", json: { threshold: p.threshold } });
+      }
+    } catch (e) {
+      failure = e;
+    }
+    await Promise.all([load(), fetchProposals()]);
+    if (failure) throw failure;
+  });
+}
+
+calibration.addEventListener("submit", (e) => {
+  e.preventDefault();
+  propose();
+});
+document.getElementById("apply-all").addEventListener("click", () => {
+  const changed = shown.proposals.filter((p) => p.threshold !== p.current);
+  if (confirm(`Set the proposed thresholds of ${changed.length} label(s) in monitor.toml?`)) applying(changed, null);
+});
 
 form.addEventListener("submit", (e) => {
   e.preventDefault();
