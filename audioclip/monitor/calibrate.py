@@ -32,6 +32,15 @@ MIN_HOURS = 6.0
 """Less history than this (source-hours) and the proposals come with a warning: at a target of one alarm per hour
 a few hours show whether a threshold meets it at all."""
 
+def short_history(hours: float, alarms_per_hour: float) -> str | None:
+    """What to say of proposals made on ``hours`` source-hours of moments: None from :data:`MIN_HOURS` on."""
+    if hours >= MIN_HOURS:
+        return None
+    return (f"only {hours:.2f} source-hours of stored moments (under {MIN_HOURS:g}): {alarms_per_hour:g} false "
+            "alarm(s) per hour cannot be told apart on so little, so these proposals mean little yet; let the monitor "
+            "run longer")
+
+
 GRID = 0.001
 """Thresholds are proposed on this grid (what a person types into monitor.toml)."""
 FLOOR = 0.5
@@ -221,9 +230,9 @@ def calibrate(config, *, alarms_per_hour: float, since: datetime | str | None = 
     params = config.label_params(config.enabled_sources[0] if config.enabled_sources else config.sources[0])
     log.info("calibrating %d labels on %d moments (%.2f source-hours)%s", len(config.labels), len(rows),
              history.hours, "" if isinstance(classifier, TorchLabelScores) else " (ONNX)")
-    if history.hours < MIN_HOURS:
-        log.warning("only %.2f source-hours of moments: %g false alarm(s) per hour cannot be told apart on so little; "
-                    "let the monitor run longer before trusting these proposals", history.hours, alarms_per_hour)
+    warning = short_history(history.hours, alarms_per_hour)
+    if warning is not None:
+        log.warning("%s", warning)
     return propose(history, labels=list(classifier.labels), label_embeddings=classifier.label_rows,
                    bank=classifier.bank, logit_scale=classifier.logit_scale, thresholds=params.thresholds,
                    hysteresis=params.hysteresis, alarms_per_hour=alarms_per_hour, correct_spans=spans,

@@ -104,7 +104,7 @@ def calibration(request: Request, alarms_per_hour: float = Query(1.0, gt=0),
     under ``min_hours`` source-hours means for them (null from ``min_hours`` on)."""
     from dataclasses import asdict
 
-    from ..calibrate import MIN_HOURS, calibrate
+    from ..calibrate import MIN_HOURS, calibrate, short_history
 
     monitor = web(request).monitor
     try:
@@ -112,11 +112,7 @@ def calibration(request: Request, alarms_per_hour: float = Query(1.0, gt=0),
                                        classifier=monitor.classifier, store=store_of(request))
     except ValueError as e:
         raise HTTPException(422, str(e).splitlines()[0]) from None
-    warning = None
-    if history.hours < MIN_HOURS:
-        warning = (f"only {history.hours:.2f} source-hours of stored moments (under {MIN_HOURS:g}): "
-                   f"{alarms_per_hour:g} false alarm(s) per hour cannot be told apart on so little, so these "
-                   "proposals mean little yet; let the monitor run longer")
+    warning = short_history(history.hours, alarms_per_hour)
     return {"alarms_per_hour": alarms_per_hour, "hours": round(history.hours, 4), "min_hours": MIN_HOURS,
             "warning": warning, "proposals": [asdict(p) for p in proposals]}
 
