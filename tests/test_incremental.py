@@ -138,8 +138,9 @@ def test_tiny_model_every_window_of_a_long_stream_equals_whole_windows(tiny, lon
 @pytest.mark.slow
 def test_golden_every_window_of_a_long_stream_equals_whole_windows(golden_model, long_stream):
     """Issue 22 on the golden checkpoint: 100 windows (53 s of stream), each within 1e-5 of ``encode_audio``.
-    3-s windows: the front end's matrix products, the cached columns and their carrying are those of 5-s
-    windows (a column stays in 6 windows instead of 10), at 60% of the cost (docs/incremental.md)."""
+    3-s windows check what 5-s ones do (the new frames' matrix product on the row count chosen for the
+    window, columns computed on slices and carried into the next windows: a layer2 column stays in 6
+    windows instead of 10) at 60% of the cost (docs/incremental.md)."""
     check_long_stream(golden_model, long_stream, WINDOW_3S)
 
 
