@@ -282,6 +282,30 @@ def test_sources_health_metrics_and_docs(served):
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
 
 
+def test_a_web_server_that_stopped_by_itself_serves_again_on_the_same_address(served, caplog):
+    """uvicorn ending on its own (as a fault in it would) is noticed by the monitor's housekeeping, logged once, and
+    the page served again on the same port; the monitor never stopped listening meanwhile."""
+    web = served.monitor.web
+    windows = served.monitor.pipelines[0].windows
+    old = web._thread
+    web._server.should_exit = True  # the server's loop ends; the monitor did not ask for it
+    old.join(10)
+    assert not old.is_alive()
+    wait_until(lambda: web._thread is not old and web._thread.is_alive(), 5, "the web server started again")
+
+    def answers() -> bool:
+        try:
+            with served.client() as c:
+                return c.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(answers, 10, "the page served again")
+    assert served.url == web.url
+    wait_until(lambda: served.monitor.pipelines[0].windows > windows, 10, "windows going on through it all")
+    assert server_logs(caplog).count("the web server had stopped; serving") == 1
+
+
 def test_live_stream_delivers_windows_states_labels_and_the_spectrogram(served, caplog):
     caplog.set_level(logging.DEBUG)
     reader = LiveReader(f"{served.url}/api/live")

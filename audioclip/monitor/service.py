@@ -267,6 +267,8 @@ class Monitor:
             for sink in [self.store_sink, self.clips, *self.sinks]:
                 if sink is not None:
                     sink.ensure_running()
+            if self.web is not None:
+                self.web.ensure_running()
             for p in self.pipelines:
                 reconnects, overflows = getattr(p.source, "reconnects", 0), p.source.overflows
                 up = getattr(p.source, "up", not p.finished.is_set())

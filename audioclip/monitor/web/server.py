@@ -46,6 +46,7 @@ class WebServer:
         self.host, self.port = http.host, http.port
         self._server = None
         self._thread: threading.Thread | None = None
+        self._closing = self._down_logged = False
 
     @property
     def url(self) -> str:
@@ -53,6 +54,15 @@ class WebServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> WebServer:
+        self._launch()
+        self.watch.start()
+        if self.monitor.store_sink is not None:  # the search index loads while nobody waits for it
+            threading.Thread(target=self._load_index, name="web index", daemon=True).start()
+        log.info("web page and API on %s", self.url)
+        return self
+
+    def _launch(self) -> None:
+        """Bind ``listen`` (one line when it cannot) and serve it on a thread of its own."""
         import uvicorn
 
         try:
@@ -71,11 +81,22 @@ class WebServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, args=(sock,), name="web", daemon=True)
         self._thread.start()
-        self.watch.start()
-        if self.monitor.store_sink is not None:  # the search index loads while nobody waits for it
-            threading.Thread(target=self._load_index, name="web index", daemon=True).start()
-        log.info("web page and API on %s", self.url)
-        return self
+
+    def ensure_running(self) -> None:
+        """Serve again on the same address when the server's thread has ended without :meth:`close` (a fault in
+        uvicorn): the monitor's housekeeping calls this as it restarts dead sinks. A bind that fails now is logged
+        and tried again on the next call."""
+        if self._closing or self._thread is None or self._thread.is_alive():
+            return
+        try:
+            self._launch()
+        except OSError as e:
+            if not self._down_logged:
+                log.error("the web server stopped and cannot listen again yet: %s", e)
+                self._down_logged = True
+            return
+        self._down_logged = False
+        log.warning("the web server had stopped; serving %s again", self.url)
 
     def _load_index(self) -> None:
         try:
@@ -93,6 +114,7 @@ class WebServer:
             sock.close()
 
     def close(self, timeout: float = 5.0) -> None:
+        self._closing = True
         self.watch.close()
         self.hub.close()  # open live streams end, so that the server can stop gracefully
         if self._server is not None:
